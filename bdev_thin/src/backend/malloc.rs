@@ -1,0 +1,144 @@
+//! The `malloc` device: blocks in RAM, shared by every core's channel. Unmap and write_zeroes
+//! zero the range, so deallocated blocks read zeroes.
+//!
+//! The store is an array of `AtomicU64` accessed with relaxed loads and stores: channels on
+//! different cores may touch the same bytes (a frontend racing itself), and relaxed atomics make
+//! that defined behaviour without a lock; on x86 they compile to plain moves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::LocalCompletions;
+use crate::host::{
+    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
+    SgList,
+};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct MallocDevice {
+    block_size_bytes: u32,
+    num_blocks: u64,
+    words: Arc<[AtomicU64]>,
+}
+
+impl MallocDevice {
+    pub fn new(block_size_bytes: u32, num_blocks: u64) -> Result<MallocDevice, DeviceError> {
+        if block_size_bytes < 512 || !block_size_bytes.is_multiple_of(512) {
+            return Err(DeviceError::Invalid(format!(
+                "block_size {block_size_bytes} is not a multiple of 512"
+            )));
+        }
+        if num_blocks == 0 {
+            return Err(DeviceError::Invalid("num_blocks must be greater than 0".into()));
+        }
+        let bytes = num_blocks
+            .checked_mul(u64::from(block_size_bytes))
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| DeviceError::Invalid("size overflows memory".into()))?;
+        let words: Arc<[AtomicU64]> = (0..bytes / 8).map(|_| AtomicU64::new(0)).collect();
+        Ok(MallocDevice { block_size_bytes, num_blocks, words })
+    }
+}
+
+impl BlockDevice for MallocDevice {
+    type Channel = MallocChannel;
+
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            block_size_bytes: self.block_size_bytes,
+            num_blocks: self.num_blocks,
+            max_unmap_blocks: self.num_blocks,
+            unmap_reads_zeroes: true,
+        }
+    }
+
+    fn supports(&self, _kind: IoKind) -> bool {
+        true
+    }
+
+    fn open_channel(&self) -> Result<MallocChannel, DeviceError> {
+        Ok(MallocChannel {
+            info: self.info(),
+            words: Arc::clone(&self.words),
+            completions: LocalCompletions::new(),
+        })
+    }
+}
+
+pub struct MallocChannel {
+    info: DeviceInfo,
+    words: Arc<[AtomicU64]>,
+    completions: LocalCompletions,
+}
+
+impl MallocChannel {
+    fn word_range(&self, request: &IoRequest) -> std::ops::Range<usize> {
+        let words_per_block = self.info.block_size_bytes as usize / 8;
+        let first = request.offset_blocks as usize * words_per_block;
+        first..first + request.num_blocks as usize * words_per_block
+    }
+
+    fn read(&self, range: std::ops::Range<usize>, buffers: &mut SgList) {
+        let mut words = &self.words[range];
+        for segment in buffers.segments_mut() {
+            let bytes = segment.as_mut_slice();
+            let (here, rest) = words.split_at(bytes.len() / 8);
+            for (chunk, word) in bytes.chunks_exact_mut(8).zip(here) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            words = rest;
+        }
+    }
+
+    fn write(&self, range: std::ops::Range<usize>, buffers: &SgList) {
+        let mut words = &self.words[range];
+        for segment in buffers.segments() {
+            let bytes = segment.as_slice();
+            let (here, rest) = words.split_at(bytes.len() / 8);
+            for (chunk, word) in bytes.chunks_exact(8).zip(here) {
+                let value = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8"));
+                word.store(value, Ordering::Relaxed);
+            }
+            words = rest;
+        }
+    }
+}
+
+impl DeviceChannel for MallocChannel {
+    #[inline]
+    fn submit(&mut self, mut request: IoRequest) -> Result<(), IoRequest> {
+        if self.completions.is_full() {
+            return Err(request);
+        }
+        let status = match request.validate(self.info.block_size_bytes, self.info.num_blocks) {
+            Err(status) => status,
+            Ok(()) => {
+                match request.kind {
+                    IoKind::Read => {
+                        let range = self.word_range(&request);
+                        self.read(range, &mut request.buffers);
+                    }
+                    IoKind::Write => self.write(self.word_range(&request), &request.buffers),
+                    IoKind::Unmap | IoKind::WriteZeroes => {
+                        for word in &self.words[self.word_range(&request)] {
+                            word.store(0, Ordering::Relaxed);
+                        }
+                    }
+                    IoKind::Flush | IoKind::Reset => {}
+                }
+                IoStatus::Success
+            }
+        };
+        self.completions.push(request, status);
+        Ok(())
+    }
+
+    #[inline]
+    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
+        self.completions.deliver(complete)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.completions.len()
+    }
+}

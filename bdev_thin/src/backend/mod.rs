@@ -1,0 +1,148 @@
+//! Base devices: `malloc` (RAM), `null` (no data) and `uring` (a file or block device through
+//! io_uring), and [`BaseDevice`], the enum a pool's data device is: static dispatch over the
+//! three, so the IO path never goes through a vtable.
+
+pub mod malloc;
+pub mod null;
+pub mod uring;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::host::{
+    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
+};
+use crate::limits;
+
+pub use malloc::MallocDevice;
+pub use null::NullDevice;
+pub use uring::UringDevice;
+
+/// Completions of a device that finishes IO at submission (malloc, null), delivered at the next
+/// poll so a submitter is never re-entered from `submit`. Bounded by the channel depth.
+pub(crate) struct LocalCompletions {
+    queue: VecDeque<IoCompletion>,
+}
+
+impl LocalCompletions {
+    pub(crate) fn new() -> Self {
+        Self { queue: VecDeque::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX) }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.queue.len() >= limits::DEVICE_CHANNEL_DEPTH_MAX
+    }
+
+    pub(crate) fn push(&mut self, request: IoRequest, status: IoStatus) {
+        debug_assert!(!self.is_full());
+        self.queue.push_back(IoCompletion { request, status });
+    }
+
+    pub(crate) fn deliver(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
+        let count = self.queue.len();
+        for _ in 0..count {
+            if let Some(completion) = self.queue.pop_front() {
+                complete(completion);
+            }
+        }
+        count
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// A base device of any kind: what a pool's data and metadata devices are.
+#[derive(Clone)]
+pub enum BaseDevice {
+    Malloc(Arc<MallocDevice>),
+    Null(Arc<NullDevice>),
+    Uring(Arc<UringDevice>),
+}
+
+pub enum BaseChannel {
+    Malloc(malloc::MallocChannel),
+    Null(null::NullChannel),
+    Uring(uring::UringChannel),
+}
+
+impl BaseDevice {
+    /// SPDK's product name.
+    pub fn product_name(&self) -> &'static str {
+        match self {
+            BaseDevice::Malloc(_) => "Malloc disk",
+            BaseDevice::Null(_) => "Null disk",
+            BaseDevice::Uring(_) => "URING bdev",
+        }
+    }
+
+    /// Whether the device keeps what is written (a pool refuses `null`).
+    pub fn stores_data(&self) -> bool {
+        !matches!(self, BaseDevice::Null(_))
+    }
+}
+
+impl BlockDevice for BaseDevice {
+    type Channel = BaseChannel;
+
+    fn info(&self) -> DeviceInfo {
+        match self {
+            BaseDevice::Malloc(d) => d.info(),
+            BaseDevice::Null(d) => d.info(),
+            BaseDevice::Uring(d) => d.info(),
+        }
+    }
+
+    fn supports(&self, kind: IoKind) -> bool {
+        match self {
+            BaseDevice::Malloc(d) => d.supports(kind),
+            BaseDevice::Null(d) => d.supports(kind),
+            BaseDevice::Uring(d) => d.supports(kind),
+        }
+    }
+
+    fn open_channel(&self) -> Result<BaseChannel, DeviceError> {
+        Ok(match self {
+            BaseDevice::Malloc(d) => BaseChannel::Malloc(d.open_channel()?),
+            BaseDevice::Null(d) => BaseChannel::Null(d.open_channel()?),
+            BaseDevice::Uring(d) => BaseChannel::Uring(d.open_channel()?),
+        })
+    }
+}
+
+impl DeviceChannel for BaseChannel {
+    #[inline]
+    fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
+        match self {
+            BaseChannel::Malloc(c) => c.submit(request),
+            BaseChannel::Null(c) => c.submit(request),
+            BaseChannel::Uring(c) => c.submit(request),
+        }
+    }
+
+    #[inline]
+    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
+        match self {
+            BaseChannel::Malloc(c) => c.poll(complete),
+            BaseChannel::Null(c) => c.poll(complete),
+            BaseChannel::Uring(c) => c.poll(complete),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        match self {
+            BaseChannel::Malloc(c) => c.in_flight(),
+            BaseChannel::Null(c) => c.in_flight(),
+            BaseChannel::Uring(c) => c.in_flight(),
+        }
+    }
+
+    fn prepare_park(&mut self) -> bool {
+        match self {
+            BaseChannel::Malloc(c) => c.prepare_park(),
+            BaseChannel::Null(c) => c.prepare_park(),
+            BaseChannel::Uring(c) => c.prepare_park(),
+        }
+    }
+}

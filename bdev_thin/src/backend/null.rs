@@ -1,0 +1,87 @@
+//! The `null` device: accepts reads and writes and keeps nothing, like SPDK's null bdev (no
+//! unmap, no flush). For benchmarks of the layers above a device; a pool refuses it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::LocalCompletions;
+use crate::host::{
+    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
+};
+
+#[derive(Debug)]
+pub struct NullDevice {
+    block_size_bytes: u32,
+    num_blocks: AtomicU64,
+}
+
+impl NullDevice {
+    pub fn new(block_size_bytes: u32, num_blocks: u64) -> Result<NullDevice, DeviceError> {
+        if block_size_bytes < 512 || !block_size_bytes.is_multiple_of(512) {
+            return Err(DeviceError::Invalid(format!(
+                "block_size {block_size_bytes} is not a multiple of 512"
+            )));
+        }
+        if num_blocks == 0 {
+            return Err(DeviceError::Invalid("num_blocks must be greater than 0".into()));
+        }
+        Ok(NullDevice { block_size_bytes, num_blocks: AtomicU64::new(num_blocks) })
+    }
+
+    /// `bdev_null_resize`: the new size in blocks (grow or shrink; nothing is stored).
+    pub fn resize(&self, num_blocks: u64) {
+        self.num_blocks.store(num_blocks, Ordering::Relaxed);
+    }
+}
+
+impl BlockDevice for NullDevice {
+    type Channel = NullChannel;
+
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            block_size_bytes: self.block_size_bytes,
+            num_blocks: self.num_blocks.load(Ordering::Relaxed),
+            max_unmap_blocks: 0,
+            unmap_reads_zeroes: false,
+        }
+    }
+
+    fn supports(&self, kind: IoKind) -> bool {
+        matches!(kind, IoKind::Read | IoKind::Write | IoKind::WriteZeroes | IoKind::Reset)
+    }
+
+    fn open_channel(&self) -> Result<NullChannel, DeviceError> {
+        Ok(NullChannel { info: self.info(), completions: LocalCompletions::new() })
+    }
+}
+
+pub struct NullChannel {
+    info: DeviceInfo,
+    completions: LocalCompletions,
+}
+
+impl DeviceChannel for NullChannel {
+    #[inline]
+    fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
+        if self.completions.is_full() {
+            return Err(request);
+        }
+        let status = match request.validate(self.info.block_size_bytes, self.info.num_blocks) {
+            Err(status) => status,
+            Ok(()) if matches!(request.kind, IoKind::Unmap | IoKind::Flush) => {
+                IoStatus::Failed(libc::ENOTSUP)
+            }
+            Ok(()) => IoStatus::Success,
+        };
+        self.completions.push(request, status);
+        Ok(())
+    }
+
+    #[inline]
+    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
+        self.completions.deliver(complete)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.completions.len()
+    }
+}

@@ -1,0 +1,42 @@
+//! Every bound of the system, with its reason. Relations between bounds are checked at compile
+//! time, so a change that breaks one fails the build instead of a run.
+
+/// Entries of each reactor's control-event ring. Control events (RPC work, channel set-up) are
+/// rare; a full ring makes the sender retry, it never blocks an IO.
+pub const REACTOR_EVENT_RING_ENTRIES: usize = 4096;
+
+/// Control events a reactor runs per loop turn, so a burst cannot starve its pollers.
+pub const REACTOR_EVENTS_PER_TURN_MAX: usize = 64;
+
+/// Most cores a core mask may name (a `u64` mask).
+pub const CORES_MAX: usize = 64;
+
+/// Segments of one IO's scatter-gather list. NBD and perf use one; splitting a request at
+/// thin-block boundaries never adds segments beyond what the request had.
+pub const IO_SEGMENTS_MAX: usize = 8;
+
+/// Alignment of every IO buffer: the largest logical block size O_DIRECT may demand.
+pub const IO_BUFFER_ALIGN_BYTES: usize = 4096;
+
+/// IOs one device channel keeps in flight (io_uring SQ entries; slots of malloc and null).
+/// bdevperf's default maximum depth is 4096; 1024 per channel covers every depth we bench.
+pub const DEVICE_CHANNEL_DEPTH_MAX: usize = 1024;
+
+/// Largest single IO a base device takes, in bytes (SPDK's default `max_io_size` is 128 KiB;
+/// larger frontend IOs are split by the frontend).
+pub const IO_BYTES_MAX: usize = 4 << 20;
+
+/// Time after the last busy poll before a reactor parks, in microseconds (DESIGN.md: 1 ms).
+pub const REACTOR_IDLE_BEFORE_PARK_US: u64 = 1000;
+
+/// Longest a parked reactor sleeps without an event, in milliseconds. A bound, not a
+/// correctness mechanism: every wake source is registered, this only limits the damage of a
+/// missed one.
+pub const REACTOR_PARK_TIMEOUT_MS: i32 = 1000;
+
+/// Longest a stopping runtime waits for in-flight IO to drain, in milliseconds.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 30_000;
+
+const _: () = assert!(IO_BYTES_MAX.is_multiple_of(IO_BUFFER_ALIGN_BYTES));
+const _: () = assert!(DEVICE_CHANNEL_DEPTH_MAX <= u16::MAX as usize);
+const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES);

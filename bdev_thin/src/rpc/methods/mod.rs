@@ -1,0 +1,162 @@
+//! The method table and the framework methods. Each handler decodes its parameters strictly,
+//! does its work (or sends it to the core that owns it) and replies exactly once.
+
+mod bdev;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::RpcError;
+use super::params::Params;
+use crate::target::Target;
+
+/// Where a method's answer goes; called exactly once, possibly from another core.
+pub type Reply = Box<dyn FnOnce(Result<Value, RpcError>) + Send>;
+
+type Handler = fn(&Arc<Target>, Params, Reply);
+
+/// A method: its name, handler and subsystem (for `framework_get_config` and saved configs).
+pub struct Method {
+    pub name: &'static str,
+    handler: Handler,
+}
+
+const fn method(name: &'static str, handler: Handler) -> Method {
+    Method { name, handler }
+}
+
+/// Every method, in registration order (what `rpc_get_methods` lists).
+pub static METHODS: &[Method] = &[
+    method("spdk_get_version", spdk_get_version),
+    method("rpc_get_methods", rpc_get_methods),
+    method("framework_wait_init", framework_wait_init),
+    method("bdev_malloc_create", bdev::malloc_create),
+    method("bdev_malloc_delete", bdev::malloc_delete),
+    method("bdev_null_create", bdev::null_create),
+    method("bdev_null_delete", bdev::null_delete),
+    method("bdev_null_resize", bdev::null_resize),
+    method("bdev_uring_create", bdev::uring_create),
+    method("bdev_uring_delete", bdev::uring_delete),
+    method("bdev_uring_rescan", bdev::uring_rescan),
+    method("bdev_get_bdevs", bdev::get_bdevs),
+    method("bdev_get_iostat", bdev::get_iostat),
+    method("bdev_examine", bdev::examine),
+    method("bdev_wait_for_examine", bdev::wait_for_examine),
+    // Option setters of SPDK modules: listed so saved configs pass the client's method check,
+    // served by `call` before this table is consulted.
+    method("bdev_set_options", unreachable_setter),
+    method("bdev_nvme_set_options", unreachable_setter),
+    method("bdev_nvme_set_hotplug", unreachable_setter),
+    method("bdev_raid_set_options", unreachable_setter),
+    method("bdev_iscsi_set_options", unreachable_setter),
+    method("bdev_aio_set_options", unreachable_setter),
+    method("bdev_lvol_set_options", unreachable_setter),
+];
+
+/// Option setters of SPDK modules we do not have: accepted (types checked) and ignored.
+pub fn is_ignored_option_setter(method: &str) -> bool {
+    (method.starts_with("bdev_") && method.ends_with("_set_options"))
+        || matches!(
+            method,
+            "bdev_nvme_set_hotplug"
+                | "nvmf_set_config"
+                | "nvmf_set_max_subsystems"
+                | "nvmf_set_crdt"
+        )
+}
+
+pub fn find(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// Runs `method` with `params`; `reply` receives the result exactly once.
+pub fn call(target: &Arc<Target>, method: &str, params: Option<Value>, reply: Reply) {
+    if is_ignored_option_setter(method) {
+        return reply(bdev::check_option_setter(method, params));
+    }
+    let Some(handler) = find(method).map(|m| m.handler) else {
+        return reply(Err(RpcError::method_not_found(method)));
+    };
+    match Params::new(params) {
+        Ok(params) => handler(target, params, reply),
+        Err(e) => reply(Err(e)),
+    }
+}
+
+/// Runs a method from a thread that is not a reactor and waits for its answer (config loading).
+pub fn call_blocking(
+    target: &Arc<Target>,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    call(
+        target,
+        method,
+        params,
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    );
+    receiver.recv().unwrap_or_else(|_| {
+        Err(RpcError::errno(libc::EIO, "the method was dropped without a reply"))
+    })
+}
+
+/// Replies with the outcome of a synchronous handler body.
+pub(crate) fn reply_with(reply: Reply, body: impl FnOnce() -> Result<Value, RpcError>) {
+    reply(body())
+}
+
+fn unreachable_setter(_target: &Arc<Target>, _params: Params, reply: Reply) {
+    reply(Err(RpcError::errno(libc::EINVAL, "option setters are served before dispatch")))
+}
+
+fn spdk_get_version(_target: &Arc<Target>, params: Params, reply: Reply) {
+    reply_with(reply, || {
+        if !params.is_empty() {
+            return Err(RpcError::invalid_params("spdk_get_version method requires no parameters"));
+        }
+        Ok(version_json())
+    })
+}
+
+/// What `spdk_get_version` and `--version` report: SPDK's shape, our version.
+pub fn version_json() -> Value {
+    let version = crate::VERSION;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) =
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let commit = crate::build_commit();
+    let mut text = format!("bdev_thin v{major}.{minor:02}");
+    if patch != 0 {
+        text.push_str(&format!(".{patch}"));
+    }
+    let mut fields = json!({"major": major, "minor": minor, "patch": patch, "suffix": ""});
+    if !commit.is_empty() {
+        text.push_str(&format!(" git sha1 {commit}"));
+        fields["commit"] = json!(commit);
+    }
+    json!({"version": text, "fields": fields})
+}
+
+fn rpc_get_methods(_target: &Arc<Target>, mut params: Params, reply: Reply) {
+    reply_with(reply, || {
+        params.optional_bool("current")?;
+        params.optional_bool("include_aliases")?;
+        params.finish()?;
+        // SPDK lists methods in reverse registration order.
+        Ok(Value::Array(METHODS.iter().rev().map(|m| json!(m.name)).collect()))
+    })
+}
+
+fn framework_wait_init(target: &Arc<Target>, params: Params, reply: Reply) {
+    reply_with(reply, || {
+        params.finish()?;
+        if !target.is_initialized() {
+            return Err(RpcError::wrong_state("the framework is still starting"));
+        }
+        Ok(json!(true))
+    })
+}

@@ -1,0 +1,422 @@
+//! A simulated block device whose every IO the test controls.
+//!
+//! Each submitted IO waits in a pending list until the test (or the automatic mode) completes
+//! it. A write, unmap or write_zeroes takes effect on the content at an instant the test picks
+//! between issue and completion ([`SimDevice::apply`]; at the latest at completion); a read's
+//! buffer is filled from the content at completion. Writes land in a volatile cache: they become
+//! durable when a flush takes effect (or at once with FUA), and [`SimDevice::crash`] keeps only
+//! durable content. Completions are delivered to the submitting channel at its next poll.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::host::{
+    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoFlags, IoKind, IoRequest,
+    IoStatus,
+};
+use crate::limits;
+
+/// What a test sees of an IO in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingIo {
+    pub id: u64,
+    pub channel: u64,
+    pub kind: IoKind,
+    pub flags: IoFlags,
+    pub offset_blocks: u64,
+    pub num_blocks: u64,
+    /// Whether its effect is already on the device's content.
+    pub applied: bool,
+}
+
+/// A rule that fails matching IOs at completion (their effect is not applied).
+#[derive(Clone, Debug)]
+pub struct SimFault {
+    pub kind: IoKind,
+    /// First and last device block the fault covers.
+    pub blocks: (u64, u64),
+    pub errno: i32,
+    /// How many IOs it still fails.
+    pub remaining: u32,
+}
+
+struct InFlight {
+    info: PendingIo,
+    request: IoRequest,
+}
+
+type HoldRule = Box<dyn Fn(&PendingIo) -> bool + Send>;
+
+struct SimState {
+    block_size_bytes: u32,
+    num_blocks: u64,
+    content: HashMap<u64, Box<[u8]>>,
+    durable: HashMap<u64, Box<[u8]>>,
+    dirty: BTreeSet<u64>,
+    pending: Vec<InFlight>,
+    completed: HashMap<u64, VecDeque<IoCompletion>>,
+    auto_complete: bool,
+    hold: Option<HoldRule>,
+    faults: Vec<SimFault>,
+    next_id: u64,
+    next_channel: u64,
+}
+
+impl SimState {
+    fn apply(&mut self, index: usize) {
+        let entry = &mut self.pending[index];
+        if entry.info.applied {
+            return;
+        }
+        entry.info.applied = true;
+        let block_size = self.block_size_bytes as usize;
+        let first = entry.request.offset_blocks;
+        let count = entry.request.num_blocks;
+        let fua = entry.request.flags.contains(IoFlags::FUA);
+        match entry.request.kind {
+            IoKind::Write => {
+                let mut data = vec![0u8; block_size];
+                for i in 0..count {
+                    entry.request.buffers.copy_to(i as usize * block_size, &mut data);
+                    let block: Box<[u8]> = data.clone().into_boxed_slice();
+                    if fua {
+                        self.durable.insert(first + i, block.clone());
+                    } else {
+                        self.dirty.insert(first + i);
+                    }
+                    self.content.insert(first + i, block);
+                }
+            }
+            IoKind::Unmap | IoKind::WriteZeroes => {
+                for block in first..first + count {
+                    self.content.remove(&block);
+                    self.dirty.insert(block);
+                }
+            }
+            IoKind::Flush => {
+                for block in std::mem::take(&mut self.dirty) {
+                    match self.content.get(&block) {
+                        Some(data) => self.durable.insert(block, data.clone()),
+                        None => self.durable.remove(&block),
+                    };
+                }
+            }
+            IoKind::Read | IoKind::Reset => {}
+        }
+    }
+
+    fn fault_for(&mut self, info: &PendingIo) -> Option<i32> {
+        let last = info.offset_blocks + info.num_blocks.max(1) - 1;
+        let fault = self.faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.kind == info.kind
+                && info.offset_blocks <= f.blocks.1
+                && last >= f.blocks.0
+        })?;
+        fault.remaining -= 1;
+        Some(fault.errno)
+    }
+
+    /// Completes pending IO `index`: applies it (unless it fails), fills a read's buffer.
+    fn complete(&mut self, index: usize, forced: Option<IoStatus>) {
+        let status = match forced {
+            Some(status) => status,
+            None => match self.fault_for(&self.pending[index].info.clone()) {
+                Some(errno) => IoStatus::Failed(errno),
+                None => IoStatus::Success,
+            },
+        };
+        if status.is_success() {
+            self.apply(index);
+        }
+        let InFlight { info, mut request } = self.pending.remove(index);
+        if status.is_success() && request.kind == IoKind::Read {
+            let block_size = self.block_size_bytes as usize;
+            let zeroes = vec![0u8; block_size];
+            for i in 0..request.num_blocks {
+                let data =
+                    self.content.get(&(request.offset_blocks + i)).map_or(&zeroes[..], |d| &d[..]);
+                request.buffers.copy_from(i as usize * block_size, data);
+            }
+        }
+        self.completed.entry(info.channel).or_default().push_back(IoCompletion { request, status });
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.pending
+            .iter()
+            .position(|p| p.info.id == id)
+            .unwrap_or_else(|| panic!("no pending IO {id}"))
+    }
+}
+
+/// The device. Clones share the same state.
+#[derive(Clone)]
+pub struct SimDevice {
+    state: Arc<Mutex<SimState>>,
+    info: DeviceInfo,
+}
+
+impl SimDevice {
+    /// A device of `num_blocks` blocks that completes every IO at the next poll of its channel.
+    pub fn new(block_size_bytes: u32, num_blocks: u64) -> SimDevice {
+        SimDevice {
+            state: Arc::new(Mutex::new(SimState {
+                block_size_bytes,
+                num_blocks,
+                content: HashMap::new(),
+                durable: HashMap::new(),
+                dirty: BTreeSet::new(),
+                pending: Vec::new(),
+                completed: HashMap::new(),
+                auto_complete: true,
+                hold: None,
+                faults: Vec::new(),
+                next_id: 0,
+                next_channel: 0,
+            })),
+            info: DeviceInfo {
+                block_size_bytes,
+                num_blocks,
+                max_unmap_blocks: num_blocks,
+                unmap_reads_zeroes: true,
+            },
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// In automatic mode (the default) a channel's poll completes all its pending IOs that no
+    /// hold rule matches, in issue order. Off, only the test completes IOs.
+    pub fn set_auto_complete(&self, on: bool) {
+        self.state().auto_complete = on;
+    }
+
+    /// IOs matching `rule` wait for the test even in automatic mode.
+    pub fn hold(&self, rule: impl Fn(&PendingIo) -> bool + Send + 'static) {
+        self.state().hold = Some(Box::new(rule));
+    }
+
+    pub fn release_hold(&self) {
+        self.state().hold = None;
+    }
+
+    pub fn add_fault(&self, fault: SimFault) {
+        self.state().faults.push(fault);
+    }
+
+    pub fn pending(&self) -> Vec<PendingIo> {
+        self.state().pending.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// Makes pending IO `id` take effect on the content now; it completes later.
+    pub fn apply(&self, id: u64) {
+        let mut state = self.state();
+        let index = state.index_of(id);
+        state.apply(index);
+    }
+
+    /// Completes pending IO `id` with success (applying it first if needed).
+    pub fn complete(&self, id: u64) {
+        let mut state = self.state();
+        let index = state.index_of(id);
+        state.complete(index, None);
+    }
+
+    /// Completes pending IO `id` with `errno`, without applying it (unless already applied).
+    pub fn fail(&self, id: u64, errno: i32) {
+        let mut state = self.state();
+        let index = state.index_of(id);
+        state.complete(index, Some(IoStatus::Failed(errno)));
+    }
+
+    /// Completes every pending IO not held, in issue order.
+    pub fn complete_all(&self) -> usize {
+        let mut state = self.state();
+        let mut count = 0;
+        let mut index = 0;
+        while index < state.pending.len() {
+            let held = state.hold.as_ref().is_some_and(|rule| rule(&state.pending[index].info));
+            if held {
+                index += 1;
+            } else {
+                state.complete(index, None);
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// The device's current content (what a read would return now).
+    pub fn read_content(&self, offset_blocks: u64, num_blocks: u64) -> Vec<u8> {
+        let state = self.state();
+        let block_size = state.block_size_bytes as usize;
+        let mut out = vec![0u8; block_size * num_blocks as usize];
+        for i in 0..num_blocks {
+            if let Some(data) = state.content.get(&(offset_blocks + i)) {
+                out[i as usize * block_size..(i as usize + 1) * block_size].copy_from_slice(data);
+            }
+        }
+        out
+    }
+
+    /// Whether a device block holds anything but zeroes.
+    pub fn is_written(&self, block: u64) -> bool {
+        self.state().content.get(&block).is_some_and(|d| d.iter().any(|&b| b != 0))
+    }
+
+    /// Loses power: every IO in flight vanishes (completions included) and the content reverts
+    /// to what was durable.
+    pub fn crash(&self) {
+        let mut state = self.state();
+        state.pending.clear();
+        state.completed.clear();
+        state.dirty.clear();
+        state.content = state.durable.clone();
+    }
+}
+
+impl BlockDevice for SimDevice {
+    type Channel = SimChannel;
+
+    fn info(&self) -> DeviceInfo {
+        self.info
+    }
+
+    fn supports(&self, _kind: IoKind) -> bool {
+        true
+    }
+
+    fn open_channel(&self) -> Result<SimChannel, DeviceError> {
+        let mut state = self.state();
+        let id = state.next_channel;
+        state.next_channel += 1;
+        Ok(SimChannel { id, device: self.clone(), in_flight: 0 })
+    }
+}
+
+/// One channel of a [`SimDevice`].
+pub struct SimChannel {
+    id: u64,
+    device: SimDevice,
+    in_flight: usize,
+}
+
+impl DeviceChannel for SimChannel {
+    fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
+        if self.in_flight >= limits::DEVICE_CHANNEL_DEPTH_MAX {
+            return Err(request);
+        }
+        let mut state = self.device.state();
+        let validation = request.validate(state.block_size_bytes, state.num_blocks);
+        let id = state.next_id;
+        state.next_id += 1;
+        let info = PendingIo {
+            id,
+            channel: self.id,
+            kind: request.kind,
+            flags: request.flags,
+            offset_blocks: request.offset_blocks,
+            num_blocks: request.num_blocks,
+            applied: false,
+        };
+        self.in_flight += 1;
+        match validation {
+            Ok(()) => state.pending.push(InFlight { info, request }),
+            Err(status) => state
+                .completed
+                .entry(self.id)
+                .or_default()
+                .push_back(IoCompletion { request, status }),
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
+        let ready: Vec<IoCompletion> = {
+            let mut state = self.device.state();
+            if state.auto_complete {
+                let mut index = 0;
+                while index < state.pending.len() {
+                    let entry = &state.pending[index].info;
+                    let held = state.hold.as_ref().is_some_and(|rule| rule(entry));
+                    if entry.channel == self.id && !held {
+                        state.complete(index, None);
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+            state.completed.get_mut(&self.id).map(|q| q.drain(..).collect()).unwrap_or_default()
+        };
+        let count = ready.len();
+        self.in_flight -= count;
+        for completion in ready {
+            complete(completion);
+        }
+        count
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{IoBuffer, SgList};
+
+    fn write(channel: &mut SimChannel, block: u64, byte: u8) {
+        let mut buffer = IoBuffer::new(512);
+        buffer.as_mut_slice().fill(byte);
+        let request =
+            IoRequest::new(IoKind::Write, block, 1, 0).with_buffers(SgList::single(buffer));
+        channel.submit(request).unwrap();
+    }
+
+    #[test]
+    fn write_takes_effect_when_the_test_says() {
+        let device = SimDevice::new(512, 16);
+        device.set_auto_complete(false);
+        let mut channel = device.open_channel().unwrap();
+        write(&mut channel, 3, 0xaa);
+        let pending = device.pending();
+        assert_eq!(pending.len(), 1);
+        assert!(!device.is_written(3));
+        device.apply(pending[0].id);
+        assert!(device.is_written(3), "applied before completion");
+        assert_eq!(channel.poll(&mut |_| {}), 0, "not completed yet");
+        device.complete(pending[0].id);
+        assert_eq!(channel.poll(&mut |c| assert!(c.status.is_success())), 1);
+    }
+
+    #[test]
+    fn read_is_filled_at_completion_and_crash_keeps_only_flushed() {
+        let device = SimDevice::new(512, 16);
+        let mut channel = device.open_channel().unwrap();
+        write(&mut channel, 1, 1);
+        channel.poll(&mut |_| {});
+        channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 0)).unwrap();
+        channel.poll(&mut |_| {});
+        write(&mut channel, 2, 2);
+        channel.poll(&mut |_| {});
+        device.set_auto_complete(false);
+        let read =
+            IoRequest::new(IoKind::Read, 1, 1, 9).with_buffers(SgList::single(IoBuffer::new(512)));
+        channel.submit(read).unwrap();
+        write(&mut channel, 1, 7);
+        let ids: Vec<u64> = device.pending().iter().map(|p| p.id).collect();
+        device.apply(ids[1]);
+        device.complete(ids[0]);
+        let mut seen = Vec::new();
+        channel.poll(&mut |c| seen.push(c.request.buffers.segments()[0].as_slice()[0]));
+        assert_eq!(seen, vec![7], "a read sees the content at its completion");
+        device.crash();
+        assert!(device.is_written(1));
+        assert_eq!(device.read_content(1, 1)[0], 1, "the flushed version survives");
+        assert!(!device.is_written(2), "the unflushed write is lost");
+    }
+}

@@ -1,0 +1,150 @@
+//! The embedded runtime with real threads: parking and waking, timed pollers, stopping.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bdev_thin::host::{PollStatus, Poller};
+use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+fn options(park: bool) -> RuntimeOptions {
+    RuntimeOptions { mask: CoreMask(1), park, pin: false, idle_before_park_us: 200 }
+}
+
+/// Waits (bounded) until `condition` holds; the bound turns a hang into a failure.
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < BOUND, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+fn parks(runtime: &Runtime) -> u64 {
+    runtime.handle().stats()[0].3
+}
+
+/// Reads whatever a socket has and reports it; its fd wakes the reactor.
+struct SocketReader {
+    socket: UnixStream,
+    sender: mpsc::Sender<Vec<u8>>,
+}
+
+impl Poller for SocketReader {
+    fn poll(&mut self) -> PollStatus {
+        let mut buffer = [0u8; 64];
+        match self.socket.read(&mut buffer) {
+            Ok(n) if n > 0 => {
+                let _ = self.sender.send(buffer[..n].to_vec());
+                PollStatus::Busy
+            }
+            _ => PollStatus::Idle,
+        }
+    }
+
+    fn wake_fds(&self) -> Vec<i32> {
+        vec![self.socket.as_raw_fd()]
+    }
+}
+
+#[test]
+fn a_parked_reactor_serves_the_next_message_and_socket() {
+    let runtime = Runtime::start(options(true)).unwrap();
+    let handle = runtime.handle();
+    wait_until("the reactor to park", || parks(&runtime) > 0);
+
+    let (sender, receiver) = mpsc::channel();
+    handle.send(0, move |ctx| sender.send(ctx.core()).unwrap()).unwrap();
+    assert_eq!(receiver.recv_timeout(BOUND).unwrap(), 0, "a message wakes a parked reactor");
+
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    let (sender, receiver) = mpsc::channel();
+    handle.add_poller(0, Box::new(SocketReader { socket: theirs, sender })).unwrap();
+    let before = parks(&runtime);
+    wait_until("the reactor to park again", || parks(&runtime) > before);
+    (&ours).write_all(b"ping").unwrap();
+    assert_eq!(receiver.recv_timeout(BOUND).unwrap(), b"ping", "socket readiness wakes it");
+    runtime.stop();
+}
+
+struct Ticker(Arc<AtomicU64>);
+
+impl Poller for Ticker {
+    fn poll(&mut self) -> PollStatus {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        PollStatus::Busy
+    }
+}
+
+#[test]
+fn timed_pollers_run_while_parked() {
+    let runtime = Runtime::start(options(true)).unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = Ticker(Arc::clone(&ticks));
+    runtime.handle().send(0, move |ctx| ctx.add_timed_poller(2000, Box::new(ticker))).unwrap();
+    wait_until("five ticks", || ticks.load(Ordering::SeqCst) >= 5);
+    wait_until("a park between ticks", || parks(&runtime) > 0);
+    runtime.stop();
+}
+
+/// A poller with work in flight for a while: stopping waits until it drains.
+struct Drainer {
+    remaining: u32,
+    stopping: bool,
+    drained: Arc<AtomicU64>,
+}
+
+impl Poller for Drainer {
+    fn poll(&mut self) -> PollStatus {
+        if self.stopping && self.remaining > 0 {
+            self.remaining -= 1;
+            if self.remaining == 0 {
+                self.drained.store(1, Ordering::SeqCst);
+            }
+        }
+        PollStatus::Busy
+    }
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+    }
+    fn is_drained(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+#[test]
+fn stop_waits_for_in_flight_work() {
+    let runtime = Runtime::start(options(false)).unwrap();
+    let drained = Arc::new(AtomicU64::new(0));
+    let drainer = Drainer { remaining: 1000, stopping: false, drained: Arc::clone(&drained) };
+    bdev_thin::runtime::call_on(&runtime.handle(), 0, move |ctx| ctx.add_poller(Box::new(drainer)))
+        .unwrap();
+    runtime.stop();
+    assert_eq!(drained.load(Ordering::SeqCst), 1, "stop returned before the poller drained");
+}
+
+#[test]
+fn core_masks_parse_as_spdk_writes_them() {
+    assert_eq!(CoreMask::parse("0x3"), Ok(CoreMask(3)));
+    assert_eq!(CoreMask::parse("3"), Ok(CoreMask(3)));
+    assert_eq!(CoreMask::parse("[0,2-3]"), Ok(CoreMask(0b1101)));
+    assert!(CoreMask::parse("0x0").is_err());
+    assert!(CoreMask::parse("zz").is_err());
+    assert!(CoreMask::parse("[70]").is_err());
+}
+
+#[test]
+fn a_mask_naming_a_missing_core_is_refused() {
+    let error =
+        Runtime::start(RuntimeOptions { mask: CoreMask(1 << 63), ..RuntimeOptions::default() })
+            .err()
+            .expect("core 63 does not exist here");
+    assert!(error.to_string().contains("core 63"), "{error}");
+}

@@ -1,0 +1,303 @@
+//! The perf binary as a user runs it: configs good and bad, every workload, the JSON results,
+//! verification that catches a device that keeps nothing, and durability across processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn perf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_perf"))
+}
+
+fn write_config(dir: &Path, name: &str, bdevs: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(r#"{{"subsystems":[{{"subsystem":"bdev","config":[{bdevs}]}}]}}"#),
+    )
+    .unwrap();
+    path
+}
+
+fn entry(method: &str, params: serde_json::Value) -> String {
+    serde_json::json!({"method": method, "params": params}).to_string()
+}
+
+fn malloc(name: &str) -> String {
+    entry(
+        "bdev_malloc_create",
+        serde_json::json!({"name": name, "num_blocks": 16384, "block_size": 4096}),
+    )
+}
+
+fn null(name: &str) -> String {
+    entry(
+        "bdev_null_create",
+        serde_json::json!({"name": name, "num_blocks": 16384, "block_size": 4096}),
+    )
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("perf runs")
+}
+
+fn stderr_line(output: &Output) -> String {
+    let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert_eq!(text.lines().count(), 1, "one line expected, got: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+    text
+}
+
+#[test]
+fn bad_configs_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (dir.path().join("missing.json"), "missing.json"),
+        (
+            {
+                let p = dir.path().join("garbage.json");
+                std::fs::write(&p, "{ not json").unwrap();
+                p
+            },
+            "invalid JSON at line 1",
+        ),
+        (
+            write_config(
+                dir.path(),
+                "unknown.json",
+                &entry("bdev_frobnicate", serde_json::json!({})),
+            ),
+            "config: bdev_frobnicate: Method not found",
+        ),
+        (
+            write_config(
+                dir.path(),
+                "badparam.json",
+                &entry(
+                    "bdev_malloc_create",
+                    serde_json::json!({"num_blocks": "x", "block_size": 512}),
+                ),
+            ),
+            "config: bdev_malloc_create: num_blocks: expected an unsigned integer",
+        ),
+        (
+            write_config(
+                dir.path(),
+                "unknownparam.json",
+                &entry(
+                    "bdev_malloc_create",
+                    serde_json::json!({"num_blocks": 8, "block_size": 512, "colour": "red"}),
+                ),
+            ),
+            "config: bdev_malloc_create: colour: unknown parameter",
+        ),
+        (
+            write_config(
+                dir.path(),
+                "dif.json",
+                &entry(
+                    "bdev_malloc_create",
+                    serde_json::json!({"num_blocks": 8, "block_size": 512, "md_size": 8}),
+                ),
+            ),
+            "md_size: separate metadata is not supported",
+        ),
+    ];
+    for (config, expected) in cases {
+        let output = run(perf()
+            .arg("-c")
+            .arg(&config)
+            .args(["-q", "1", "-o", "4k", "-w", "read", "-t", "1"]));
+        assert!(!output.status.success(), "{expected}: should fail");
+        let line = stderr_line(&output);
+        assert!(line.contains(expected), "expected '{expected}' in: {line}");
+    }
+}
+
+#[test]
+fn every_workload_runs_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "malloc.json", &malloc("Malloc0"));
+    for workload in [
+        "read",
+        "write",
+        "randread",
+        "randwrite",
+        "rw",
+        "randrw",
+        "unmap",
+        "write_zeroes",
+        "flush",
+        "reset",
+        "verify",
+    ] {
+        let json = dir.path().join(format!("{workload}.json"));
+        let output = run(perf()
+            .arg("-c")
+            .arg(&config)
+            .args(["-q", "8", "-o", "4k", "-w", workload, "-t", "1", "-M", "50"])
+            .arg("--json-results")
+            .arg(&json));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{workload}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains(&format!("workload: {workload}")), "{workload}: {stdout}");
+        assert!(stdout.contains("Total"), "{stdout}");
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let result = &value["results"][0];
+        for key in [
+            "job",
+            "core_mask",
+            "workload",
+            "status",
+            "queue_depth",
+            "io_size",
+            "runtime",
+            "iops",
+            "mibps",
+            "io_failed",
+            "io_timeout",
+            "avg_latency_us",
+            "min_latency_us",
+            "max_latency_us",
+            "p50_latency_us",
+            "p99_latency_us",
+            "p99_9_latency_us",
+        ] {
+            assert!(result.get(key).is_some(), "{workload}: no {key} in {result}");
+        }
+        assert_eq!(value["core_count"], 1);
+        assert_eq!(result["status"], "finished");
+        assert_eq!(result["io_failed"], 0, "{workload}");
+        assert!(result["iops"].as_f64().unwrap() > 0.0, "{workload}");
+    }
+}
+
+#[test]
+fn verify_catches_a_device_that_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "null.json", &null("Null0"));
+    let output =
+        run(perf().arg("-c").arg(&config).args(["-q", "4", "-o", "4k", "-w", "verify", "-t", "1"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "verify on null must fail: {stdout}");
+    assert!(stdout.contains("ended in about"), "{stdout}");
+}
+
+#[test]
+fn unsupported_workloads_are_skipped_as_bdevperf_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), "null.json", &format!("{},{}", malloc("Malloc0"), null("Null0")));
+    let output =
+        run(perf().arg("-c").arg(&config).args(["-q", "4", "-o", "4k", "-w", "unmap", "-t", "1"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("Skipping Null0 because it does not support unmap"), "{stdout}");
+    assert!(stdout.contains("Job: Malloc0"), "{stdout}");
+}
+
+#[test]
+fn jobs_are_placed_as_bdevperf_places_them() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("\n*** SKIPPED: placement on two cores needs two cores ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let second = malloc("Malloc1");
+    let config = write_config(dir.path(), "two.json", &format!("{},{second}", malloc("Malloc0")));
+    let json = dir.path().join("r.json");
+    let output = run(perf()
+        .arg("-c")
+        .arg(&config)
+        .args(["-q", "4", "-o", "4k", "-w", "read", "-t", "1", "-m", "0x3"])
+        .arg("--json-results")
+        .arg(&json));
+    assert!(output.status.success());
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let masks: Vec<(&str, &str)> = value["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["job"].as_str().unwrap(), r["core_mask"].as_str().unwrap()))
+        .collect();
+    assert_eq!(masks, vec![("Malloc0", "0x1"), ("Malloc1", "0x2")], "round-robin over cores");
+    let output = run(perf()
+        .arg("-c")
+        .arg(&config)
+        .args(["-q", "4", "-o", "4k", "-w", "read", "-t", "1", "-m", "0x3", "-C", "-T", "Malloc1"])
+        .arg("--json-results")
+        .arg(&json));
+    assert!(output.status.success());
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let masks: Vec<&str> = value["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["core_mask"].as_str().unwrap())
+        .collect();
+    assert_eq!(masks, vec!["0x1", "0x2"], "-C: every core, -T: that bdev only");
+}
+
+/// Prefill with pattern 1, a second prefill with pattern 2 killed midway, then every block must
+/// hold pattern 1 or 2; a pattern never written (3) must fail on every block.
+#[test]
+fn prefill_kill_and_verify_only_prove_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let bdev = entry(
+        "bdev_uring_create",
+        serde_json::json!({
+            "name": "Uring0",
+            "filename": image.display().to_string(),
+            "block_size": 4096,
+            "uuid": "8b1d7c36-7c8b-4a4b-9a84-2f0f4d3b0a11"
+        }),
+    );
+    let config = write_config(dir.path(), "uring.json", &bdev);
+    let base = |c: &mut Command| {
+        c.arg("-c").arg(&config).args(["-q", "8", "-o", "16k"]);
+    };
+    let mut first = perf();
+    base(&mut first);
+    let output = run(first.args(["-w", "write", "-t", "0", "--prefill", "--pattern", "1"]));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // The second prefill is killed once it has run a while (wherever it is, the check holds).
+    let mut second = perf();
+    base(&mut second);
+    let mut child = second
+        .args(["-w", "write", "-t", "0", "--prefill", "--pattern", "2", "-o", "4k", "-q", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while image.metadata().unwrap().modified().unwrap().elapsed().unwrap_or_default()
+        > Duration::from_millis(50)
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut check = perf();
+    base(&mut check);
+    let output = run(check.args(["-w", "verify_only", "-t", "0", "--pattern", "1,2"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "every block holds pattern 1 or 2: {stdout}");
+
+    let mut wrong = perf();
+    base(&mut wrong);
+    let output = run(wrong.args(["-w", "verify_only", "-t", "0", "--pattern", "3"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "pattern 3 was never written: {stdout}");
+    assert!(stdout.contains("16384 blocks match none of the patterns"), "{stdout}");
+}
