@@ -25,6 +25,7 @@ pub mod rpc;
 pub mod runtime;
 pub mod sys;
 pub mod target;
+pub mod thin;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,0 +1,121 @@
+//! The thin core's nouns as types: each block-number space is its own newtype, so mixing a
+//! virtual block with a data block or a metadata block fails to compile (STYLE.md §3). Plain
+//! data, shared by every module of `thin` and by the tools that read a pool offline.
+
+use std::fmt;
+
+/// Block index inside one volume, in data-block-size units, as the mapping sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VirtBlock(pub u64);
+
+/// Allocation unit of the pool's data area (block 0 starts at the pool's data offset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DataBlock(pub u64);
+
+/// A 4 KiB block of the metadata region (block 0 starts at the region's first byte).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MetaBlock(pub u64);
+
+/// A volume's number inside its pool. Never reused within a pool; 0 is never a volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeId(pub u64);
+
+/// Where a virtual block's data lives, and the pool time at which the mapping was made
+/// (DESIGN.md "certainly not shared": older than the volume's snapshot time = maybe shared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    pub data_block: DataBlock,
+    pub time: u64,
+}
+
+/// What the pool does with an unmap (API.md `discard`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DiscardMode {
+    /// Unmap, then deallocate the freed blocks on the data device.
+    #[default]
+    Passdown,
+    /// Unmap only.
+    NoPassdown,
+    /// Unmap does nothing (write_zeroes still zeroes).
+    Ignore,
+}
+
+impl DiscardMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiscardMode::Passdown => "passdown",
+            DiscardMode::NoPassdown => "no_passdown",
+            DiscardMode::Ignore => "ignore",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DiscardMode> {
+        [DiscardMode::Passdown, DiscardMode::NoPassdown, DiscardMode::Ignore]
+            .into_iter()
+            .find(|m| m.name() == text)
+    }
+}
+
+/// What a write that finds no free block does (API.md `out_of_space`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OutOfSpaceMode {
+    /// Fail the write with ENOSPC (once nothing is pending).
+    #[default]
+    Error,
+    /// Hold the write until the pool grows, up to `no_space_timeout_s`.
+    Queue,
+}
+
+impl OutOfSpaceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutOfSpaceMode::Error => "error",
+            OutOfSpaceMode::Queue => "queue",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OutOfSpaceMode> {
+        [OutOfSpaceMode::Error, OutOfSpaceMode::Queue].into_iter().find(|m| m.name() == text)
+    }
+}
+
+/// The pool's operating mode (dm-thin's modes, API.md `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PoolMode {
+    #[default]
+    Write,
+    OutOfDataSpace,
+    OutOfMetadataSpace,
+    ReadOnly,
+    Fail,
+}
+
+impl PoolMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Write => "write",
+            PoolMode::OutOfDataSpace => "out_of_data_space",
+            PoolMode::OutOfMetadataSpace => "out_of_metadata_space",
+            PoolMode::ReadOnly => "read_only",
+            PoolMode::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "volume {}", self.0)
+    }
+}
+
+impl fmt::Display for DataBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "data block {}", self.0)
+    }
+}
+
+impl fmt::Display for MetaBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "metadata block {}", self.0)
+    }
+}
