@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bdev::BdevRegistry;
+use crate::bdev::thin::ThinPool;
 use crate::runtime::RuntimeHandle;
 
 pub struct Target {
     pub runtime: RuntimeHandle,
     pub bdevs: Arc<BdevRegistry>,
+    pools: std::sync::Mutex<Vec<Arc<ThinPool>>>,
     initialized: AtomicBool,
 }
 
@@ -18,8 +20,18 @@ impl Target {
         Arc::new(Target {
             runtime,
             bdevs: BdevRegistry::new(),
+            pools: std::sync::Mutex::new(Vec::new()),
             initialized: AtomicBool::new(false),
         })
+    }
+
+    /// Every pool hosted here.
+    pub fn pools(&self) -> Vec<Arc<ThinPool>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn add_pool(&self, pool: Arc<ThinPool>) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
     }
 
     /// Marks start-up done (`framework_wait_init` answers from then on).

@@ -57,6 +57,24 @@ pub enum ControlOp {
     Commit {
         done: ControlDone<()>,
     },
+    /// What `bdev_thin_get_pools` / `bdev_thin_get_volumes` report, read on the owner's core.
+    Describe {
+        done: ControlDone<PoolDescription>,
+    },
+}
+
+/// A pool's state as the owner sees it.
+#[derive(Clone, Debug)]
+pub struct PoolDescription {
+    pub volumes: Vec<super::metadata::VolumeRecord>,
+    pub data_blocks: u64,
+    pub used_data_blocks: u64,
+    pub held_data_blocks: u64,
+    pub transaction_id: u64,
+    pub mode: PoolMode,
+    pub needs_check: bool,
+    pub metadata_free_blocks: u64,
+    pub metadata_total_blocks: u64,
 }
 
 /// Why a pool operation failed.
@@ -256,6 +274,8 @@ pub struct Owner<D: BlockDevice, H: Host> {
     passdown_done: VecDeque<(usize, PassdownRun, IoStatus)>,
     /// Completions of one device poll, processed after it (capacity kept: no allocation).
     completed: Vec<IoCompletion>,
+    /// Block writes whose payload landed during a commit: inserted when it ends.
+    finish_after_commit: Vec<usize>,
     unsent: VecDeque<(u32, OwnerReply)>,
     copy_buffers: Vec<IoBuffer>,
     mode: PoolMode,
@@ -316,6 +336,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             last_commit_ns: 0,
             passdown_done: VecDeque::with_capacity(limits::OWNER_OPS_MAX),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
+            finish_after_commit: Vec::with_capacity(limits::OWNER_OPS_MAX),
             unsent: VecDeque::new(),
             copy_buffers: (0..limits::OWNER_COPY_BUFFERS)
                 .map(|_| IoBuffer::new(copy_bytes))
@@ -374,9 +395,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.refresh_channels();
         busy |= self.drain_passdown_completions();
         busy |= self.poll_device();
-        busy |= self.run_control();
         busy |= self.retry_unsent();
         if self.commit_stage == CommitStage::Idle {
+            busy |= self.run_control();
             busy |= self.run_deferred();
             busy |= self.run_inbox();
         }
@@ -401,6 +422,16 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .iter()
                 .flatten()
                 .any(|op| matches!(op, Op::Range(r) if r.stage == RangeStage::WaitGrace))
+    }
+
+    /// Asks for a commit at the next poll (a stopping host commits every pool).
+    pub fn request_commit(&mut self) {
+        self.commit_wanted = true;
+    }
+
+    /// See [`crate::host::DeviceChannel::prepare_park`]: arms the data channel's wake-ups.
+    pub fn prepare_park(&mut self) -> bool {
+        self.data.prepare_park()
     }
 
     /// IO of the owner's own still in flight (drain before stopping).
@@ -907,8 +938,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     /// The payload is on the device (or failed): insert the mapping and publish it, then
-    /// answer (after a commit for FUA).
+    /// answer (after a commit for FUA). During a commit the metadata may not change, so the
+    /// insertion waits for the commit's end.
     fn finish_block_write(&mut self, index: usize) {
+        if self.commit_stage != CommitStage::Idle {
+            self.finish_after_commit.push(index);
+            return;
+        }
         let Some(Op::Write(write)) = self.ops[index].as_mut() else {
             return;
         };
@@ -1425,6 +1461,17 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 self.commit_wanted = true;
                 self.control_commits.push((after, done));
             }
+            ControlOp::Describe { done } => done(Ok(PoolDescription {
+                volumes: self.meta.volumes().cloned().collect(),
+                data_blocks: self.space.data_blocks(),
+                used_data_blocks: self.meta.used_data_blocks(),
+                held_data_blocks: self.space.held_count(),
+                transaction_id: self.meta.transaction_id(),
+                mode: self.mode,
+                needs_check: self.meta.pool().needs_check,
+                metadata_free_blocks: self.meta.metadata_free_blocks(),
+                metadata_total_blocks: self.meta.metadata_total_blocks(),
+            })),
         }
     }
 
@@ -1568,6 +1615,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         self.commits_done = self.commits_started;
         self.after_commit();
+        let mut waiting = std::mem::take(&mut self.finish_after_commit);
+        for index in waiting.drain(..) {
+            self.finish_block_write(index);
+        }
+        self.finish_after_commit = waiting;
     }
 
     /// Answers everything that waited for the commit that just ended.

@@ -136,7 +136,9 @@ fn delete_of_kind(
         let name = params.string("name")?;
         params.finish()?;
         let bdev = target.bdevs.get(&name)?;
-        let Device::Base(device) = bdev.device();
+        let Device::Base(device) = bdev.device() else {
+            return Err(RpcError::errno(libc::ENODEV, format!("{name} is a thin volume")));
+        };
         if !is_kind(device) {
             return Err(RpcError::errno(
                 libc::ENODEV,
@@ -213,8 +215,7 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
     object.insert("preferred_unmap_alignment".into(), json!(0));
     object.insert("preferred_unmap_granularity".into(), json!(0));
     object.insert("uuid".into(), json!(uuid));
-    let Device::Base(device) = bdev.device();
-    if matches!(device, BaseDevice::Malloc(_)) {
+    if matches!(bdev.device(), Device::Base(BaseDevice::Malloc(_))) {
         object.insert("numa_id".into(), json!(-1));
     }
     object.insert(
@@ -263,8 +264,11 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
             "write_uncorrectable": false,
         }),
     );
-    let driver_specific = match device {
-        BaseDevice::Uring(d) => json!({"uring": {"filename": d.path().display().to_string()}}),
+    let driver_specific = match bdev.device() {
+        Device::Base(BaseDevice::Uring(d)) => {
+            json!({"uring": {"filename": d.path().display().to_string()}})
+        }
+        Device::Thin(d) => super::thin::driver_specific(d),
         _ => json!({}),
     };
     object.insert("driver_specific".into(), driver_specific);
