@@ -13,7 +13,8 @@ fn thin_config(dir: &Path, extra_pool_params: &str) -> PathBuf {
     let path = dir.join("thin.json");
     let text = format!(
         r#"{{"subsystems":[{{"subsystem":"bdev","config":[
-        {{"method":"bdev_malloc_create","params":{{"name":"Malloc0","num_blocks":65536,"block_size":4096}}}},
+        {{"method":"bdev_malloc_create",
+          "params":{{"name":"Malloc0","num_blocks":65536,"block_size":4096}}}},
         {{"method":"bdev_thin_pool_create","params":{{"bdev_name":"Malloc0","pool_name":"pool0",
           "data_block_size":16384{extra_pool_params}}}}},
         {{"method":"bdev_thin_create","params":{{"pool_name":"pool0","volume_name":"vol0",
@@ -91,7 +92,8 @@ fn bad_pool_configs_give_one_line_errors() {
     std::fs::write(
         &null,
         r#"{"subsystems":[{"subsystem":"bdev","config":[
-        {"method":"bdev_null_create","params":{"name":"Null0","num_blocks":65536,"block_size":4096}},
+        {"method":"bdev_null_create",
+          "params":{"name":"Null0","num_blocks":65536,"block_size":4096}},
         {"method":"bdev_thin_pool_create","params":{"bdev_name":"Null0","pool_name":"p"}}]}]}"#,
     )
     .unwrap();

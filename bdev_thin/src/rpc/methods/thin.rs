@@ -3,6 +3,7 @@
 //! the commit that makes it durable) is done.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -371,6 +372,7 @@ fn describe(pool: &ThinPool) -> Result<PoolDescription, RpcError> {
 }
 
 fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
+    let counters = &pool.shared.counters;
     let block = u64::from(pool.layout.data_block_bytes);
     json!({
         "uuid": pool.uuid.to_string(),
@@ -394,8 +396,8 @@ fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
         "max_growable_size": pool.layout.data_blocks_max * block,
         "mode": d.mode.name(),
         "needs_check": d.needs_check,
-        "passdowns_completed": pool.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed),
-        "passdowns_failed": pool.shared.counters.passdowns_failed.load(std::sync::atomic::Ordering::Relaxed),
+        "passdowns_completed": counters.passdowns_completed.load(Ordering::Relaxed),
+        "passdowns_failed": counters.passdowns_failed.load(Ordering::Relaxed),
     })
 }
 
