@@ -140,6 +140,13 @@ impl PoolMetadata {
         })
     }
 
+    /// Nothing is ever on disk in this stand-in: no pool is found.
+    pub fn open(
+        _read_block: &mut dyn FnMut(MetaBlock, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<PoolMetadata, MetadataError> {
+        Err(MetadataError::NotAPool)
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.open.layout
     }

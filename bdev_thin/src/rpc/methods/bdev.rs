@@ -52,7 +52,8 @@ fn register(
     device: BaseDevice,
 ) -> Result<Value, RpcError> {
     let bdev = Bdev::new(name.clone(), uuid.unwrap_or_else(Uuid::new_v4), Device::Base(device));
-    target.bdevs.register(bdev)?;
+    target.bdevs.register(Arc::clone(&bdev))?;
+    super::thin::examine(target, &bdev);
     Ok(json!(name))
 }
 
@@ -372,11 +373,11 @@ pub(super) fn examine(target: &Arc<Target>, mut params: Params, reply: Reply) {
     })
 }
 
-pub(super) fn wait_for_examine(_target: &Arc<Target>, params: Params, reply: Reply) {
-    reply_with(reply, || {
-        params.finish()?;
-        Ok(json!(true))
-    })
+pub(super) fn wait_for_examine(target: &Arc<Target>, params: Params, reply: Reply) {
+    if let Err(e) = params.finish() {
+        return reply(Err(e));
+    }
+    target.when_examined(reply);
 }
 
 /// SPDK option setters we have no use for: the parameters must be an object of JSON scalars or

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::Reply;
+use crate::backend::BaseDevice;
 use crate::bdev::thin::{OwnerPoller, ThinPool, ThinVolumeDevice, control_ring, owner_settings};
 use crate::bdev::{Bdev, Device};
 use crate::host::{BlockDevice, Host};
@@ -16,10 +17,10 @@ use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
 use crate::thin::channel::ChannelGeometry;
-use crate::thin::metadata::{Layout, PoolMetadata, PoolRecord};
+use crate::thin::metadata::{Layout, MetadataError, PoolMetadata, PoolRecord};
 use crate::thin::owner::{ControlOp, Owner, PoolDescription, PoolError};
 use crate::thin::pool::PoolShared;
-use crate::thin::types::{DiscardMode, OutOfSpaceMode};
+use crate::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
 
 const DATA_BLOCK_BYTES_DEFAULT: u64 = 65536;
 const DATA_BLOCK_BYTES_MIN: u64 = 4096;
@@ -155,26 +156,7 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
         let meta = PoolMetadata::format(layout, record.clone())
             .map_err(|e| RpcError::errno(libc::EINVAL, e))?;
         bdev.try_claim("bdev_thin")?;
-        let cores = target.runtime.cores();
-        let home_core = cores[target.pools().len() % cores.len()];
-        let pool = Arc::new(ThinPool {
-            name: pool_name,
-            uuid,
-            base_bdev: bdev.name().to_string(),
-            home_core,
-            shared: PoolShared::new(target.runtime.waker(home_core)),
-            control: control_ring(),
-            device,
-            geometry: ChannelGeometry {
-                lba_bytes,
-                lbas_per_block: block_bytes / lba_bytes,
-                data_offset_lbas: layout.data_offset_bytes / lba_bytes,
-            },
-            layout,
-            record,
-            runtime: target.runtime.clone(),
-            volumes: std::sync::Mutex::new(Vec::new()),
-        });
+        let pool = new_pool(target, &bdev, device, layout, record, uuid);
         Ok((pool, meta, bdev))
     })();
     let (pool, meta, bdev) = match prepared {
@@ -184,7 +166,90 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
     start_pool(target, pool, meta, bdev, reply);
 }
 
-/// Starts the owner on the pool's home core and answers once its first commit is durable.
+fn new_pool(
+    target: &Arc<Target>,
+    bdev: &Arc<Bdev>,
+    device: BaseDevice,
+    layout: Layout,
+    record: PoolRecord,
+    uuid: Uuid,
+) -> Arc<ThinPool> {
+    let lba_bytes = u64::from(device.info().block_size_bytes);
+    let block_bytes = u64::from(layout.data_block_bytes);
+    let cores = target.runtime.cores();
+    let home_core = cores[target.pools().len() % cores.len()];
+    Arc::new(ThinPool {
+        name: record.name.clone(),
+        uuid,
+        base_bdev: bdev.name().to_string(),
+        home_core,
+        shared: PoolShared::new(target.runtime.waker(home_core)),
+        control: control_ring(),
+        device,
+        geometry: ChannelGeometry {
+            lba_bytes,
+            lbas_per_block: block_bytes / lba_bytes,
+            data_offset_lbas: layout.data_offset_bytes / lba_bytes,
+        },
+        layout,
+        record,
+        runtime: target.runtime.clone(),
+        volumes: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
+/// Looks for a pool on a bdev that just appeared (SPDK's examine): if its superblock is
+/// there, the pool and every volume come back. Reads synchronously (control plane); the pool
+/// starts asynchronously and `bdev_wait_for_examine` waits for it.
+pub(crate) fn examine(target: &Arc<Target>, bdev: &Arc<Bdev>) {
+    let Device::Base(device) = bdev.device().clone() else {
+        return;
+    };
+    if !device.stores_data() {
+        return;
+    }
+    let block_bytes = crate::thin::metadata::METADATA_BLOCK_BYTES as u64;
+    let mut read = |block: MetaBlock, out: &mut [u8]| device.read_sync(block.0 * block_bytes, out);
+    let meta = match PoolMetadata::open(&mut read) {
+        Ok(meta) => meta,
+        Err(MetadataError::NotAPool) => return,
+        Err(e) => {
+            eprintln!("examine {}: a pool is there but cannot be opened: {e}", bdev.name());
+            return;
+        }
+    };
+    let record = meta.pool().clone();
+    let layout = *meta.layout();
+    if target.pools().iter().any(|p| p.name == record.name) {
+        eprintln!("examine {}: pool {} already exists; not opened", bdev.name(), record.name);
+        return;
+    }
+    if let Err(e) = bdev.try_claim("bdev_thin") {
+        eprintln!("examine {}: {e}", bdev.name());
+        return;
+    }
+    let uuid = Uuid::from_bytes(record.uuid);
+    let pool = new_pool(target, bdev, device, layout, record, uuid);
+    eprintln!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name);
+    target.begin_examine();
+    let ended = Arc::clone(target);
+    let name = bdev.name().to_string();
+    start_pool(
+        target,
+        pool,
+        meta,
+        Arc::clone(bdev),
+        Box::new(move |result| {
+            if let Err(e) = result {
+                eprintln!("examine {name}: {}", e.message);
+            }
+            ended.end_examine();
+        }),
+    );
+}
+
+/// Starts the owner on the pool's home core and answers once a first commit is durable, with
+/// every volume the metadata holds registered as a bdev.
 fn start_pool(
     target: &Arc<Target>,
     pool: Arc<ThinPool>,
@@ -192,6 +257,8 @@ fn start_pool(
     base: Arc<Bdev>,
     reply: Reply,
 ) {
+    let volumes: Vec<(VolumeId, [u8; 16], String, u64)> =
+        meta.volumes().map(|v| (v.id, v.uuid, v.name.clone(), v.size_bytes)).collect();
     let target_for_owner = Arc::clone(target);
     let home = pool.home_core;
     let sent = target.runtime.send(home, move |ctx| {
@@ -212,7 +279,24 @@ fn start_pool(
                     done: Box::new(move |result| match result {
                         Ok(()) => {
                             let uuid = registered.uuid.to_string();
-                            target_for_owner.add_pool(registered);
+                            target_for_owner.add_pool(Arc::clone(&registered));
+                            for (id, volume_uuid, name, size_bytes) in volumes {
+                                let volume_uuid = Uuid::from_bytes(volume_uuid);
+                                let registered_volume = register_volume(
+                                    &target_for_owner,
+                                    &registered,
+                                    id,
+                                    volume_uuid,
+                                    &name,
+                                    size_bytes,
+                                );
+                                if let Err(e) = registered_volume {
+                                    eprintln!(
+                                        "pool {}: volume {name}: {}",
+                                        registered.name, e.message
+                                    );
+                                }
+                            }
                             reply(Ok(json!(uuid)));
                         }
                         Err(e) => {
@@ -272,7 +356,7 @@ pub(super) fn create(target: &Arc<Target>, mut params: Params, reply: Reply) {
 fn register_volume(
     target: &Arc<Target>,
     pool: &Arc<ThinPool>,
-    id: crate::thin::types::VolumeId,
+    id: VolumeId,
     uuid: Uuid,
     volume_name: &str,
     size_bytes: u64,
