@@ -25,9 +25,9 @@ pub mod rpc;
 pub mod runtime;
 pub mod sys;
 pub mod target;
-pub mod thin;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod thin;
 
 /// The version `--version` and `spdk_get_version` report.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
