@@ -140,8 +140,12 @@ impl Store {
         }
     }
 
-    fn alloc_node(&mut self, node: Node) -> Result<u64, MetadataError> {
+    fn alloc_node(&mut self, mut node: Node) -> Result<u64, MetadataError> {
         let loc = self.meta.alloc()?;
+        // Room for the one entry over capacity before a split, so a node never reallocates:
+        // the in-memory bound per node is fixed (docs/format.md "Memory").
+        node.entries
+            .reserve_exact((METADATA_NODE_ENTRIES_MAX + 1).saturating_sub(node.entries.len()));
         self.nodes.insert(loc, node);
         self.dirty.insert(loc);
         Ok(loc)
@@ -484,7 +488,7 @@ pub fn decode_node(bytes: &[u8], block: u64) -> Result<Node, MetadataError> {
     if usize::from(level) >= METADATA_BTREE_DEPTH_MAX {
         return Err(reader.corrupt("level over the depth bound"));
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries = Vec::with_capacity(METADATA_NODE_ENTRIES_MAX + 1);
     for i in 0..count {
         let at = HEADER_BYTES + ENTRY_BYTES * i;
         let entry = Entry { key: reader.u64(at)?, a: reader.u64(at + 8)?, b: reader.u64(at + 16)? };
