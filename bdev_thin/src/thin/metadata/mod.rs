@@ -202,8 +202,8 @@ impl Layout {
         if self.data_blocks == 0 || self.data_blocks > self.data_blocks_max {
             return Err(MetadataError::InvalidLayout { what: "data blocks" });
         }
-        if usize::try_from(self.data_blocks_max).is_err() {
-            return Err(MetadataError::InvalidLayout { what: "data blocks" });
+        if self.data_blocks_max > self.metadata_blocks.saturating_mul(space::COUNTS_PER_BLOCK) {
+            return Err(MetadataError::InvalidLayout { what: "region too small for the counts" });
         }
         Ok(())
     }
@@ -357,6 +357,16 @@ impl PoolMetadata {
         Ok(loaded.metadata)
     }
 
+    /// Like `open`, but data counts that differ from the references are returned as problem
+    /// lines instead of failing (offline tools dump a damaged pool). Not for a live pool.
+    pub fn open_lenient(
+        read_block: ReadBlock<'_>,
+    ) -> Result<(PoolMetadata, Vec<String>), MetadataError> {
+        let loaded = check::load(read_block)?;
+        let problems = loaded.problems.into_iter().map(|(_, line)| line).collect();
+        Ok((loaded.metadata, problems))
+    }
+
     /// Only the superblock (examine's cheap probe).
     pub fn probe(
         read_block: ReadBlock<'_>,
@@ -437,6 +447,16 @@ impl PoolMetadata {
         self.check_space().is_ok()
     }
 
+    /// A fresh volume id, or Err when the pool has no room for another volume.
+    fn next_id(&mut self) -> Result<VolumeId, MetadataError> {
+        if self.top.volumes.len() >= POOL_VOLUMES_MAX || self.top.next_volume_id == u64::MAX {
+            return Err(MetadataError::TooManyVolumes { max: POOL_VOLUMES_MAX });
+        }
+        let id = VolumeId(self.top.next_volume_id);
+        self.top.next_volume_id += 1;
+        Ok(id)
+    }
+
     fn stored(&self, id: VolumeId) -> Result<&StoredVolume, MetadataError> {
         self.top.volumes.get(&id).ok_or(MetadataError::NoSuchVolume { id })
     }
@@ -448,13 +468,9 @@ impl PoolMetadata {
         size_bytes: u64,
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
-        if self.top.volumes.len() >= POOL_VOLUMES_MAX {
-            return Err(MetadataError::TooManyVolumes { max: POOL_VOLUMES_MAX });
-        }
         self.check_space()?;
         self.begin_mutation();
-        let id = VolumeId(self.top.next_volume_id);
-        self.top.next_volume_id += 1;
+        let id = self.next_id()?;
         let record = VolumeRecord {
             id,
             uuid,
@@ -479,16 +495,12 @@ impl PoolMetadata {
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
         let source = self.stored(origin)?.clone();
-        if self.top.volumes.len() >= POOL_VOLUMES_MAX {
-            return Err(MetadataError::TooManyVolumes { max: POOL_VOLUMES_MAX });
-        }
         self.check_space()?;
         self.begin_mutation();
+        let id = self.next_id()?;
         self.store.share(source.root.loc);
-        self.top.time += 1;
+        self.top.time = self.top.time.saturating_add(1);
         let time = self.top.time;
-        let id = VolumeId(self.top.next_volume_id);
-        self.top.next_volume_id += 1;
         let record = VolumeRecord {
             id,
             uuid,
@@ -653,7 +665,7 @@ impl PoolMetadata {
         self.store.data.inc(mapping.data_block.0);
         match old {
             None => {
-                stored.record.mapped_blocks += 1;
+                stored.record.mapped_blocks = stored.record.mapped_blocks.saturating_add(1);
                 Ok(None)
             }
             Some((old_block, _)) => {
@@ -696,7 +708,7 @@ impl PoolMetadata {
         let Some((data_block, time)) = old else {
             return Ok(Removed::NotMapped);
         };
-        stored.record.mapped_blocks -= 1;
+        stored.record.mapped_blocks = stored.record.mapped_blocks.saturating_sub(1);
         let now_free = self.store.data.dec(data_block) == 0;
         Ok(Removed::Removed {
             mapping: Mapping { data_block: DataBlock(data_block), time },

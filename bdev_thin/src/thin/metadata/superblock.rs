@@ -4,6 +4,7 @@
 //! newest valid slot (docs/format.md "Superblock").
 
 use super::codec::{self, BlockType, Reader, SUPERBLOCK_BYTES};
+use super::space::COUNTS_PER_BLOCK;
 use super::{
     FORMAT_VERSION, Layout, METADATA_BLOCK_BYTES, MetadataError, NAME_BYTES_MAX, PoolRecord,
 };
@@ -171,7 +172,8 @@ pub fn decode(bytes: &[u8], block: u64) -> Result<Superblock, MetadataError> {
     if layout.data_blocks > layout.data_blocks_max || layout.data_blocks == 0 {
         return Err(r.corrupt("data block count"));
     }
-    if usize::try_from(layout.data_blocks_max).is_err()
+    if layout.data_blocks_max > layout.metadata_blocks.saturating_mul(COUNTS_PER_BLOCK)
+        || usize::try_from(layout.data_blocks_max).is_err()
         || layout.data_blocks_max.checked_mul(u64::from(data_block_bytes)).is_none()
     {
         return Err(r.corrupt("data block count"));
