@@ -45,6 +45,8 @@ struct Loader<'r, 'f> {
     meta_counts: Vec<u32>,
     types: HashMap<u64, BlockType>,
     refs: Vec<u32>,
+    /// Smallest and largest key under each loaded node.
+    ranges: HashMap<u64, (u64, u64)>,
 }
 
 fn corrupt(block: u64, what: &'static str) -> MetadataError {
@@ -96,12 +98,16 @@ impl Loader<'_, '_> {
         self.read(child, block_type)
     }
 
+    /// Loads the tree at `child` (once per block, however many parents) and returns the
+    /// smallest and largest key under it, so each parent can verify that its children's key
+    /// ranges are ordered, disjoint and start at or after their entries' keys: with that, what
+    /// open accepts is a B+tree every later operation keeps valid.
     fn load_tree(
         &mut self,
         kind: TreeKind,
         child: Child,
         level: Option<u8>,
-    ) -> Result<(), MetadataError> {
+    ) -> Result<(u64, u64), MetadataError> {
         let loc = child.loc;
         if !self.reference(loc, kind.block_type())? {
             let node = self.store.node(loc);
@@ -111,7 +117,7 @@ impl Loader<'_, '_> {
             if level.is_some_and(|l| l != node.level) {
                 return Err(corrupt(loc, "node level"));
             }
-            return Ok(());
+            return self.ranges.get(&loc).copied().ok_or_else(|| corrupt(loc, "node in a cycle"));
         }
         let bytes = self.read(child, kind.block_type())?;
         let node = btree::decode_node(&bytes, loc)?;
@@ -122,7 +128,7 @@ impl Loader<'_, '_> {
         for entry in &node.entries {
             if node.level > 0 {
                 let checksum = u32::try_from(entry.b).map_err(|_| corrupt(loc, "checksum"))?;
-                children.push(Child { loc: entry.a, checksum });
+                children.push((entry.key, Child { loc: entry.a, checksum }));
             } else if kind == TreeKind::Mapping {
                 if entry.a >= self.data_blocks {
                     return Err(corrupt(loc, "data block out of range"));
@@ -132,12 +138,22 @@ impl Loader<'_, '_> {
                 *slot = slot.checked_add(1).ok_or_else(|| corrupt(loc, "reference overflow"))?;
             }
         }
+        let first = node.entries.first().map(|e| e.key).ok_or_else(|| corrupt(loc, "empty"))?;
+        let last = node.entries.last().map_or(first, |e| e.key);
         let child_level = node.level.checked_sub(1);
         self.store.nodes.insert(loc, node);
-        for child in children {
-            self.load_tree(kind, child, child_level)?;
+        let mut range = (first, last);
+        let mut previous_max: Option<u64> = None;
+        for (key, child) in children {
+            let (low, high) = self.load_tree(kind, child, child_level)?;
+            if low < key || previous_max.is_some_and(|max| max >= key) {
+                return Err(corrupt(loc, "child keys outside their entry's range"));
+            }
+            previous_max = Some(high);
+            range.1 = high;
         }
-        Ok(())
+        self.ranges.insert(loc, range);
+        Ok(range)
     }
 }
 
@@ -160,6 +176,7 @@ pub(super) fn load(mut read_block: ReadBlock<'_>) -> Result<Loaded, MetadataErro
         meta_counts: vec![0; metadata_len],
         types: HashMap::new(),
         refs: vec![0; data_len],
+        ranges: HashMap::new(),
     };
     loader.meta_counts[0] = 1;
     loader.meta_counts[1] = 1;

@@ -723,3 +723,141 @@ fn golden_superblock_matches_the_format_document() {
         .collect();
     assert_eq!(hex, documented, "docs/format.md's golden superblock differs from the code");
 }
+
+/// One forged node: level, and entries of (key, target selector, honest checksum?, time).
+type ForgedNode = (u8, Vec<(u16, u64, bool, u64)>);
+
+/// Builds an image whose every checksum is valid but whose structure is arbitrary: nodes at
+/// blocks 10.., volume roots among them, one count block with `counts`.
+fn forge(nodes: &[ForgedNode], roots: &[usize], counts: &[u32], mapped: u64) -> Image {
+    let mut image = Image::default();
+    let generation = 3;
+    let mut checksums: Vec<u32> = Vec::new();
+    for (i, (level, raw)) in nodes.iter().enumerate() {
+        let loc = 10 + i as u64;
+        let mut raw = raw.clone();
+        raw.sort_by_key(|e| e.0);
+        raw.dedup_by_key(|e| e.0);
+        let entries: Vec<btree::Entry> = raw
+            .iter()
+            .map(|(key, target, honest, time)| {
+                if *level == 0 {
+                    btree::Entry { key: u64::from(*key), a: *target % 80, b: *time }
+                } else {
+                    let child = (*target % (nodes.len() as u64 + 1)) as usize;
+                    let checksum = match checksums.get(child) {
+                        Some(sum) if *honest => u64::from(*sum),
+                        _ => *time & 0xffff_ffff,
+                    };
+                    btree::Entry { key: u64::from(*key), a: 10 + child as u64, b: checksum }
+                }
+            })
+            .collect();
+        let mut bytes = btree::encode_node(TreeKind::Mapping, loc, generation, *level, &entries);
+        checksums.push(codec::seal(&mut bytes, BlockType::MappingNode));
+        image.write(MetaBlock(loc), &bytes);
+    }
+    let records: Vec<StoredVolume> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, root)| {
+            let root = *root % nodes.len().max(1);
+            StoredVolume {
+                record: VolumeRecord {
+                    id: VolumeId(i as u64 + 1),
+                    uuid: [0; 16],
+                    name: "f".to_string(),
+                    size_bytes: 1 << 28,
+                    creation_time: 0,
+                    snapshot_time: 0,
+                    origin: None,
+                    mapped_blocks: mapped,
+                },
+                root: Child {
+                    loc: 10 + root as u64,
+                    checksum: checksums.get(root).copied().unwrap_or(0),
+                },
+            }
+        })
+        .collect();
+    let mut table = volumes::encode_table_block(100, generation, &records);
+    let table_sum = codec::seal(&mut table, BlockType::VolumeTableBlock);
+    image.write(MetaBlock(100), &table);
+    let mut index =
+        volumes::encode_index(101, generation, &[Child { loc: 100, checksum: table_sum }]);
+    let index_sum = codec::seal(&mut index, BlockType::VolumeTableIndex);
+    image.write(MetaBlock(101), &index);
+    let mut count_block = space::encode_count_block(102, generation, 0, counts);
+    let count_sum = codec::seal(&mut count_block, BlockType::CountBlock);
+    image.write(MetaBlock(102), &count_block);
+    let leaf = [btree::Entry { key: 0, a: 102, b: u64::from(count_sum) }];
+    let mut space_leaf = btree::encode_node(TreeKind::SpaceIndex, 103, generation, 0, &leaf);
+    let space_sum = codec::seal(&mut space_leaf, BlockType::SpaceIndexNode);
+    image.write(MetaBlock(103), &space_leaf);
+    let sb = Superblock {
+        transaction_id: generation,
+        layout: layout(1024, 80, 4096),
+        pool: pool_record(),
+        time: 5,
+        next_volume_id: records.len() as u64 + 1,
+        volume_table: Child { loc: 101, checksum: index_sum },
+        volume_count: records.len() as u32,
+        space_root: Child { loc: 103, checksum: space_sum },
+    };
+    image.write(MetaBlock(1), &superblock::encode(&sb));
+    image
+}
+
+fn forged_node() -> impl Strategy<Value = ForgedNode> {
+    (
+        0u8..3,
+        prop::collection::vec((0u16..300, any::<u64>(), prop::bool::weighted(0.9), 0u64..9), 1..6),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Valid checksums around arbitrary structure: open, check and every operation on what
+    /// open accepts never panic; whatever open accepts, check accepts after a commit.
+    #[test]
+    fn forged_images_never_panic(
+        nodes in prop::collection::vec(forged_node(), 1..7),
+        roots in prop::collection::vec(0usize..8, 1..4),
+        mapped in 0u64..20,
+    ) {
+        let first = forge(&nodes, &roots, &[0; 80], mapped);
+        let _ = first.check();
+        let Ok((_, problems)) = PoolMetadata::open_lenient(&mut first.reader()) else {
+            return Ok(());
+        };
+        // Make the counts honest from the problem lines, so open accepts the pool.
+        let mut counts = [0u32; 80];
+        for line in problems {
+            let words: Vec<&str> = line.split([' ', ':', ',']).filter(|w| !w.is_empty()).collect();
+            let block: usize = words[2].parse().unwrap();
+            counts[block] = words.last().unwrap().parse().unwrap();
+        }
+        let mut image = forge(&nodes, &roots, &counts, mapped);
+        let Ok(mut md) = image.open() else { return Ok(()) };
+        let ids: Vec<VolumeId> = md.volumes().map(|v| v.id).collect();
+        for id in &ids {
+            let mut keys = Vec::new();
+            md.for_each_mapping(*id, &mut |vb, _| keys.push(vb.0));
+            for key in keys.iter().step_by(2) {
+                let _ = md.prepare_overwrite(*id, VirtBlock(*key));
+                let _ = md.remove(*id, VirtBlock(*key));
+            }
+            let _ = md.insert(*id, VirtBlock(7), Mapping { data_block: DataBlock(79), time: 5 });
+            let _ = md.snapshot(*id, [0; 16], "s");
+        }
+        commit(&mut md, &mut image);
+        let reopened = image.open().unwrap();
+        prop_assert_eq!(fingerprint(&reopened), fingerprint(&md));
+        for id in ids {
+            let _ = md.delete_volume(id, &mut |_| {});
+        }
+        commit(&mut md, &mut image);
+        image.open().unwrap();
+    }
+}
