@@ -166,8 +166,39 @@ fn verify_counts(md: &PoolMetadata) {
         let expected = data_refs.get(&block).copied().unwrap_or(0);
         assert_eq!(store.data.count(block), expected, "data block {block} count");
     }
-    for (loc, refs) in &meta_refs {
-        assert_eq!(store.meta.count(*loc), *refs, "metadata block {loc} count");
+    let space_root = md.top.space_root.loc;
+    if space_root != 0 {
+        visit(
+            store,
+            TreeKind::SpaceIndex,
+            space_root,
+            true,
+            &mut seen,
+            &mut data_refs,
+            &mut meta_refs,
+        );
+        store.for_each(space_root, &mut |_, count_block, _| {
+            *meta_refs.entry(count_block).or_default() += 1;
+        });
+    }
+    for block in md.top.volume_blocks.iter().chain([0, 1].iter()) {
+        *meta_refs.entry(*block).or_default() += 1;
+    }
+    // Every metadata block's count is its number of parents: no leak, no dangling reference.
+    for loc in 0..md.layout().metadata_blocks {
+        let expected = meta_refs.get(&loc).copied().unwrap_or(0);
+        assert_eq!(store.meta.count(loc), expected, "metadata block {loc} count");
+    }
+    let free = (0..md.layout().metadata_blocks)
+        .filter(|b| store.meta.count(*b) == 0 && store.meta.committed_count(*b) == 0)
+        .count();
+    assert_eq!(md.metadata_free_blocks(), free as u64);
+    // Only live nodes, and committed nodes released in the open transaction, stay in memory.
+    for loc in store.nodes.keys() {
+        assert!(
+            seen.contains(loc) || store.released.contains(loc),
+            "node {loc} in memory but unreachable"
+        );
     }
     let used = (0..md.layout().data_blocks).filter(|b| store.data.count(*b) > 0).count();
     assert_eq!(md.used_data_blocks(), used as u64);
@@ -860,4 +891,43 @@ proptest! {
         commit(&mut md, &mut image);
         image.open().unwrap();
     }
+}
+
+/// Figures for BENCH.md (prints, asserts nothing about time): 1 M mappings inserted in order,
+/// committed, reopened. `cargo test --release -p bdev_thin --lib million -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn million_mappings_figures() {
+    let mappings = 1u64 << 20;
+    let layout = Layout::on_data_device((mappings + 8192) * (64 << 10), 64 << 10, 0).unwrap();
+    let mut md = PoolMetadata::format(layout, pool_record()).unwrap();
+    let mut image = Image::default();
+    let id = md.create_volume([1; 16], "v", mappings * (64 << 10)).unwrap();
+    let start = std::time::Instant::now();
+    for key in 0..mappings {
+        md.insert(id, VirtBlock(key), Mapping { data_block: DataBlock(key), time: 0 }).unwrap();
+    }
+    let inserted = start.elapsed();
+    let plan = commit(&mut md, &mut image);
+    let nodes = md.store.nodes.len();
+    let node_bytes = std::mem::size_of::<btree::Node>()
+        + (crate::limits::METADATA_NODE_ENTRIES_MAX + 1) * std::mem::size_of::<btree::Entry>()
+        + 16;
+    let start = std::time::Instant::now();
+    let reopened = image.open().unwrap();
+    let opened = start.elapsed();
+    let start = std::time::Instant::now();
+    let report = image.check().unwrap();
+    let checked = start.elapsed();
+    println!(
+        "1M mappings: insert {inserted:?}, commit plan {} blocks, {nodes} nodes in memory \
+         (~{} MiB nodes + {} MiB counts), open {opened:?}, check {checked:?}, region {} blocks",
+        plan.blocks.len(),
+        nodes * node_bytes >> 20,
+        (md.layout().data_blocks * 4 + md.layout().metadata_blocks * 4) >> 20,
+        md.layout().metadata_blocks
+    );
+    assert_eq!(report.mappings, mappings);
+    assert_eq!(reopened.volume(id).unwrap().mapped_blocks, mappings);
 }
