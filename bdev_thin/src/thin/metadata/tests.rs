@@ -924,7 +924,7 @@ fn million_mappings_figures() {
         "1M mappings: insert {inserted:?}, commit plan {} blocks, {nodes} nodes in memory \
          (~{} MiB nodes + {} MiB counts), open {opened:?}, check {checked:?}, region {} blocks",
         plan.blocks.len(),
-        nodes * node_bytes >> 20,
+        (nodes * node_bytes) >> 20,
         (md.layout().data_blocks * 4 + md.layout().metadata_blocks * 4) >> 20,
         md.layout().metadata_blocks
     );
