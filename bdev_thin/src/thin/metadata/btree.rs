@@ -140,6 +140,31 @@ impl Store {
         }
     }
 
+    /// Calls `f(key, a, b)` for every leaf entry with `low <= key < high`, in key order,
+    /// visiting only the subtrees that may hold such keys.
+    pub fn for_each_in(&self, root: u64, low: u64, high: u64, f: &mut dyn FnMut(u64, u64, u64)) {
+        if root == 0 || low >= high {
+            return;
+        }
+        let node = self.node(root);
+        for (i, entry) in node.entries.iter().enumerate() {
+            if node.level == 0 {
+                if entry.key >= low && entry.key < high {
+                    f(entry.key, entry.a, entry.b);
+                }
+                continue;
+            }
+            let next = node.entries.get(i + 1).map(|e| e.key);
+            if entry.key >= high {
+                break;
+            }
+            if next.is_some_and(|n| n <= low) {
+                continue;
+            }
+            self.for_each_in(entry.a, low, high, f);
+        }
+    }
+
     fn alloc_node(&mut self, mut node: Node) -> Result<u64, MetadataError> {
         let loc = self.meta.alloc()?;
         // Room for the one entry over capacity before a split, so a node never reallocates:

@@ -545,11 +545,7 @@ impl PoolMetadata {
         let stored = self.stored(id)?;
         let end = self.top.layout.virt_blocks(size_bytes);
         let mut doomed = Vec::new();
-        self.store.for_each(stored.root.loc, &mut |key, _, _| {
-            if key >= end {
-                doomed.push(key);
-            }
-        });
+        self.store.for_each_in(stored.root.loc, end, u64::MAX, &mut |key, _, _| doomed.push(key));
         self.begin_mutation();
         for key in doomed {
             if let Removed::Removed { mapping, now_free: true } = self.remove(id, VirtBlock(key))? {
@@ -572,6 +568,22 @@ impl PoolMetadata {
     pub fn for_each_mapping(&self, id: VolumeId, f: &mut dyn FnMut(VirtBlock, Mapping)) {
         if let Some(stored) = self.top.volumes.get(&id) {
             self.store.for_each(stored.root.loc, &mut |key, a, b| {
+                f(VirtBlock(key), Mapping { data_block: DataBlock(a), time: b });
+            });
+        }
+    }
+
+    /// The mappings of a volume with `start <= vblock < end`, in order (unmap and shrink walk
+    /// only the part of the tree that holds them).
+    pub fn for_each_mapping_in(
+        &self,
+        id: VolumeId,
+        start: VirtBlock,
+        end: VirtBlock,
+        f: &mut dyn FnMut(VirtBlock, Mapping),
+    ) {
+        if let Some(stored) = self.top.volumes.get(&id) {
+            self.store.for_each_in(stored.root.loc, start.0, end.0, &mut |key, a, b| {
                 f(VirtBlock(key), Mapping { data_block: DataBlock(a), time: b });
             });
         }

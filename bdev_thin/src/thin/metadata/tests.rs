@@ -259,6 +259,18 @@ fn compare(md: &PoolMetadata, model: &Model) {
         for (key, mapping) in mappings.iter().take(5) {
             assert_eq!(md.lookup(*id, VirtBlock(*key)), Some(*mapping));
         }
+        for (low, high) in [(0, 1), (100, 700), (1500, 1501), (2000, u64::MAX), (5, 3)] {
+            let mut found = Vec::new();
+            md.for_each_mapping_in(*id, VirtBlock(low), VirtBlock(high), &mut |vb, m| {
+                found.push((vb.0, m));
+            });
+            let expected: Vec<(u64, Mapping)> = if low < high {
+                mappings.range(low..high).map(|(k, m)| (*k, *m)).collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(found, expected, "{id} range {low}..{high}");
+        }
     }
 }
 
@@ -466,6 +478,17 @@ fn deep_tree_matches_the_model() {
             all.insert(vb.0, m.data_block);
         });
         assert_eq!(all, model);
+        for _ in 0..20 {
+            let (a, b) = (next() % 52_000, next() % 52_000);
+            let (low, high) = (a.min(b), a.max(b));
+            let mut found = Vec::new();
+            md.for_each_mapping_in(id, VirtBlock(low), VirtBlock(high), &mut |vb, m| {
+                found.push((vb.0, m.data_block));
+            });
+            let expected: Vec<(u64, DataBlock)> =
+                model.range(low..high).map(|(k, b)| (*k, *b)).collect();
+            assert_eq!(found, expected);
+        }
         verify_counts(&md);
         image.check().unwrap();
     }
