@@ -37,6 +37,38 @@ pub const REACTOR_PARK_TIMEOUT_MS: i32 = 1000;
 /// Longest a stopping runtime waits for in-flight IO to drain, in milliseconds.
 pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 30_000;
 
+/// Entries of one metadata btree node (leaf or internal): a 4 KiB block holds a 32-byte header
+/// and 24-byte entries (key + two 64-bit words), 169 at most; an even capacity splits evenly,
+/// and merging keeps every non-root node at least half full (docs/format.md's bound).
+pub const METADATA_NODE_ENTRIES_MAX: usize = 168;
+
+/// Fewest entries of a non-root btree node after a remove (half of the capacity).
+pub const METADATA_NODE_ENTRIES_MIN: usize = METADATA_NODE_ENTRIES_MAX / 2;
+
+/// Deepest metadata btree, root level included. A node of level n has children of level n - 1,
+/// so decoding untrusted blocks recurses at most this deep; 84^7 leaves dwarf any pool.
+pub const METADATA_BTREE_DEPTH_MAX: usize = 8;
+
+/// Volumes (thin volumes and snapshots) of one pool: the volume table is rewritten whole on a
+/// commit that changes it, 28 records per block, under one index block of 254 entries.
+pub const POOL_VOLUMES_MAX: usize = 4096;
+
+/// Metadata blocks one mutation (insert, remove, snapshot) may allocate: a shadow and a split
+/// per level plus a new root, and a sibling shadow per level for a rebalance.
+pub const METADATA_MUTATION_BLOCKS_MAX: u64 = 4 * METADATA_BTREE_DEPTH_MAX as u64 + 2;
+
+/// The metadata reserve is min(this, 10 % of the region) (dm-thin's min(16 MiB, 10 %)):
+/// mutations stop when free blocks reach it, so a commit never runs out.
+pub const METADATA_RESERVE_BLOCKS_MAX: u64 = (16 << 20) / 4096;
+
+/// Smallest metadata region, in 4 KiB blocks (4 MiB): room for the superblocks, a full volume
+/// table twice over and a reserve above one mutation for the tiniest pools.
+pub const METADATA_REGION_BLOCKS_MIN: u64 = 1024;
+
+/// Largest metadata region, in 4 KiB blocks (64 GiB): metadata reference counts are a u32 per
+/// block in memory; this caps that table at 64 MiB.
+pub const METADATA_REGION_BLOCKS_MAX: u64 = 16 << 20;
+
 const _: () = assert!(IO_BYTES_MAX.is_multiple_of(IO_BUFFER_ALIGN_BYTES));
 const _: () = assert!(DEVICE_CHANNEL_DEPTH_MAX <= u16::MAX as usize);
 const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES);
@@ -68,3 +100,6 @@ pub const OWNER_COPY_BUFFERS: usize = 16;
 
 const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
 const _: () = assert!(OWNER_COPY_CHUNK_BYTES_MAX <= IO_BYTES_MAX);
+const _: () = assert!(METADATA_NODE_ENTRIES_MAX * 24 + 32 <= 4096);
+const _: () = assert!(METADATA_NODE_ENTRIES_MAX.is_multiple_of(2));
+const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BLOCKS_MAX);

@@ -10,11 +10,11 @@ use bdev_thin::host::{
 };
 use bdev_thin::testing::{SimDevice, SteppingHost};
 use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
-use bdev_thin::thin::metadata::{Layout, PoolMetadata, PoolRecord};
+use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, PoolRecord, check};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
 use bdev_thin::thin::pool::PoolShared;
-use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, VolumeId};
+use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
 use crossbeam_queue::ArrayQueue;
 
 const LBA: u32 = 512;
@@ -46,7 +46,7 @@ fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
 impl Rig {
     /// A pool whose data area holds `data_blocks` blocks of 4 KiB.
     fn new(data_blocks: u64, settings: OwnerSettings) -> Rig {
-        let mut device_bytes = 1 << 20;
+        let mut device_bytes = 64 << 20;
         let layout = loop {
             let layout = Layout::on_data_device(device_bytes, BLOCK, device_bytes).unwrap();
             if layout.data_blocks == data_blocks {
@@ -127,6 +127,22 @@ impl Rig {
             NoopWaker,
         )
         .unwrap()
+    }
+
+    /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,
+    /// structure, committed counts = committed references. Every test ends with it.
+    fn check(&mut self) {
+        let commit = self.control(|done| ControlOp::Commit { done });
+        assert_eq!(commit, Ok(()));
+        let device = self.device.clone();
+        let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
+        let mut read = |block: MetaBlock, out: &mut [u8]| {
+            out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
+            Ok(())
+        };
+        if let Err(problems) = check(&mut read) {
+            panic!("thinctl check failed: {problems:#?}");
+        }
     }
 
     /// Submits and runs owner and channel until the request completes (or panics).
@@ -215,6 +231,7 @@ fn writes_read_back_and_unmapped_blocks_read_zeroes() {
         .with_buffers(block_data(0, 2));
     assert_eq!(bytes_of(&rig.run(&mut channel, both)), vec![0x77; 2 * BLOCK as usize]);
     assert_eq!(rig.owner.metadata().volume(volume).unwrap().mapped_blocks, 4);
+    rig.check();
 }
 
 #[test]
@@ -235,6 +252,7 @@ fn a_full_pool_fails_writes_with_enospc_and_keeps_the_rest() {
     }
     // Overwriting a mapped block needs no space.
     assert_eq!(rig.run(&mut channel, write(2, 0x42)).status, IoStatus::Success);
+    rig.check();
 }
 
 /// The seed's race, deterministic: V1's block D is unmapped with passdown while the test holds
@@ -279,6 +297,7 @@ fn seed_race(mutations: Mutations) -> (bool, Vec<u8>) {
         assert_eq!(done.status, IoStatus::Success);
     }
     let back = bytes_of(&rig.run(&mut c2, read(0)));
+    rig.check();
     (v2_waited, back)
 }
 
@@ -343,6 +362,7 @@ fn held_read(mutations: Mutations, discard: DiscardMode) -> Vec<u8> {
         c2.poll(&mut |_| {});
         rig.owner.poll();
     }
+    rig.check();
     back.expect("the held read completed")
 }
 
@@ -405,6 +425,7 @@ fn snapshots_diverge_and_share_blocks_until_written() {
     // The second write to the origin's block 0 is now exclusive: it goes straight through.
     assert_eq!(rig.run(&mut co, write(0, 0xa5)).status, IoStatus::Success);
     assert_eq!(bytes_of(&rig.run(&mut cs, read(0))), vec![0x10; BLOCK as usize]);
+    rig.check();
 }
 
 #[test]
@@ -442,6 +463,7 @@ fn discard_modes_and_write_zeroes() {
             rig.owner.metadata().lookup(volume, bdev_thin::thin::types::VirtBlock(6)).is_some()
         );
         assert_eq!(bytes_of(&rig.run(&mut channel, read(6))), vec![0; BLOCK as usize]);
+        rig.check();
     }
 }
 
@@ -461,4 +483,5 @@ fn flush_commits_and_fua_writes_wait_for_the_commit() {
     let fua = write(1, 2).with_flags(IoFlags::FUA);
     assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
     assert_eq!(commits(&rig), before + 2, "a FUA provision is answered after its commit");
+    rig.check();
 }

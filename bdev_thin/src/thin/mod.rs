@@ -2,7 +2,7 @@
 //! host traits (DESIGN.md). It imports only `host`, `limits` and itself.
 //!
 //! - [`types`]: the block-number newtypes and pool modes.
-//! - `metadata`: the transactional, checksummed metadata (mappings, counts, volumes).
+//! - [`metadata`]: the transactional, checksummed metadata (mappings, counts, volumes).
 //! - [`space_map`]: allocation beside the counts: holds, reservations, grace periods.
 //! - [`view`]: the lock-free mapping view channels resolve against.
 //! - [`grace`]: epochs that delay reuse of released blocks.
@@ -13,7 +13,6 @@
 pub mod channel;
 pub mod discard;
 pub mod grace;
-#[path = "metadata_mem.rs"]
 pub mod metadata;
 pub mod mutations;
 pub mod owner;

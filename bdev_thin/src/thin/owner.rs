@@ -98,7 +98,10 @@ impl PoolError {
             PoolError::NoVolume(_) => libc::ENODEV,
             PoolError::ReadOnly => libc::EROFS,
             PoolError::NoSpace => libc::ENOSPC,
-            PoolError::Metadata(MetadataError::NoVolume(_)) => libc::ENODEV,
+            PoolError::Metadata(MetadataError::NoSuchVolume { .. }) => libc::ENODEV,
+            PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
         }
@@ -788,7 +791,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn metadata_failure(&mut self, error: MetadataError) -> IoStatus {
-        if error == MetadataError::NoMetadataSpace {
+        if matches!(error, MetadataError::NoMetadataSpace { .. }) {
             self.mode = PoolMode::OutOfMetadataSpace;
             return IoStatus::NoSpace;
         }

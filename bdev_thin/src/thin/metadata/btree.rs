@@ -1,0 +1,532 @@
+//! Copy-on-write B+trees of u64 keys over reference-counted 4 KiB nodes, in memory (the
+//! `Store`), shared between volumes by snapshots. The first change to a node in a transaction
+//! *shadows* it (dm-thin): a new block gets a copy, and if the old node was shared its children
+//! (nodes, or for mapping leaves the data blocks) gain a reference while the old one loses one.
+//! Later changes edit the shadow in place. Committed nodes are never edited, so the committed
+//! trees stay readable until `commit_done` (abort and `prepare_overwrite` read them).
+//! Inserts split full nodes; removes merge or redistribute under-full siblings, so every
+//! non-root node stays at least half full. Owned by `PoolMetadata` on the pool owner's core.
+
+use std::collections::{HashMap, HashSet};
+
+use super::codec::{self, BlockType, HEADER_BYTES, Reader};
+use super::space::{DataSpace, MetaSpace};
+use super::{METADATA_BLOCK_BYTES, MetadataError};
+use crate::limits::{
+    METADATA_BTREE_DEPTH_MAX, METADATA_NODE_ENTRIES_MAX, METADATA_NODE_ENTRIES_MIN,
+};
+
+/// Bytes of one entry: key, then two 64-bit words.
+pub const ENTRY_BYTES: usize = 24;
+
+/// One entry. Leaf of a mapping tree: `a` = data block, `b` = time. Leaf of the space-map
+/// index: `a` = count block location, `b` = its checksum. Internal: `a` = child location,
+/// `b` = child checksum (filled in when the transaction commits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    pub a: u64,
+    pub b: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// 0 for a leaf; a node of level n has children of level n - 1.
+    pub level: u8,
+    pub entries: Vec<Entry>,
+    /// Of the block as last written (valid for nodes not dirty).
+    pub checksum: u32,
+}
+
+/// What a tree's leaves point at, which decides its block type and what shadowing a shared
+/// leaf increments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeKind {
+    /// Volume mappings: leaves hold data blocks.
+    Mapping,
+    /// Data space map index: leaves hold count blocks (metadata blocks), never shared.
+    SpaceIndex,
+}
+
+impl TreeKind {
+    pub fn block_type(self) -> BlockType {
+        match self {
+            TreeKind::Mapping => BlockType::MappingNode,
+            TreeKind::SpaceIndex => BlockType::SpaceIndexNode,
+        }
+    }
+}
+
+/// Index of the child whose subtree may hold `key` (internal keys are lower bounds).
+fn child_index(entries: &[Entry], key: u64) -> Option<usize> {
+    entries.partition_point(|e| e.key <= key).checked_sub(1)
+}
+
+/// Every node in memory, which of them the open transaction wrote, and both count spaces.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub nodes: HashMap<u64, Node>,
+    /// Nodes allocated in the open transaction (editable in place while their count is 1).
+    pub dirty: HashSet<u64>,
+    /// Committed nodes whose count reached 0 in the open transaction: dropped at commit_done.
+    pub released: Vec<u64>,
+    pub meta: MetaSpace,
+    pub data: DataSpace,
+}
+
+impl Store {
+    pub fn new(metadata_blocks: u64, data_blocks: u64) -> Store {
+        Store {
+            nodes: HashMap::new(),
+            dirty: HashSet::new(),
+            released: Vec::new(),
+            meta: MetaSpace::new(metadata_blocks),
+            data: DataSpace::new(data_blocks),
+        }
+    }
+
+    pub fn node(&self, loc: u64) -> &Node {
+        self.nodes.get(&loc).expect("a live node is in memory")
+    }
+
+    fn node_mut(&mut self, loc: u64) -> &mut Node {
+        debug_assert!(self.dirty.contains(&loc), "only shadows are edited");
+        self.nodes.get_mut(&loc).expect("a live node is in memory")
+    }
+
+    pub fn lookup(&self, root: u64, key: u64) -> Option<(u64, u64)> {
+        let mut loc = root;
+        if loc == 0 {
+            return None;
+        }
+        loop {
+            let node = self.node(loc);
+            if node.level == 0 {
+                let i = node.entries.binary_search_by_key(&key, |e| e.key).ok()?;
+                let entry = node.entries[i];
+                return Some((entry.a, entry.b));
+            }
+            loc = node.entries[child_index(&node.entries, key)?].a;
+        }
+    }
+
+    /// The nodes from `root` down to the leaf that may hold `key`.
+    pub fn path(&self, root: u64, key: u64) -> Vec<u64> {
+        let mut path = Vec::new();
+        let mut loc = root;
+        while loc != 0 {
+            path.push(loc);
+            let node = self.node(loc);
+            if node.level == 0 {
+                break;
+            }
+            loc = child_index(&node.entries, key).map_or(0, |i| node.entries[i].a);
+        }
+        path
+    }
+
+    /// Calls `f(key, a, b)` for every leaf entry in key order.
+    pub fn for_each(&self, root: u64, f: &mut dyn FnMut(u64, u64, u64)) {
+        if root == 0 {
+            return;
+        }
+        let node = self.node(root);
+        for entry in &node.entries {
+            if node.level == 0 {
+                f(entry.key, entry.a, entry.b);
+            } else {
+                self.for_each(entry.a, f);
+            }
+        }
+    }
+
+    /// Calls `f(key, a, b)` for every leaf entry with `low <= key < high`, in key order,
+    /// visiting only the subtrees that may hold such keys.
+    pub fn for_each_in(&self, root: u64, low: u64, high: u64, f: &mut dyn FnMut(u64, u64, u64)) {
+        if root == 0 || low >= high {
+            return;
+        }
+        let node = self.node(root);
+        for (i, entry) in node.entries.iter().enumerate() {
+            if node.level == 0 {
+                if entry.key >= low && entry.key < high {
+                    f(entry.key, entry.a, entry.b);
+                }
+                continue;
+            }
+            let next = node.entries.get(i + 1).map(|e| e.key);
+            if entry.key >= high {
+                break;
+            }
+            if next.is_some_and(|n| n <= low) {
+                continue;
+            }
+            self.for_each_in(entry.a, low, high, f);
+        }
+    }
+
+    fn alloc_node(&mut self, mut node: Node) -> Result<u64, MetadataError> {
+        let loc = self.meta.alloc()?;
+        // Room for the one entry over capacity before a split, so a node never reallocates:
+        // the in-memory bound per node is fixed (docs/format.md "Memory").
+        node.entries
+            .reserve_exact((METADATA_NODE_ENTRIES_MAX + 1).saturating_sub(node.entries.len()));
+        self.nodes.insert(loc, node);
+        self.dirty.insert(loc);
+        Ok(loc)
+    }
+
+    /// A node whose count just reached 0: a shadow disappears, a committed node stays
+    /// readable until the commit that frees it.
+    fn drop_node(&mut self, loc: u64) {
+        if self.dirty.remove(&loc) {
+            self.nodes.remove(&loc);
+        } else {
+            self.released.push(loc);
+        }
+    }
+
+    /// Adds a reference to a tree (a snapshot sharing a root).
+    pub fn share(&mut self, root: u64) {
+        if root != 0 {
+            self.meta.inc(root);
+        }
+    }
+
+    /// Makes `loc` writable in this transaction; returns the location to use instead.
+    pub fn shadow(&mut self, kind: TreeKind, loc: u64) -> Result<u64, MetadataError> {
+        let count = self.meta.count(loc);
+        if count == 1 && self.dirty.contains(&loc) {
+            return Ok(loc);
+        }
+        let node = self.node(loc).clone();
+        if count > 1 {
+            for entry in &node.entries {
+                match (node.level, kind) {
+                    (0, TreeKind::Mapping) => self.data.inc(entry.a),
+                    _ => self.meta.inc(entry.a),
+                }
+            }
+        }
+        let copy = self.alloc_node(Node { checksum: 0, ..node })?;
+        if self.meta.dec(loc) == 0 {
+            self.drop_node(loc);
+        }
+        Ok(copy)
+    }
+
+    /// Drops one reference to the tree at `loc`; a node that reaches 0 drops its children,
+    /// and `freed` hears of every data block whose count reached 0.
+    pub fn release(&mut self, kind: TreeKind, loc: u64, freed: &mut dyn FnMut(u64)) {
+        if loc == 0 || self.meta.dec(loc) > 0 {
+            return;
+        }
+        let node = self.node(loc).clone();
+        for entry in &node.entries {
+            match (node.level, kind) {
+                (0, TreeKind::Mapping) => {
+                    if self.data.dec(entry.a) == 0 {
+                        freed(entry.a);
+                    }
+                }
+                (0, TreeKind::SpaceIndex) => {
+                    self.meta.dec(entry.a);
+                }
+                _ => self.release(kind, entry.a, freed),
+            }
+        }
+        self.drop_node(loc);
+    }
+
+    /// Inserts or replaces `key`; returns the replaced value. Leaf-value counts are the
+    /// caller's.
+    pub fn insert(
+        &mut self,
+        kind: TreeKind,
+        root: &mut u64,
+        key: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<Option<(u64, u64)>, MetadataError> {
+        if *root == 0 {
+            *root = self.alloc_node(Node {
+                level: 0,
+                entries: vec![Entry { key, a, b }],
+                checksum: 0,
+            })?;
+            return Ok(None);
+        }
+        let top = self.shadow(kind, *root)?;
+        *root = top;
+        let (old, split) = self.insert_rec(kind, top, key, a, b)?;
+        if let Some((separator, right)) = split {
+            let node = self.node(top);
+            let level = node.level + 1;
+            let first = node.entries[0].key;
+            let entries =
+                vec![Entry { key: first, a: top, b: 0 }, Entry { key: separator, a: right, b: 0 }];
+            *root = self.alloc_node(Node { level, entries, checksum: 0 })?;
+        }
+        Ok(old)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn insert_rec(
+        &mut self,
+        kind: TreeKind,
+        loc: u64,
+        key: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<(Option<(u64, u64)>, Option<(u64, u64)>), MetadataError> {
+        let level = self.node(loc).level;
+        let old;
+        if level == 0 {
+            let node = self.node_mut(loc);
+            match node.entries.binary_search_by_key(&key, |e| e.key) {
+                Ok(i) => {
+                    let entry = &mut node.entries[i];
+                    old = Some((entry.a, entry.b));
+                    entry.a = a;
+                    entry.b = b;
+                }
+                Err(i) => {
+                    node.entries.insert(i, Entry { key, a, b });
+                    old = None;
+                }
+            }
+        } else {
+            let i = child_index(&self.node(loc).entries, key).unwrap_or(0);
+            let child = self.node(loc).entries[i].a;
+            let shadow = self.shadow(kind, child)?;
+            let node = self.node_mut(loc);
+            node.entries[i].a = shadow;
+            if key < node.entries[i].key {
+                node.entries[i].key = key;
+            }
+            let (child_old, split) = self.insert_rec(kind, shadow, key, a, b)?;
+            old = child_old;
+            if let Some((separator, right)) = split {
+                self.node_mut(loc).entries.insert(i + 1, Entry { key: separator, a: right, b: 0 });
+            }
+        }
+        if self.node(loc).entries.len() > METADATA_NODE_ENTRIES_MAX {
+            let node = self.node_mut(loc);
+            let half = node.entries.len() / 2;
+            let right_entries = node.entries.split_off(half);
+            let separator = right_entries[0].key;
+            let right = self.alloc_node(Node { level, entries: right_entries, checksum: 0 })?;
+            return Ok((old, Some((separator, right))));
+        }
+        Ok((old, None))
+    }
+
+    /// Removes `key`; returns its value. Nothing is shadowed when the key is absent.
+    pub fn remove(
+        &mut self,
+        kind: TreeKind,
+        root: &mut u64,
+        key: u64,
+    ) -> Result<Option<(u64, u64)>, MetadataError> {
+        if self.lookup(*root, key).is_none() {
+            return Ok(None);
+        }
+        let top = self.shadow(kind, *root)?;
+        *root = top;
+        let old = self.remove_rec(kind, top, key)?;
+        loop {
+            let node = self.node(*root);
+            let (level, len) = (node.level, node.entries.len());
+            if len == 0 {
+                self.release(kind, *root, &mut |_| {});
+                *root = 0;
+                break;
+            }
+            if level > 0 && len == 1 {
+                // The only child's reference moves from this root to the root's owner: take
+                // it first, so releasing the old root (shared or not) leaves the child alive.
+                let child = node.entries[0].a;
+                self.meta.inc(child);
+                self.release(kind, *root, &mut |_| {});
+                *root = child;
+                continue;
+            }
+            break;
+        }
+        Ok(old)
+    }
+
+    fn remove_rec(
+        &mut self,
+        kind: TreeKind,
+        loc: u64,
+        key: u64,
+    ) -> Result<Option<(u64, u64)>, MetadataError> {
+        if self.node(loc).level == 0 {
+            let node = self.node_mut(loc);
+            return Ok(match node.entries.binary_search_by_key(&key, |e| e.key) {
+                Ok(i) => {
+                    let entry = node.entries.remove(i);
+                    Some((entry.a, entry.b))
+                }
+                Err(_) => None,
+            });
+        }
+        let Some(i) = child_index(&self.node(loc).entries, key) else {
+            return Ok(None);
+        };
+        let child = self.node(loc).entries[i].a;
+        let shadow = self.shadow(kind, child)?;
+        self.node_mut(loc).entries[i].a = shadow;
+        let old = self.remove_rec(kind, shadow, key)?;
+        if self.node(shadow).entries.len() < METADATA_NODE_ENTRIES_MIN {
+            self.rebalance(kind, loc, i)?;
+        }
+        Ok(old)
+    }
+
+    /// Merges child `i` of `parent` with a sibling, or moves entries between them.
+    fn rebalance(&mut self, kind: TreeKind, parent: u64, i: usize) -> Result<(), MetadataError> {
+        let len = self.node(parent).entries.len();
+        if len < 2 {
+            return Ok(());
+        }
+        let (left_index, right_index) = if i + 1 < len { (i, i + 1) } else { (i - 1, i) };
+        let left = self.shadow(kind, self.node(parent).entries[left_index].a)?;
+        self.node_mut(parent).entries[left_index].a = left;
+        let right = self.shadow(kind, self.node(parent).entries[right_index].a)?;
+        self.node_mut(parent).entries[right_index].a = right;
+        let left_len = self.node(left).entries.len();
+        let right_len = self.node(right).entries.len();
+        let total = left_len + right_len;
+        if total <= METADATA_NODE_ENTRIES_MAX {
+            let moved = std::mem::take(&mut self.node_mut(right).entries);
+            self.node_mut(left).entries.extend(moved);
+            self.node_mut(parent).entries.remove(right_index);
+            self.meta.dec(right);
+            self.drop_node(right);
+            return Ok(());
+        }
+        let half = total / 2;
+        if left_len < half {
+            let moved: Vec<Entry> = self.node_mut(right).entries.drain(..half - left_len).collect();
+            self.node_mut(left).entries.extend(moved);
+        } else {
+            let moved: Vec<Entry> = self.node_mut(left).entries.drain(half..).collect();
+            self.node_mut(right).entries.splice(0..0, moved);
+        }
+        let first = self.node(right).entries[0].key;
+        self.node_mut(parent).entries[right_index].key = first;
+        Ok(())
+    }
+
+    /// Encodes every dirty node under `root` bottom-up (children's checksums into their
+    /// parents), appending the blocks to `out`; returns the root's checksum.
+    pub fn finalize(
+        &mut self,
+        kind: TreeKind,
+        root: u64,
+        generation: u64,
+        done: &mut HashSet<u64>,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> u32 {
+        if root == 0 {
+            return 0;
+        }
+        if !self.dirty.contains(&root) || done.contains(&root) {
+            return self.node(root).checksum;
+        }
+        let node = self.node(root).clone();
+        let mut entries = node.entries;
+        if node.level > 0 {
+            for entry in &mut entries {
+                entry.b = u64::from(self.finalize(kind, entry.a, generation, done, out));
+            }
+        }
+        let mut bytes = encode_node(kind, root, generation, node.level, &entries);
+        let checksum = codec::seal(&mut bytes, kind.block_type());
+        let stored = self.nodes.get_mut(&root).expect("a live node is in memory");
+        stored.entries = entries;
+        stored.checksum = checksum;
+        done.insert(root);
+        out.push((root, bytes));
+        checksum
+    }
+
+    /// After the commit is durable: shadows become committed nodes, released nodes go.
+    pub fn commit_done(&mut self) {
+        self.dirty.clear();
+        for loc in std::mem::take(&mut self.released) {
+            if self.meta.count(loc) == 0 {
+                self.nodes.remove(&loc);
+            }
+        }
+        self.meta.commit_done();
+        self.data.commit_done();
+    }
+
+    pub fn abort(&mut self) {
+        for loc in self.dirty.drain() {
+            self.nodes.remove(&loc);
+        }
+        self.released.clear();
+        self.meta.abort();
+        self.data.abort();
+    }
+}
+
+/// Node layout: header; @24 entry count u16; @26 level u8; @27..32 zero; entries from @32,
+/// 24 bytes each (key u64, a u64, b u64).
+pub fn encode_node(
+    kind: TreeKind,
+    block: u64,
+    generation: u64,
+    level: u8,
+    entries: &[Entry],
+) -> Vec<u8> {
+    assert!(entries.len() <= METADATA_NODE_ENTRIES_MAX, "nodes split before they overflow");
+    let mut bytes = vec![0u8; METADATA_BLOCK_BYTES];
+    codec::put_header(&mut bytes, kind.block_type(), block, generation);
+    codec::put_u16(&mut bytes, 24, entries.len() as u16);
+    bytes[26] = level;
+    for (i, entry) in entries.iter().enumerate() {
+        let at = HEADER_BYTES + ENTRY_BYTES * i;
+        codec::put_u64(&mut bytes, at, entry.key);
+        codec::put_u64(&mut bytes, at + 8, entry.a);
+        codec::put_u64(&mut bytes, at + 16, entry.b);
+    }
+    bytes
+}
+
+/// Decodes a node whose header was verified: entry count within capacity, level within the
+/// depth bound, keys strictly increasing, internal checksums within u32.
+pub fn decode_node(bytes: &[u8], block: u64) -> Result<Node, MetadataError> {
+    let reader = Reader::new(bytes, block);
+    let count = usize::from(reader.u16(24)?);
+    let level = reader.u8(26)?;
+    if count > METADATA_NODE_ENTRIES_MAX {
+        return Err(reader.corrupt("entry count over capacity"));
+    }
+    if count == 0 {
+        return Err(reader.corrupt("empty node"));
+    }
+    if usize::from(level) >= METADATA_BTREE_DEPTH_MAX {
+        return Err(reader.corrupt("level over the depth bound"));
+    }
+    let mut entries = Vec::with_capacity(METADATA_NODE_ENTRIES_MAX + 1);
+    for i in 0..count {
+        let at = HEADER_BYTES + ENTRY_BYTES * i;
+        let entry = Entry { key: reader.u64(at)?, a: reader.u64(at + 8)?, b: reader.u64(at + 16)? };
+        if let Some(previous) = entries.last().map(|e: &Entry| e.key)
+            && previous >= entry.key
+        {
+            return Err(reader.corrupt("keys out of order"));
+        }
+        if level > 0 && u32::try_from(entry.b).is_err() {
+            return Err(reader.corrupt("child checksum over 32 bits"));
+        }
+        entries.push(entry);
+    }
+    let checksum = reader.u32(0)?;
+    Ok(Node { level, entries, checksum })
+}
