@@ -14,6 +14,8 @@ step "cargo test (release: the perf and durability tests move real data)"
 cargo test --workspace --release
 step "mutation tests (each safety mechanism switched off must be caught)"
 cargo test -p bdev_thin --release --features mutations --test thin_pool
+step "recovery in real processes: SIGKILL at commit crash points, then verify_only and thinctl check"
+cargo test -p perf --release --features mutations --test recovery
 step "benches build"
 cargo bench --workspace --no-run
 step "docs build"

@@ -147,6 +147,10 @@ pub struct Args {
     /// verify_only accepts any of the listed seeds.
     #[arg(long, value_parser = parse_seeds)]
     pub pattern: Option<Seeds>,
+    /// Compute patterns as if the bdev had this UUID: checks a snapshot against what was
+    /// written to its origin before the snapshot.
+    #[arg(long)]
+    pub pattern_uuid: Option<uuid::Uuid>,
     /// Keep reactors polling when idle.
     #[arg(long)]
     pub no_park: bool,

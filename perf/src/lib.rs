@@ -57,7 +57,7 @@ pub fn place_jobs(args: &Args, bdevs: &[Arc<Bdev>], cores: &[CoreId]) -> Vec<Job
             specs.push(JobSpec {
                 index: specs.len(),
                 bdev_name: bdev.name().to_string(),
-                bdev_uuid: bdev.uuid(),
+                bdev_uuid: args.pattern_uuid.unwrap_or_else(|| bdev.uuid()),
                 core: *core,
                 workload: args.workload,
                 rwmixread: args.rwmixread.unwrap_or(100),

@@ -55,3 +55,61 @@ impl Mutations {
         }
     }
 }
+
+/// Crash points for the recovery tests in real processes: with the `mutations` feature and
+/// `BDEV_THIN_CRASH_AT=POINT[:N]` in the environment, the N-th (default first) arrival at
+/// `POINT` prints `crash point POINT reached` on stderr and kills the process with SIGKILL,
+/// so nothing after it runs, not even a flush. Points: `commit_blocks_written`,
+/// `commit_before_superblock`, `commit_superblock_written`, `commit_done`. Without the
+/// feature this is an empty inline function.
+#[inline(always)]
+pub fn crash_point(point: &'static str) {
+    #[cfg(feature = "mutations")]
+    crash::arrive(point);
+    #[cfg(not(feature = "mutations"))]
+    let _ = point;
+}
+
+#[cfg(feature = "mutations")]
+mod crash {
+    use std::sync::Mutex;
+    use std::sync::OnceLock;
+
+    fn target() -> &'static Option<(String, u64)> {
+        static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+        TARGET.get_or_init(|| {
+            let text = std::env::var("BDEV_THIN_CRASH_AT").ok()?;
+            let (name, nth) = match text.split_once(':') {
+                Some((name, nth)) => (name.to_string(), nth.parse().unwrap_or(1)),
+                None => (text, 1),
+            };
+            Some((name, nth))
+        })
+    }
+
+    pub(super) fn arrive(point: &'static str) {
+        static SEEN: Mutex<u64> = Mutex::new(0);
+        let Some((name, nth)) = target() else {
+            return;
+        };
+        if name != point {
+            return;
+        }
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        *seen += 1;
+        if *seen == *nth {
+            eprintln!("crash point {point} reached");
+            kill_self();
+        }
+    }
+
+    /// SIGKILL through kill(1): this module stays free of `unsafe`; it only runs in tests.
+    fn kill_self() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        // `kill` returned before the signal landed (it cannot, for SIGKILL of a live process,
+        // but never go on past a crash point).
+        std::process::abort();
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use super::discard::{self, PassdownRun};
 use super::grace::GraceKeeper;
 use super::metadata::{CommitPlan, MetadataError, PoolMetadata, Removed};
-use super::mutations::{Mutation, Mutations};
+use super::mutations::{self, Mutation, Mutations};
 use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolShared};
 use super::space_map::{Counts, NoBlock, SpaceMap};
 use super::types::{
@@ -1573,6 +1573,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if self.commit_failed {
                     return self.finish_commit();
                 }
+                mutations::crash_point("commit_blocks_written");
                 self.commit_stage = CommitStage::FlushingMetadata;
                 self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
@@ -1583,6 +1584,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 let Some(plan) = self.commit_plan.as_ref() else {
                     return self.finish_commit();
                 };
+                mutations::crash_point("commit_before_superblock");
                 let request = self.meta_write(plan.superblock.0, &plan.superblock.1);
                 self.commit_stage = CommitStage::WritingSuperblock;
                 self.submit(request);
@@ -1591,6 +1593,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if self.commit_failed {
                     return self.finish_commit();
                 }
+                mutations::crash_point("commit_superblock_written");
                 self.commit_stage = CommitStage::FlushingSuperblock;
                 self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
@@ -1613,6 +1616,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             self.abort_waiters();
             self.rebuild_views();
         } else if planned {
+            mutations::crash_point("commit_done");
             self.meta.commit_done();
             self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
         }
