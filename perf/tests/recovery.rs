@@ -23,7 +23,8 @@ fn config(dir: &Path, name: &str, image: &Path, extra: &str) -> PathBuf {
     let path = dir.join(name);
     let text = format!(
         r#"{{"subsystems":[{{"subsystem":"bdev","config":[
-        {{"method":"bdev_uring_create","params":{{"name":"Uring0","filename":"{}"}}}}{extra}]}}]}}"#,
+        {{"method":"bdev_uring_create",
+          "params":{{"name":"Uring0","filename":"{}"}}}}{extra}]}}]}}"#,
         image.display()
     );
     std::fs::write(&path, text).unwrap();
@@ -80,7 +81,8 @@ fn crash_at(point: &str, nth: u32) {
         dir.path(),
         "snap.json",
         &image,
-        r#",{"method":"bdev_thin_snapshot","params":{"name":"pool0/vol0","snapshot_name":"snap0"}}"#,
+        r#",{"method":"bdev_thin_snapshot",
+             "params":{"name":"pool0/vol0","snapshot_name":"snap0"}}"#,
     );
     let open = config(dir.path(), "open.json", &image, "");
     let io = ["-q", "8", "-o", "16k", "-t", "0"];
