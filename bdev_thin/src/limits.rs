@@ -103,3 +103,7 @@ const _: () = assert!(OWNER_COPY_CHUNK_BYTES_MAX <= IO_BYTES_MAX);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX * 24 + 32 <= 4096);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX.is_multiple_of(2));
 const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BLOCKS_MAX);
+
+/// How far a volume can grow in place: its view reserves chunk slots (24 bytes per 4096
+/// virtual blocks) for this many times its size at creation or open.
+pub const VOLUME_GROWTH_FACTOR: u64 = 4;

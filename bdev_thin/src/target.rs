@@ -33,6 +33,10 @@ impl Target {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    pub fn remove_pool(&self, pool: &Arc<ThinPool>) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| !Arc::ptr_eq(p, pool));
+    }
+
     pub fn add_pool(&self, pool: Arc<ThinPool>) {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
     }

@@ -117,16 +117,8 @@ impl Rig {
 
     fn channel(&self, volume: VolumeId) -> Channel {
         let view = self.shared.view(volume).unwrap();
-        let lbas = view.size_vblocks() * LBAS_PER_BLOCK;
-        VolumeChannel::open(
-            Arc::clone(&self.shared),
-            view,
-            &self.device,
-            self.geometry,
-            lbas,
-            NoopWaker,
-        )
-        .unwrap()
+        VolumeChannel::open(Arc::clone(&self.shared), view, &self.device, self.geometry, NoopWaker)
+            .unwrap()
     }
 
     /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,
@@ -484,4 +476,115 @@ fn flush_commits_and_fua_writes_wait_for_the_commit() {
     assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
     assert_eq!(commits(&rig), before + 2, "a FUA provision is answered after its commit");
     rig.check();
+}
+
+fn passdowns(rig: &Rig) -> u64 {
+    rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn deleting_a_volume_frees_exactly_the_blocks_no_one_else_holds() {
+    let mut rig = Rig::new(32, settings(DiscardMode::Passdown, Mutations::NONE));
+    let origin = rig.create_volume("origin", 8);
+    let mut co = rig.channel(origin);
+    for vblock in 0..6 {
+        assert_eq!(rig.run(&mut co, write(vblock, 0x40 + vblock as u8)).status, IoStatus::Success);
+    }
+    let snap = rig.snapshot(origin, "snap");
+    let mut cs = rig.channel(snap);
+    // The snapshot diverges on two blocks; the other four stay shared.
+    assert_eq!(rig.run(&mut cs, write(0, 0xe0)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut cs, write(1, 0xe1)).status, IoStatus::Success);
+    assert_eq!(rig.owner.metadata().used_data_blocks(), 8);
+    drop(cs);
+    let before = passdowns(&rig);
+    rig.control(|done| ControlOp::DeleteVolume { volume: snap, done }).unwrap();
+    assert_eq!(rig.owner.metadata().used_data_blocks(), 6, "only the snapshot's own two went");
+    assert!(passdowns(&rig) > before, "the freed blocks were passed down");
+    for vblock in 0..6 {
+        let expect = vec![0x40 + vblock as u8; BLOCK as usize];
+        assert_eq!(bytes_of(&rig.run(&mut co, read(vblock))), expect, "origin block {vblock}");
+    }
+    rig.check();
+}
+
+#[test]
+fn shrinking_a_volume_frees_what_lies_past_the_end() {
+    let mut rig = Rig::new(32, settings(DiscardMode::NoPassdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    for vblock in 0..8 {
+        assert_eq!(rig.run(&mut channel, write(vblock, 9)).status, IoStatus::Success);
+    }
+    let size_bytes = 3 * u64::from(BLOCK);
+    rig.control(|done| ControlOp::Resize { volume, size_bytes, done }).unwrap();
+    assert_eq!(rig.owner.metadata().used_data_blocks(), 3);
+    assert_eq!(rig.run(&mut channel, read(5)).status, IoStatus::Failed(libc::EINVAL), "past end");
+    let size_bytes = 16 * u64::from(BLOCK);
+    rig.control(|done| ControlOp::Resize { volume, size_bytes, done }).unwrap();
+    assert_eq!(bytes_of(&rig.run(&mut channel, read(5))), vec![0; BLOCK as usize], "grown: zeroes");
+    assert_eq!(bytes_of(&rig.run(&mut channel, read(2))), vec![9; BLOCK as usize]);
+    rig.check();
+}
+
+#[test]
+fn a_failed_metadata_write_turns_the_pool_read_only_and_keeps_what_was_committed() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x31)).status, IoStatus::Success);
+    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
+    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
+    // Every write to the metadata region fails from now on.
+    let region_lbas = rig.geometry.data_offset_lbas;
+    rig.device.add_fault(bdev_thin::testing::SimFault {
+        kind: IoKind::Write,
+        blocks: (0, region_lbas - 1),
+        errno: libc::EIO,
+        remaining: u32::MAX,
+    });
+    assert_eq!(rig.run(&mut channel, write(1, 0x32)).status, IoStatus::Success);
+    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
+    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Failed(libc::EIO));
+    assert_eq!(rig.owner.mode(), bdev_thin::thin::types::PoolMode::ReadOnly);
+    assert!(rig.shared.counters.needs_check.load(std::sync::atomic::Ordering::Relaxed));
+    // Reads of committed mappings go on; writes are refused.
+    assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![0x31; BLOCK as usize]);
+    assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Failed(libc::EROFS));
+    // What is on the device is the last committed transaction, and it checks clean.
+    let device = rig.device.clone();
+    let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
+    let mut read_block = |block: MetaBlock, out: &mut [u8]| {
+        out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
+        Ok(())
+    };
+    let report = check(&mut read_block).expect("the committed metadata is intact");
+    assert_eq!(report.mappings, 1);
+}
+
+#[test]
+fn queue_mode_holds_writes_until_the_pool_grows() {
+    let mut config = settings(DiscardMode::Passdown, Mutations::NONE);
+    config.out_of_space = OutOfSpaceMode::Queue;
+    let mut rig = Rig::new(4, config);
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    for vblock in 0..4 {
+        assert_eq!(rig.run(&mut channel, write(vblock, 1)).status, IoStatus::Success);
+    }
+    channel.submit(write(4, 5)).unwrap();
+    assert!(rig.wait(&mut channel, 100).is_none(), "queued, not failed");
+    assert_eq!(rig.owner.mode(), bdev_thin::thin::types::PoolMode::OutOfDataSpace);
+    // The device cannot grow here (the simulated device is fixed), so grow within the
+    // format's maximum is refused past it and accepted up to it.
+    let too_many = rig.owner.metadata().layout().data_blocks_max + 1;
+    let refused = rig.control(|done| ControlOp::Grow { data_blocks: too_many, done });
+    assert!(refused.is_err());
+    let layout = *rig.owner.metadata().layout();
+    let grown = (layout.data_blocks + 1).min(layout.data_blocks_max);
+    if grown > layout.data_blocks {
+        rig.control(|done| ControlOp::Grow { data_blocks: grown, done }).unwrap();
+        let done = rig.wait(&mut channel, 100).expect("the queued write proceeds");
+        assert_eq!(done.status, IoStatus::Success);
+    }
 }

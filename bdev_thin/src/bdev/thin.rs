@@ -66,12 +66,15 @@ pub type VolumeChannelOf = VolumeChannel<BaseDevice, ReactorWaker>;
 pub struct ThinVolumeDevice {
     pub pool: Arc<ThinPool>,
     pub view: Arc<VolumeView>,
-    pub size_bytes: u64,
 }
 
 impl ThinVolumeDevice {
     pub fn volume(&self) -> VolumeId {
         self.view.id()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.view.size_lbas() * self.pool.geometry.lba_bytes
     }
 }
 
@@ -80,10 +83,11 @@ impl BlockDevice for ThinVolumeDevice {
 
     fn info(&self) -> DeviceInfo {
         let lba_bytes = self.pool.geometry.lba_bytes;
+        let size_lbas = self.view.size_lbas();
         DeviceInfo {
             block_size_bytes: lba_bytes as u32,
-            num_blocks: self.size_bytes / lba_bytes,
-            max_unmap_blocks: self.size_bytes / lba_bytes,
+            num_blocks: size_lbas,
+            max_unmap_blocks: size_lbas,
             // Unmap is advisory (edges keep their data): promise nothing.
             unmap_reads_zeroes: false,
         }
@@ -104,13 +108,11 @@ impl BlockDevice for ThinVolumeDevice {
     fn open_channel(&self) -> Result<Self::Channel, DeviceError> {
         let core = self.pool.runtime.current_core();
         let waker = self.pool.runtime.waker(core);
-        let lba_bytes = self.pool.geometry.lba_bytes;
         VolumeChannel::open(
             Arc::clone(&self.pool.shared),
             Arc::clone(&self.view),
             &self.pool.device,
             self.pool.geometry,
-            self.size_bytes / lba_bytes,
             waker,
         )
     }
@@ -148,6 +150,10 @@ impl Poller for OwnerPoller {
 
     fn prepare_park(&mut self) -> bool {
         !self.owner.has_waiters() && self.owner.prepare_park()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.owner.is_finished()
     }
 }
 

@@ -61,7 +61,6 @@ pub struct VolumeChannel<D: BlockDevice, W: Waker> {
     shared: Arc<ChannelShared<W>>,
     data: D::Channel,
     geometry: ChannelGeometry,
-    volume_lbas: u64,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     /// Requests for the owner that found its inbox full (back-pressure).
@@ -87,7 +86,6 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         view: Arc<VolumeView>,
         device: &D,
         geometry: ChannelGeometry,
-        volume_lbas: u64,
         waker: W,
     ) -> Result<VolumeChannel<D, W>, DeviceError> {
         let data = device.open_channel()?;
@@ -101,7 +99,6 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             shared,
             data,
             geometry,
-            volume_lbas,
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free_slots: (0..depth).rev().collect(),
             outbox: VecDeque::with_capacity(depth),
@@ -304,7 +301,7 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
             return Err(request);
         };
         let lba_bytes = self.geometry.lba_bytes as u32;
-        let invalid = request.validate(lba_bytes, self.volume_lbas).err();
+        let invalid = request.validate(lba_bytes, self.view.size_lbas()).err();
         let deleted = self.view.is_deleted();
         let slot = &mut self.slots[index];
         slot.busy = true;

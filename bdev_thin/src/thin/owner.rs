@@ -53,6 +53,22 @@ pub enum ControlOp {
         volume: VolumeId,
         done: ControlDone<()>,
     },
+    /// Sets a volume's size; a shrink frees what lies past the new end.
+    Resize {
+        volume: VolumeId,
+        size_bytes: u64,
+        done: ControlDone<()>,
+    },
+    /// Invalidates both superblocks and flushes, then stops: the pool is never found again.
+    /// The caller made sure no volume is open.
+    DeletePool {
+        done: ControlDone<()>,
+    },
+    /// The data device grew: use `data_blocks` blocks (up to the format's maximum).
+    Grow {
+        data_blocks: u64,
+        done: ControlDone<()>,
+    },
     /// Commit now and answer once it is durable.
     Commit {
         done: ControlDone<()>,
@@ -90,6 +106,8 @@ pub enum PoolError {
     Metadata(#[from] MetadataError),
     #[error("device IO failed with errno {0}")]
     Io(i32),
+    #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
+    TooLarge { capacity_vblocks: u64 },
 }
 
 impl PoolError {
@@ -102,8 +120,10 @@ impl PoolError {
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
+            PoolError::Metadata(MetadataError::GrowPastMax { .. }) => libc::ENOSPC,
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
+            PoolError::TooLarge { .. } => libc::EINVAL,
         }
     }
 }
@@ -204,6 +224,8 @@ struct RangeOp {
     released_at: u64,
     stage: RangeStage,
     status: IoStatus,
+    /// A delete or shrink waiting for its passdown: answered here instead of a channel.
+    control: Option<ControlDone<()>>,
 }
 
 struct FlushOp {
@@ -233,10 +255,17 @@ enum Op {
 enum CommitStage {
     Idle,
     FlushingData,
-    WritingBlocks { in_flight: usize },
+    WritingBlocks {
+        in_flight: usize,
+    },
     FlushingMetadata,
     WritingSuperblock,
     FlushingSuperblock,
+    /// Deleting the pool: zeroed superblocks in flight, then a flush.
+    Invalidating {
+        in_flight: usize,
+    },
+    FlushingInvalidation,
 }
 
 const TAG_COMMIT: u64 = 1 << 62;
@@ -265,6 +294,8 @@ pub struct Owner<D: BlockDevice, H: Host> {
     blocked_scratch: Vec<(VolumeId, u64, u64)>,
     no_space_since_ns: Option<u64>,
     snapshots: VecDeque<SnapshotOp>,
+    /// Control operations waiting behind busy blocks (a shrink), retried each poll.
+    pending_control: VecDeque<ControlOp>,
     control_commits: Vec<(u64, ControlDone<()>)>,
     commit_stage: CommitStage,
     commit_plan: Option<CommitPlan>,
@@ -282,6 +313,10 @@ pub struct Owner<D: BlockDevice, H: Host> {
     unsent: VecDeque<(u32, OwnerReply)>,
     copy_buffers: Vec<IoBuffer>,
     mode: PoolMode,
+    /// A pool delete in progress, answered once the superblocks are gone.
+    deleting: Option<ControlDone<()>>,
+    /// The pool was deleted: the host drops this owner.
+    finished: bool,
 }
 
 fn slot_of(tag: u64) -> usize {
@@ -329,6 +364,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             blocked_scratch: Vec::with_capacity(limits::OWNER_OPS_MAX),
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
+            pending_control: VecDeque::new(),
             control_commits: Vec::new(),
             commit_stage: CommitStage::Idle,
             commit_plan: None,
@@ -345,6 +381,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .map(|_| IoBuffer::new(copy_bytes))
                 .collect(),
             mode: PoolMode::Write,
+            deleting: None,
+            finished: false,
             meta,
             shared,
         };
@@ -381,7 +419,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return;
         };
         let size = self.vblocks_of(record.size_bytes);
-        let view = Arc::new(VolumeView::new(id, size, size));
+        // Room to grow 4× (or to the pool's maximum data size) without a new view.
+        let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
+        let view = Arc::new(VolumeView::new(id, size, capacity));
+        view.set_size(size, record.size_bytes / self.lba_bytes);
         self.meta.for_each_mapping(id, &mut |vblock, mapping| {
             view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
         });
@@ -1081,6 +1122,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             released_at: 0,
             stage: RangeStage::Children,
             status: IoStatus::Success,
+            control: None,
         });
         let index = match self.new_op(op) {
             Ok(index) => index,
@@ -1192,8 +1234,51 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let Some(Op::Range(range)) = self.free_op(index) else {
             return;
         };
+        if let Some(done) = range.control {
+            let result = match range.status {
+                IoStatus::Success => Ok(()),
+                status => Err(PoolError::Io(status.errno())),
+            };
+            return done(result);
+        }
         let reply = OwnerReply { token: range.token, request: range.request, status: range.status };
         self.reply(range.channel, reply);
+    }
+
+    /// Blocks freed by a delete or a shrink go through the same pipeline as an unmap
+    /// (DESIGN.md): held, committed, passed down after their grace period, then released;
+    /// `done` answers at the end. Without passdown they only wait for their grace period,
+    /// and `done` answers after the commit.
+    fn release_freed(&mut self, mut freed: Vec<DataBlock>, done: ControlDone<()>) {
+        let after = self.commits_started;
+        self.commit_wanted = true;
+        let passdown = self.settings.discard == DiscardMode::Passdown && !freed.is_empty();
+        if !passdown || self.free_ops.is_empty() {
+            let epoch = self.grace.epoch();
+            for block in freed {
+                self.space.enter_grace(block, epoch);
+            }
+            self.control_commits.push((after, done));
+            return;
+        }
+        for &block in &freed {
+            self.space.hold(block);
+        }
+        let op = Op::Range(RangeOp {
+            channel: u32::MAX,
+            token: 0,
+            request: IoRequest::new(IoKind::Unmap, 0, 0, 0),
+            children: 0,
+            runs: discard::runs_of(&mut freed),
+            deallocates_in_flight: 0,
+            released_at: self.grace.epoch(),
+            stage: RangeStage::WaitCommit { after },
+            status: IoStatus::Success,
+            control: Some(done),
+        });
+        if self.new_op(op).is_err() {
+            unreachable!("a free op slot was checked above");
+        }
     }
 
     /// Step 5: after the commit and the grace period, issue the deallocates.
@@ -1387,6 +1472,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     fn run_control(&mut self) -> bool {
         let mut busy = false;
+        for _ in 0..self.pending_control.len() {
+            if let Some(op) = self.pending_control.pop_front() {
+                self.handle_control(op);
+            }
+        }
         while let Some(op) = self.control.pop() {
             busy = true;
             self.handle_control(op);
@@ -1446,11 +1536,71 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                             view.mark_deleted();
                         }
                         self.shared.retire_view(volume);
-                        // Freed blocks go through the grace period; a delete's passdown
-                        // joins the pipeline when volume deletes learn to pass down.
-                        let epoch = self.grace.epoch();
-                        for block in freed {
-                            self.space.enter_grace(block, epoch);
+                        self.release_freed(freed, done);
+                    }
+                    Err(e) => done(Err(e.into())),
+                }
+            }
+            ControlOp::Resize { volume, size_bytes, done } => {
+                if read_only {
+                    return done(Err(PoolError::ReadOnly));
+                }
+                let Some(view) = self.views.get(&volume).cloned() else {
+                    return done(Err(PoolError::NoVolume(volume)));
+                };
+                let new_vblocks = self.vblocks_of(size_bytes);
+                if new_vblocks > view.capacity_vblocks() {
+                    return done(Err(PoolError::TooLarge {
+                        capacity_vblocks: view.capacity_vblocks(),
+                    }));
+                }
+                let old_vblocks = view.size_vblocks();
+                if new_vblocks < old_vblocks && self.is_span_busy(volume, new_vblocks, old_vblocks)
+                {
+                    // Per-block order: a shrink waits behind what runs in its range.
+                    self.pending_control.push_back(ControlOp::Resize { volume, size_bytes, done });
+                    return;
+                }
+                let mut freed = Vec::new();
+                match self.meta.resize_volume(volume, size_bytes, &mut |block| freed.push(block)) {
+                    Ok(()) => {
+                        for vblock in new_vblocks..old_vblocks {
+                            view.unpublish(VirtBlock(vblock));
+                        }
+                        view.set_size(new_vblocks, size_bytes / self.lba_bytes);
+                        self.release_freed(freed, done);
+                    }
+                    Err(e) => done(Err(e.into())),
+                }
+            }
+            ControlOp::DeletePool { done } => {
+                let busy = self.ops.iter().any(Option::is_some) || self.data.in_flight() > 0;
+                if busy || self.commit_stage != CommitStage::Idle {
+                    self.pending_control.push_back(ControlOp::DeletePool { done });
+                    return;
+                }
+                for view in self.views.values() {
+                    view.mark_deleted();
+                }
+                self.deleting = Some(done);
+                self.commit_failed = false;
+                let blocks = PoolMetadata::invalidate_superblocks();
+                self.commit_stage = CommitStage::Invalidating { in_flight: blocks.len() };
+                for (block, bytes) in blocks {
+                    let request = self.meta_write(block, &bytes);
+                    self.submit(request);
+                }
+            }
+            ControlOp::Grow { data_blocks, done } => {
+                if read_only {
+                    return done(Err(PoolError::ReadOnly));
+                }
+                match self.meta.grow_data(data_blocks) {
+                    Ok(()) => {
+                        self.space.grow(data_blocks);
+                        self.no_space_since_ns = None;
+                        if self.mode == PoolMode::OutOfDataSpace {
+                            self.mode = PoolMode::Write;
                         }
                         let after = self.commits_started;
                         self.commit_wanted = true;
@@ -1481,7 +1631,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     // ------------------------------------------------------------------ commit
 
     fn run_commit_trigger(&mut self) -> bool {
-        if self.commit_stage != CommitStage::Idle {
+        if self.commit_stage != CommitStage::Idle || self.finished || self.deleting.is_some() {
             return false;
         }
         let now = self.host.now_ns();
@@ -1598,6 +1748,22 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
             CommitStage::FlushingSuperblock => self.finish_commit(),
+            CommitStage::Invalidating { in_flight } => {
+                if in_flight > 1 {
+                    self.commit_stage = CommitStage::Invalidating { in_flight: in_flight - 1 };
+                    return;
+                }
+                self.commit_stage = CommitStage::FlushingInvalidation;
+                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+            }
+            CommitStage::FlushingInvalidation => {
+                // The pool is gone from the device: stop serving for good.
+                self.finished = true;
+                let failed = self.commit_failed;
+                if let Some(done) = self.deleting.take() {
+                    done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
+                }
+            }
             CommitStage::Idle => debug_assert!(false, "commit IO while no commit runs"),
         }
     }
@@ -1712,6 +1878,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 });
             }
         }
+    }
+
+    /// True once the pool was deleted: the host drops the owner.
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// A stopping host asks: true once nothing is in flight or waiting.

@@ -48,6 +48,8 @@ pub struct VolumeView {
     chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
     /// Virtual blocks the volume has now (≤ chunk capacity).
     size_vblocks: AtomicU64,
+    /// The volume's size in its LBAs (what frontends may address).
+    size_lbas: AtomicU64,
     view_time: AtomicU32,
     /// Set while a snapshot of this volume is being taken: every write goes to the owner.
     quiesced: AtomicBool,
@@ -64,6 +66,7 @@ impl VolumeView {
             id,
             chunks,
             size_vblocks: AtomicU64::new(size_vblocks),
+            size_lbas: AtomicU64::new(0),
             view_time: AtomicU32::new(1),
             quiesced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
@@ -161,9 +164,17 @@ impl VolumeView {
         self.quiesced.store(on, Ordering::SeqCst);
     }
 
-    pub fn set_size_vblocks(&self, size_vblocks: u64) {
+    /// Sets the volume's size (creation, resize). Owner only.
+    pub fn set_size(&self, size_vblocks: u64, size_lbas: u64) {
         debug_assert!(size_vblocks <= self.capacity_vblocks());
         self.size_vblocks.store(size_vblocks, Ordering::Release);
+        self.size_lbas.store(size_lbas, Ordering::Release);
+    }
+
+    /// The volume's size in LBAs, read by channels on every request.
+    #[inline]
+    pub fn size_lbas(&self) -> u64 {
+        self.size_lbas.load(Ordering::Acquire)
     }
 
     pub fn mark_deleted(&self) {

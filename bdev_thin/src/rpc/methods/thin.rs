@@ -365,7 +365,8 @@ fn register_volume(
         .shared
         .view(id)
         .ok_or_else(|| RpcError::errno(libc::ENODEV, format!("volume {id} has no view")))?;
-    let device = ThinVolumeDevice { pool: Arc::clone(pool), view, size_bytes };
+    debug_assert_eq!(view.size_lbas() * pool.geometry.lba_bytes, size_bytes);
+    let device = ThinVolumeDevice { pool: Arc::clone(pool), view };
     let name = uuid.to_string();
     let bdev = Bdev::new(name.clone(), uuid, Device::Thin(device));
     bdev.add_alias(format!("{}/{volume_name}", pool.name));
@@ -394,7 +395,7 @@ pub(super) fn snapshot(target: &Arc<Target>, mut params: Params, reply: Reply) {
     let uuid = Uuid::new_v4();
     let target = Arc::clone(target);
     let pool = Arc::clone(&origin.pool);
-    let size_bytes = origin.size_bytes;
+    let size_bytes = origin.size_bytes();
     pool.send(ControlOp::Snapshot {
         origin: origin.volume(),
         uuid: *uuid.as_bytes(),
@@ -436,6 +437,97 @@ pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
                 drop(bdev);
                 reply(Err(pool_error(e)));
             }
+        }),
+    });
+}
+
+pub(super) fn resize(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let name = params.string("name")?;
+        let size_mib = params.u64("size_in_mib")?;
+        params.finish()?;
+        let size_bytes = size_mib
+            .checked_mul(1 << 20)
+            .filter(|b| *b > 0)
+            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let (_, device) = thin_volume(target, &name)?;
+        Ok((device, size_bytes))
+    })();
+    let (device, size_bytes) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    device.pool.send(ControlOp::Resize {
+        volume: device.volume(),
+        size_bytes,
+        done: Box::new(move |result| reply(result.map(|()| json!(true)).map_err(pool_error))),
+    });
+}
+
+pub(super) fn pool_grow(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let pool = find_pool(target, &mut params)?;
+        params.finish()?;
+        let info = pool.device.info();
+        let device_bytes = info.num_blocks * u64::from(info.block_size_bytes);
+        let block = u64::from(pool.layout.data_block_bytes);
+        let data_blocks = device_bytes.saturating_sub(pool.layout.data_offset_bytes) / block;
+        if data_blocks > pool.layout.data_blocks_max {
+            return Err(RpcError::errno(
+                libc::ENOSPC,
+                format!(
+                    "pool {} can grow to {} bytes (max_growable_size); the device has {}",
+                    pool.name,
+                    pool.layout.data_blocks_max * block,
+                    device_bytes
+                ),
+            ));
+        }
+        Ok((pool, data_blocks))
+    })();
+    let (pool, data_blocks) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    pool.send(ControlOp::Grow {
+        data_blocks,
+        done: Box::new(move |result| reply(result.map(|()| json!(true)).map_err(pool_error))),
+    });
+}
+
+pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let pool = find_pool(target, &mut params)?;
+        params.finish()?;
+        let volumes = pool.volumes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (_, name) in &volumes {
+            if target.bdevs.get(name).is_ok_and(|b| b.open_count() > 0) {
+                return Err(RpcError::errno(libc::EBUSY, format!("volume {name} is open")));
+            }
+        }
+        for (_, name) in &volumes {
+            // Opened since the check above: the delete stops here, the pool intact.
+            if let Err(e) = target.bdevs.unregister(name)
+                && !matches!(e, crate::bdev::BdevError::NotFound(_))
+            {
+                return Err(e.into());
+            }
+        }
+        Ok(pool)
+    })();
+    let pool = match prepared {
+        Ok(pool) => pool,
+        Err(e) => return reply(Err(e)),
+    };
+    let target = Arc::clone(target);
+    let deleted = Arc::clone(&pool);
+    pool.send(ControlOp::DeletePool {
+        done: Box::new(move |result| {
+            target.remove_pool(&deleted);
+            if let Ok(base) = target.bdevs.get(&deleted.base_bdev) {
+                base.release_claim();
+            }
+            reply(result.map(|()| json!(true)).map_err(pool_error))
         }),
     });
 }
