@@ -532,19 +532,51 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
     });
 }
 
-/// Asks the owner for its state and waits for it (an RPC thread or the config loader; the
-/// owner answers within a poll).
-fn describe(pool: &ThinPool) -> Result<PoolDescription, RpcError> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    pool.send(ControlOp::Describe {
-        done: Box::new(move |result| {
-            let _ = sender.send(result);
-        }),
-    });
-    receiver
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .map_err(|_| RpcError::errno(libc::ETIMEDOUT, "the pool owner did not answer"))?
-        .map_err(pool_error)
+/// Asks every pool's owner for its state and calls `finish` with all the answers, in the
+/// pools' order, from the core of the last owner to answer: never blocks (RPC handlers run on a
+/// reactor, possibly a pool's home core).
+fn describe_all(
+    pools: Vec<Arc<ThinPool>>,
+    finish: impl FnOnce(Result<Vec<(Arc<ThinPool>, PoolDescription)>, RpcError>) + Send + 'static,
+) {
+    type Gathered = (usize, Vec<Option<PoolDescription>>, Option<RpcError>);
+    if pools.is_empty() {
+        return finish(Ok(Vec::new()));
+    }
+    let count = pools.len();
+    let state: Arc<std::sync::Mutex<Gathered>> =
+        Arc::new(std::sync::Mutex::new((count, vec![None; count], None)));
+    let finish: Arc<std::sync::Mutex<Option<Box<dyn FnOnce(_) + Send>>>> =
+        Arc::new(std::sync::Mutex::new(Some(Box::new(finish))));
+    for (index, pool) in pools.iter().enumerate() {
+        let (state, finish, pools) = (Arc::clone(&state), Arc::clone(&finish), pools.clone());
+        pool.send(ControlOp::Describe {
+            done: Box::new(move |result| {
+                let mut gathered = state.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(description) => gathered.1[index] = Some(description),
+                    Err(e) => gathered.2 = Some(pool_error(e)),
+                }
+                gathered.0 -= 1;
+                if gathered.0 > 0 {
+                    return;
+                }
+                let outcome = match gathered.2.take() {
+                    Some(e) => Err(e),
+                    None => Ok(pools
+                        .into_iter()
+                        .zip(gathered.1.drain(..))
+                        .filter_map(|(p, d)| d.map(|d| (p, d)))
+                        .collect()),
+                };
+                drop(gathered);
+                let finish = finish.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(finish) = finish {
+                    finish(outcome);
+                }
+            }),
+        });
+    }
 }
 
 fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
@@ -578,68 +610,87 @@ fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
 }
 
 pub(super) fn get_pools(target: &Arc<Target>, mut params: Params, reply: Reply) {
-    super::reply_with(reply, || {
+    let pools = (|| {
         let pools = if params.has("uuid") || params.has("pool_name") {
             vec![find_pool(target, &mut params)?]
         } else {
             target.pools()
         };
         params.finish()?;
-        let mut out = Vec::new();
-        for pool in pools {
-            let description = describe(&pool)?;
-            out.push(pool_json(&pool, &description));
-        }
-        Ok(Value::Array(out))
-    })
+        Ok(pools)
+    })();
+    let pools = match pools {
+        Ok(pools) => pools,
+        Err(e) => return reply(Err(e)),
+    };
+    describe_all(pools, move |described| {
+        reply(
+            described
+                .map(|all| Value::Array(all.iter().map(|(pool, d)| pool_json(pool, d)).collect())),
+        )
+    });
 }
 
 pub(super) fn get_volumes(target: &Arc<Target>, mut params: Params, reply: Reply) {
-    super::reply_with(reply, || {
+    let parsed = (|| {
         let name = params.optional_string("name")?;
         let pool_name = params.optional_string("pool_name")?;
         params.finish()?;
-        let mut out = Vec::new();
-        for pool in target.pools() {
-            if pool_name.as_ref().is_some_and(|n| *n != pool.name) {
+        Ok((name, pool_name))
+    })();
+    let (name, pool_name) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return reply(Err(e)),
+    };
+    let pools: Vec<Arc<ThinPool>> = target
+        .pools()
+        .into_iter()
+        .filter(|p| pool_name.as_ref().is_none_or(|n| *n == p.name))
+        .collect();
+    describe_all(pools, move |described| {
+        reply(described.and_then(|all| volumes_json(&all, name.as_deref())))
+    });
+}
+
+fn volumes_json(
+    all: &[(Arc<ThinPool>, PoolDescription)],
+    name: Option<&str>,
+) -> Result<Value, RpcError> {
+    let mut out = Vec::new();
+    for (pool, description) in all {
+        for record in &description.volumes {
+            let uuid = Uuid::from_bytes(record.uuid);
+            let alias = format!("{}/{}", pool.name, record.name);
+            let matches =
+                name.is_none_or(|n| n == alias || n == uuid.to_string() || n == record.name);
+            if !matches {
                 continue;
             }
-            let description = describe(&pool)?;
-            for record in &description.volumes {
-                let uuid = Uuid::from_bytes(record.uuid);
-                let alias = format!("{}/{}", pool.name, record.name);
-                let matches = name
-                    .as_ref()
-                    .is_none_or(|n| *n == alias || *n == uuid.to_string() || *n == record.name);
-                if !matches {
-                    continue;
-                }
-                let origin = record.origin.and_then(|o| {
-                    description
-                        .volumes
-                        .iter()
-                        .find(|v| v.id == o)
-                        .map(|v| format!("{}/{}", pool.name, v.name))
-                });
-                let lba = pool.geometry.lba_bytes;
-                out.push(json!({
-                    "name": uuid.to_string(),
-                    "alias": alias,
-                    "uuid": uuid.to_string(),
-                    "pool": {"name": pool.name, "uuid": pool.uuid.to_string()},
-                    "num_blocks": record.size_bytes / lba,
-                    "mapped_blocks": record.mapped_blocks,
-                    "origin": origin,
-                }));
-            }
+            let origin = record.origin.and_then(|o| {
+                description
+                    .volumes
+                    .iter()
+                    .find(|v| v.id == o)
+                    .map(|v| format!("{}/{}", pool.name, v.name))
+            });
+            let lba = pool.geometry.lba_bytes;
+            out.push(json!({
+                "name": uuid.to_string(),
+                "alias": alias,
+                "uuid": uuid.to_string(),
+                "pool": {"name": pool.name, "uuid": pool.uuid.to_string()},
+                "num_blocks": record.size_bytes / lba,
+                "mapped_blocks": record.mapped_blocks,
+                "origin": origin,
+            }));
         }
-        if let Some(name) = name
-            && out.is_empty()
-        {
-            return Err(RpcError::errno(libc::ENODEV, format!("volume {name} not found")));
-        }
-        Ok(Value::Array(out))
-    })
+    }
+    if let Some(name) = name
+        && out.is_empty()
+    {
+        return Err(RpcError::errno(libc::ENODEV, format!("volume {name} not found")));
+    }
+    Ok(Value::Array(out))
 }
 
 /// `driver_specific` of a thin volume in `bdev_get_bdevs`.
