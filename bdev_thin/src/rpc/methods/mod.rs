@@ -2,6 +2,7 @@
 //! does its work (or sends it to the core that owns it) and replies exactly once.
 
 mod bdev;
+pub mod framework;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub static METHODS: &[Method] = &[
     method("spdk_get_version", spdk_get_version),
     method("rpc_get_methods", rpc_get_methods),
     method("framework_wait_init", framework_wait_init),
+    method("framework_get_subsystems", framework::get_subsystems),
+    method("framework_get_config", framework::get_config),
     method("bdev_malloc_create", bdev::malloc_create),
     method("bdev_malloc_delete", bdev::malloc_delete),
     method("bdev_null_create", bdev::null_create),
@@ -43,6 +46,8 @@ pub static METHODS: &[Method] = &[
     method("bdev_get_iostat", bdev::get_iostat),
     method("bdev_examine", bdev::examine),
     method("bdev_wait_for_examine", bdev::wait_for_examine),
+    // Thin pools and volumes (`bdev_thin_*`) join here from `thin.rs`, NBD (`nbd_*`) from
+    // `nbd.rs`: one line per method.
     // Option setters of SPDK modules: listed so saved configs pass the client's method check,
     // served by `call` before this table is consulted.
     method("bdev_set_options", unreachable_setter),
