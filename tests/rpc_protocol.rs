@@ -326,3 +326,75 @@ fn save_config_through_framework_methods_replays_with_the_same_uuids() {
     let daemon = Daemon::start(&dir.0, &["-c", config_path.to_str().unwrap()]);
     assert_eq!(daemon.call("bdev_get_bdevs", Value::Null)["result"], bdevs);
 }
+
+/// A seeded stream of bytes, JSON's structural characters and request fragments over-represented
+/// (xorshift64: deterministic, so a failure replays).
+fn noise(seed: u64, length: usize) -> Vec<u8> {
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b":",
+        b",",
+        b" ",
+        b"\n",
+        b"1",
+        b"-0.5e3",
+        b"null",
+        b"\"method\"",
+        b"\"id\"",
+        b"\"params\"",
+        b"\"jsonrpc\":\"2.0\"",
+        b"\"spdk_get_version\"",
+        b"\"bdev_malloc_create\"",
+        b"\xff",
+        b"\x00",
+        b"\"\\u00e9\"",
+    ];
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut bytes = Vec::new();
+    while bytes.len() < length {
+        let pick = next();
+        if pick % 4 == 0 {
+            bytes.push((pick >> 8) as u8);
+        } else {
+            bytes.extend_from_slice(PIECES[(pick >> 8) as usize % PIECES.len()]);
+        }
+    }
+    bytes
+}
+
+#[test]
+fn seeded_noise_over_the_socket_never_stops_the_daemon() {
+    let dir = Scratch::new("rpc_noise");
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    for seed in 0..300u64 {
+        let mut client = daemon.connect();
+        let bytes = noise(seed, 16 + (seed as usize * 37) % 2048);
+        // The daemon may close before everything is written; that is one allowed outcome.
+        let _ = (&*client.stream()).write_all(&bytes);
+        let _ = client.stream().shutdown(std::net::Shutdown::Write);
+        // Every reply is one well-formed JSON-RPC reply line, then the connection ends.
+        while let Some(reply) = client.read_reply() {
+            let replies = match reply {
+                Value::Array(replies) => replies,
+                single => vec![single],
+            };
+            for reply in replies {
+                assert_eq!(reply["jsonrpc"], "2.0", "seed {seed}: {reply}");
+                assert!(reply.get("result").is_some() || reply.get("error").is_some());
+            }
+        }
+        assert!(daemon.try_exit().is_none(), "seed {seed} stopped the daemon");
+    }
+    still_serves(&daemon);
+}

@@ -7,7 +7,9 @@
 //! number of requests. A handler answers through [`methods::call`]'s `Reply`, possibly from
 //! another core; the reply goes into the bounded reply ring, which wakes this reactor. No request
 //! starts without a ring slot reserved for its reply (the poller counts what is in flight), so a
-//! push never finds the ring full and a reply is never dropped or waited for.
+//! push never finds the ring full and a reply is never dropped or waited for. Handlers are
+//! called on this reactor: one that must wait for other work sends it to the core that owns it
+//! and replies from there, it never blocks here (`call_on`/`call_blocking` would deadlock).
 //!
 //! Protocol, as SPDK's (reference/spdk.md §1): a stream of JSON values per connection; replies
 //! in completion order; a notification is answered only on error; a batch gets one array (none
