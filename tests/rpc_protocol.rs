@@ -381,7 +381,7 @@ fn seeded_noise_over_the_socket_never_stops_the_daemon() {
         let mut client = daemon.connect();
         let bytes = noise(seed, 16 + (seed as usize * 37) % 2048);
         // The daemon may close before everything is written; that is one allowed outcome.
-        let _ = (&*client.stream()).write_all(&bytes);
+        let _ = client.stream().write_all(&bytes);
         let _ = client.stream().shutdown(std::net::Shutdown::Write);
         // Every reply is one well-formed JSON-RPC reply line, then the connection ends.
         while let Some(reply) = client.read_reply() {
