@@ -141,9 +141,22 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// How the server runs a request: [`methods::call`] in the daemon; tests pass their own to
+/// answer from other cores or threads.
+pub type Dispatch = fn(&Arc<Target>, &str, Option<Value>, methods::Reply);
+
 /// Binds `path` and starts serving it on the target's first core. A socket file left by a dead
 /// daemon is removed; one whose lock is held by a live daemon is an error.
 pub fn listen(target: &Arc<Target>, path: &Path) -> Result<ServerHandle, ServerError> {
+    listen_with(target, path, methods::call)
+}
+
+/// [`listen`] with the requests run by `dispatch`.
+pub fn listen_with(
+    target: &Arc<Target>,
+    path: &Path,
+    dispatch: Dispatch,
+) -> Result<ServerHandle, ServerError> {
     let io_error = |source| ServerError::Io { path: path.display().to_string(), source };
     let lock = lock_path(path);
     let lock_file = File::options()
@@ -174,6 +187,7 @@ pub fn listen(target: &Arc<Target>, path: &Path) -> Result<ServerHandle, ServerE
         Arc::new(MessageRing::new(limits::RPC_REPLY_RING_ENTRIES, target.runtime.waker(core)));
     let poller = RpcPoller {
         target: Arc::clone(target),
+        dispatch,
         path: path.to_path_buf(),
         lock_path: lock,
         lock_file: Some(lock_file),
@@ -190,6 +204,7 @@ pub fn listen(target: &Arc<Target>, path: &Path) -> Result<ServerHandle, ServerE
 
 struct RpcPoller {
     target: Arc<Target>,
+    dispatch: Dispatch,
     path: PathBuf,
     lock_path: PathBuf,
     lock_file: Option<File>,
@@ -430,7 +445,7 @@ impl RpcPoller {
                 eprintln!("rpc: reply ring full; a reply was lost");
             }
         });
-        methods::call(&self.target, &request.method, request.params, reply);
+        (self.dispatch)(&self.target, &request.method, request.params, reply);
     }
 
     fn close(&mut self, slot: usize) {
