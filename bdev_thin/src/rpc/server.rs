@@ -93,6 +93,10 @@ struct Connection {
     closing: bool,
     /// Complete requests may still wait in the framer (the last poll stopped at a bound).
     input_pending: bool,
+    /// Whether its readability wakes the parked reactor. Off while the server does not read it
+    /// (the client shut its side, an error is being written, output is paused): a level-
+    /// triggered wait on a socket nobody reads would end every park at once.
+    watched: bool,
 }
 
 impl Connection {
@@ -302,6 +306,7 @@ impl RpcPoller {
                 read_closed: false,
                 closing: false,
                 input_pending: false,
+                watched: true,
             };
             self.next_generation += 1;
             match self.connections.iter_mut().find(|c| c.is_none()) {
@@ -332,6 +337,18 @@ impl RpcPoller {
         if !connection.flush() || connection.unsent() > limits::RPC_OUTPUT_BYTES_MAX {
             self.close(slot);
             return true;
+        }
+        let want_watch = !stopping
+            && !connection.closing
+            && !connection.read_closed
+            && connection.unsent() < limits::RPC_OUTPUT_PAUSE_BYTES;
+        if want_watch != connection.watched {
+            if want_watch {
+                runtime::watch_fd(connection.stream.as_raw_fd());
+            } else {
+                runtime::unwatch_fd(connection.stream.as_raw_fd());
+            }
+            connection.watched = want_watch;
         }
         let finished = connection.unsent() == 0
             && (connection.closing
@@ -452,7 +469,9 @@ impl RpcPoller {
         if let Some(entry) = self.connections.get_mut(slot)
             && let Some(connection) = entry.take()
         {
-            runtime::unwatch_fd(connection.stream.as_raw_fd());
+            if connection.watched {
+                runtime::unwatch_fd(connection.stream.as_raw_fd());
+            }
             let _ = connection.stream.shutdown(std::net::Shutdown::Both);
         }
     }
