@@ -398,3 +398,30 @@ fn seeded_noise_over_the_socket_never_stops_the_daemon() {
     }
     still_serves(&daemon);
 }
+
+#[test]
+fn large_pipelined_replies_arrive_whole_to_a_slow_reader() {
+    let dir = Scratch::new("rpc_large");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let mut client = daemon.connect();
+    let mut requests = String::new();
+    for i in 0..1000 {
+        requests.push_str(&format!(
+            r#"{{"method":"bdev_null_create","id":{i},"params":{{"name":"Null{i}","num_blocks":8,"block_size":512}}}}"#
+        ));
+    }
+    client.send(requests.as_bytes());
+    for i in 0..1000 {
+        assert_eq!(client.read_reply().unwrap()["id"], i);
+    }
+    // Ten replies of ~1 MB each, asked for at once: more than the output the server keeps for
+    // a connection before it stops starting requests, so it must pause and resume.
+    let asks: String =
+        (0..10).map(|i| format!(r#"{{"method":"bdev_get_bdevs","id":{i}}}"#)).collect();
+    client.send(asks.as_bytes());
+    for i in 0..10 {
+        let reply = client.read_reply().unwrap();
+        assert_eq!(reply["id"], i);
+        assert_eq!(reply["result"].as_array().unwrap().len(), 1000);
+    }
+}

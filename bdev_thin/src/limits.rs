@@ -76,6 +76,10 @@ pub const RPC_OUTPUT_BYTES_MAX: usize = RPC_REPLY_BYTES_MAX + RPC_OUTPUT_PAUSE_B
 /// Bytes read from one connection per poll, so one busy client cannot starve the others.
 pub const RPC_READ_BYTES_PER_POLL: usize = 64 << 10;
 
+/// Requests of one connection running at once (pipelining without reading replies is
+/// bounded by it and by `RPC_OUTPUT_PAUSE_BYTES`).
+pub const RPC_CONNECTION_IN_FLIGHT_MAX: usize = 64;
+
 /// Requests started from one connection per poll.
 pub const RPC_REQUESTS_PER_POLL_MAX: usize = 16;
 

@@ -284,20 +284,41 @@ pub fn encode_response(id: Value, result: Result<Value, RpcError>) -> Value {
     Value::Object(object)
 }
 
-/// Serializes a reply (or a batch's array of replies) as compact JSON plus `\n`, or a -32603
-/// error in its place if it would exceed `limits::RPC_REPLY_BYTES_MAX`.
-pub fn serialize_reply(reply: &Value, id_for_error: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(reply).unwrap_or_default();
-    if bytes.is_empty() || bytes.len() > limits::RPC_REPLY_BYTES_MAX {
-        let error = RpcError::new(
-            super::error::INTERNAL_ERROR,
-            format!("reply larger than {} bytes", limits::RPC_REPLY_BYTES_MAX),
-        );
-        bytes = serde_json::to_vec(&encode_response(id_for_error.clone(), Err(error)))
-            .unwrap_or_default();
+/// A reply as compact JSON bytes (no newline): serialized where the handler answered, so what
+/// travels back and waits for the socket is the text, not a tree of values several times its
+/// size. A reply over `limits::RPC_REPLY_BYTES_MAX` is replaced by a -32603 error.
+pub fn reply_bytes(id: Value, result: Result<Value, RpcError>) -> Vec<u8> {
+    let id_for_error = id.clone();
+    match serde_json::to_vec(&encode_response(id, result)) {
+        Ok(bytes) if bytes.len() <= limits::RPC_REPLY_BYTES_MAX => bytes,
+        _ => too_large(id_for_error),
     }
-    bytes.push(b'\n');
+}
+
+/// A batch's reply: the array of its elements' replies, within the same bound.
+pub fn batch_bytes(elements: &[Vec<u8>]) -> Vec<u8> {
+    let total = elements.iter().map(|e| e.len() + 1).sum::<usize>() + 1;
+    if total > limits::RPC_REPLY_BYTES_MAX {
+        return too_large(Value::Null);
+    }
+    let mut bytes = Vec::with_capacity(total);
+    bytes.push(b'[');
+    for (index, element) in elements.iter().enumerate() {
+        if index > 0 {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(element);
+    }
+    bytes.push(b']');
     bytes
+}
+
+fn too_large(id: Value) -> Vec<u8> {
+    let error = RpcError::new(
+        super::error::INTERNAL_ERROR,
+        format!("reply larger than {} bytes", limits::RPC_REPLY_BYTES_MAX),
+    );
+    serde_json::to_vec(&encode_response(id, Err(error))).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -397,6 +418,18 @@ mod tests {
             assert_eq!(e.error.code, -32600, "{bad}");
         }
         assert_eq!(decode_request(json!({"id":"x"})).unwrap_err().id, json!("x"));
+    }
+
+    #[test]
+    fn batch_replies_are_one_array() {
+        let elements =
+            vec![reply_bytes(json!(1), Ok(json!(true))), reply_bytes(json!(2), Ok(json!(3)))];
+        let array: Value = serde_json::from_slice(&batch_bytes(&elements)).unwrap();
+        assert_eq!(
+            array,
+            json!([{"jsonrpc":"2.0","id":1,"result":true},
+            {"jsonrpc":"2.0","id":2,"result":3}])
+        );
     }
 
     #[test]

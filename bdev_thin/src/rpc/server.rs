@@ -66,15 +66,15 @@ struct Finished {
     slot: usize,
     generation: u64,
     destination: Destination,
-    /// The reply object; `None` for a notification that succeeded.
-    response: Option<Value>,
+    /// The reply, serialized; `None` for a notification that succeeded.
+    response: Option<Vec<u8>>,
 }
 
 type ReplyRing = MessageRing<Finished, ReactorWaker>;
 
 /// A batch whose elements are still running.
 struct Batch {
-    responses: Vec<Option<Value>>,
+    responses: Vec<Option<Vec<u8>>>,
     remaining: usize,
 }
 
@@ -93,10 +93,11 @@ struct Connection {
     closing: bool,
     /// Complete requests may still wait in the framer (the last poll stopped at a bound).
     input_pending: bool,
-    /// Whether its readability wakes the parked reactor. Off while the server does not read it
-    /// (the client shut its side, an error is being written, output is paused): a level-
-    /// triggered wait on a socket nobody reads would end every park at once.
-    watched: bool,
+    /// What wakes the parked reactor for it: readability while the server reads it (not once
+    /// the client shut its side, an error is being written or output is paused: a level-
+    /// triggered wait on a socket nobody reads would end every park at once), writability
+    /// while output waits (so a client that drains a large reply gets the rest at once).
+    watched: (bool, bool),
 }
 
 impl Connection {
@@ -104,16 +105,22 @@ impl Connection {
         self.output.len() - self.output_sent
     }
 
-    fn queue(&mut self, bytes: &[u8]) {
+    /// Queues one reply and its newline.
+    fn queue_line(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
+        self.output.push(b'\n');
     }
 
-    /// Writes what the socket takes. Returns false if the connection is broken.
-    fn flush(&mut self) -> bool {
+    /// Writes what the socket takes; counts progress in `wrote`. Returns false if the
+    /// connection is broken.
+    fn flush(&mut self, wrote: &mut bool) -> bool {
         while self.output_sent < self.output.len() {
             match self.stream.write(&self.output[self.output_sent..]) {
                 Ok(0) => return false,
-                Ok(n) => self.output_sent += n,
+                Ok(n) => {
+                    self.output_sent += n;
+                    *wrote = true;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return false,
@@ -244,8 +251,7 @@ impl RpcPoller {
             match finished.destination {
                 Destination::Single => {
                     if let Some(response) = finished.response {
-                        let id = response.get("id").cloned().unwrap_or(Value::Null);
-                        connection.queue(&framing::serialize_reply(&response, &id));
+                        connection.queue_line(&response);
                     }
                 }
                 Destination::Batch { batch, index } => {
@@ -306,7 +312,7 @@ impl RpcPoller {
                 read_closed: false,
                 closing: false,
                 input_pending: false,
-                watched: true,
+                watched: (true, false),
             };
             self.next_generation += 1;
             match self.connections.iter_mut().find(|c| c.is_none()) {
@@ -321,10 +327,14 @@ impl RpcPoller {
     fn serve(&mut self, slot: usize, stopping: bool) -> bool {
         let mut busy = false;
         let Some(Some(connection)) = self.connections.get_mut(slot) else { return false };
-        if !connection.flush() {
+        // Progress on output counts as work, so a reactor writing a large reply to a client
+        // that reads it stays up instead of parking between socket-buffer fulls.
+        let mut wrote = false;
+        if !connection.flush(&mut wrote) {
             self.close(slot);
             return true;
         }
+        busy |= wrote;
         let reading = !stopping && !connection.closing && !connection.read_closed;
         if reading && connection.unsent() < limits::RPC_OUTPUT_PAUSE_BYTES {
             busy |= read_some(connection);
@@ -334,21 +344,19 @@ impl RpcPoller {
             busy |= self.start_requests(slot);
         }
         let Some(Some(connection)) = self.connections.get_mut(slot) else { return busy };
-        if !connection.flush() || connection.unsent() > limits::RPC_OUTPUT_BYTES_MAX {
+        if !connection.flush(&mut wrote) || connection.unsent() > limits::RPC_OUTPUT_BYTES_MAX {
             self.close(slot);
             return true;
         }
+        busy |= wrote;
         let want_watch = !stopping
             && !connection.closing
             && !connection.read_closed
             && connection.unsent() < limits::RPC_OUTPUT_PAUSE_BYTES;
-        if want_watch != connection.watched {
-            if want_watch {
-                runtime::watch_fd(connection.stream.as_raw_fd());
-            } else {
-                runtime::unwatch_fd(connection.stream.as_raw_fd());
-            }
-            connection.watched = want_watch;
+        let interest = (want_watch, connection.unsent() > 0);
+        if interest != connection.watched {
+            runtime::watch_fd_for(connection.stream.as_raw_fd(), interest.0, interest.1);
+            connection.watched = interest;
         }
         let finished = connection.unsent() == 0
             && (connection.closing
@@ -373,6 +381,13 @@ impl RpcPoller {
                 connection.input_pending = true;
                 return busy;
             }
+            // The client is not keeping up with its replies, or has enough running: wait.
+            if connection.unsent() >= limits::RPC_OUTPUT_PAUSE_BYTES
+                || connection.in_flight >= limits::RPC_CONNECTION_IN_FLIGHT_MAX
+            {
+                connection.input_pending = true;
+                return busy;
+            }
             let value = match connection.framer.next_value() {
                 Ok(Some(value)) => value,
                 Ok(None) => {
@@ -380,8 +395,8 @@ impl RpcPoller {
                     return busy;
                 }
                 Err(e) => {
-                    let response = framing::encode_response(Value::Null, Err(e.to_rpc_error()));
-                    connection.queue(&framing::serialize_reply(&response, &Value::Null));
+                    connection
+                        .queue_line(&framing::reply_bytes(Value::Null, Err(e.to_rpc_error())));
                     connection.closing = true;
                     connection.input_pending = false;
                     return true;
@@ -392,6 +407,9 @@ impl RpcPoller {
                 Value::Array(elements) => self.start_batch(slot, elements),
                 single => self.start_one(slot, single, Destination::Single),
             }
+            // Most handlers answer at once: queue that answer now, so the output bound above
+            // sees it before the next request starts.
+            self.take_replies();
         }
         if let Some(Some(connection)) = self.connections.get_mut(slot) {
             connection.input_pending = true;
@@ -412,8 +430,7 @@ impl RpcPoller {
                 )
             };
             let error = RpcError::new(super::error::INVALID_REQUEST, message);
-            let response = framing::encode_response(Value::Null, Err(error));
-            connection.queue(&framing::serialize_reply(&response, &Value::Null));
+            connection.queue_line(&framing::reply_bytes(Value::Null, Err(error)));
             return;
         }
         let batch = connection.next_batch;
@@ -442,7 +459,7 @@ impl RpcPoller {
         let request = match framing::decode_request(value) {
             Ok(request) => request,
             Err(bad) => {
-                let response = Some(framing::encode_response(bad.id, Err(bad.error)));
+                let response = Some(framing::reply_bytes(bad.id, Err(bad.error)));
                 deliver_now(connection, destination, response);
                 return;
             }
@@ -454,7 +471,7 @@ impl RpcPoller {
         let reply: methods::Reply = Box::new(move |result| {
             let response = match (id, result) {
                 (None, Ok(_)) => None,
-                (id, result) => Some(framing::encode_response(id.unwrap_or(Value::Null), result)),
+                (id, result) => Some(framing::reply_bytes(id.unwrap_or(Value::Null), result)),
             };
             let finished = Finished { slot, generation, destination, response };
             if ring.push(finished).is_err() {
@@ -469,7 +486,7 @@ impl RpcPoller {
         if let Some(entry) = self.connections.get_mut(slot)
             && let Some(connection) = entry.take()
         {
-            if connection.watched {
+            if connection.watched != (false, false) {
                 runtime::unwatch_fd(connection.stream.as_raw_fd());
             }
             let _ = connection.stream.shutdown(std::net::Shutdown::Both);
@@ -488,12 +505,11 @@ impl RpcPoller {
 }
 
 /// An element whose answer is known without running it (a malformed request).
-fn deliver_now(connection: &mut Connection, destination: Destination, response: Option<Value>) {
+fn deliver_now(connection: &mut Connection, destination: Destination, response: Option<Vec<u8>>) {
     match destination {
         Destination::Single => {
             if let Some(response) = response {
-                let id = response.get("id").cloned().unwrap_or(Value::Null);
-                connection.queue(&framing::serialize_reply(&response, &id));
+                connection.queue_line(&response);
             }
         }
         Destination::Batch { batch, index } => {
@@ -510,9 +526,9 @@ fn deliver_now(connection: &mut Connection, destination: Destination, response: 
 /// Writes a finished batch's array (nothing if it held only successful notifications).
 fn finish_batch(connection: &mut Connection, batch: u64) {
     let Some(state) = connection.batches.remove(&batch) else { return };
-    let responses: Vec<Value> = state.responses.into_iter().flatten().collect();
+    let responses: Vec<Vec<u8>> = state.responses.into_iter().flatten().collect();
     if !responses.is_empty() {
-        connection.queue(&framing::serialize_reply(&Value::Array(responses), &Value::Null));
+        connection.queue_line(&framing::batch_bytes(&responses));
     }
 }
 
@@ -581,18 +597,17 @@ impl Poller for RpcPoller {
     }
 
     /// Replies already queued, or requests waiting in a framer that could start now, keep the
-    /// reactor up. Unsent output does not: the epoll wait watches readability only, so output
-    /// to a slow reader is retried at the next wake (at the latest after the park timeout).
+    /// reactor up. Unsent output does not: its socket's writability wakes the reactor.
     fn prepare_park(&mut self) -> bool {
         let budget_left =
             self.in_flight + limits::RPC_BATCH_ENTRIES_MAX <= limits::RPC_REPLY_RING_ENTRIES;
         self.replies.is_empty()
             && !(budget_left
-                && self
-                    .connections
-                    .iter()
-                    .flatten()
-                    .any(|c| c.input_pending && c.unsent() < limits::RPC_OUTPUT_PAUSE_BYTES))
+                && self.connections.iter().flatten().any(|c| {
+                    c.input_pending
+                        && c.unsent() < limits::RPC_OUTPUT_PAUSE_BYTES
+                        && c.in_flight < limits::RPC_CONNECTION_IN_FLIGHT_MAX
+                }))
     }
 
     fn wake_fds(&self) -> Vec<i32> {
