@@ -406,9 +406,9 @@ fn large_pipelined_replies_arrive_whole_to_a_slow_reader() {
     let mut client = daemon.connect();
     let mut requests = String::new();
     for i in 0..1000 {
-        requests.push_str(&format!(
-            r#"{{"method":"bdev_null_create","id":{i},"params":{{"name":"Null{i}","num_blocks":8,"block_size":512}}}}"#
-        ));
+        let request = json!({"method":"bdev_null_create","id":i,
+            "params":{"name":format!("Null{i}"),"num_blocks":8,"block_size":512}});
+        requests.push_str(&request.to_string());
     }
     client.send(requests.as_bytes());
     for i in 0..1000 {
