@@ -10,3 +10,19 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# SPDK's JSON-RPC client from PyPI (spdk-rpc, spdk.rpc.client), in the repository's ignored
+# .venv/, where tests/spdk_client.rs looks for it.
+cd "$(dirname "$0")/.."
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "ci/install.sh: installing python3 and python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+fi
+if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then
+    echo "ci/install.sh: creating .venv with SPDK's client (pip install spdk)"
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check 'spdk==26.9'
+fi
+.venv/bin/spdk-rpc --help >/dev/null

@@ -107,3 +107,54 @@ const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BL
 /// How far a volume can grow in place: its view reserves chunk slots (24 bytes per 4096
 /// virtual blocks) for this many times its size at creation or open.
 pub const VOLUME_GROWTH_FACTOR: u64 = 4;
+/// JSON-RPC connections served at once. SPDK accepts 64; we take twice that so a burst of 100
+/// clients (a test, a script that fans out) is served rather than refused. A client past the
+/// cap is accepted and closed at once, so it sees a clean EOF instead of a hang.
+pub const RPC_CONNECTIONS_MAX: usize = 128;
+
+/// Largest JSON-RPC request, in bytes (SPDK's 256 KiB). Also the size of a connection's input
+/// buffer: a longer request gets an error and the connection closes, so a 64 MiB request costs
+/// 256 KiB, not 64 MiB.
+pub const RPC_REQUEST_BYTES_MAX: usize = 256 << 10;
+
+/// Deepest nesting of objects and arrays in a request. Our deepest method takes 4 levels; SPDK
+/// bounds requests at 8192 tokens. Checked while framing, so a deep request is refused before
+/// it is parsed (the parser recurses).
+pub const RPC_JSON_DEPTH_MAX: usize = 32;
+
+/// Requests in one JSON-RPC batch. Each takes a reply-ring slot until it completes.
+pub const RPC_BATCH_ENTRIES_MAX: usize = 128;
+
+/// Entries of the server's reply ring. Requests in flight never exceed it: a request is
+/// dispatched only with a slot reserved, so a reply from another core can always be queued.
+pub const RPC_REPLY_RING_ENTRIES: usize = 1024;
+
+/// Largest reply, in bytes (SPDK's 32 MiB); a larger result is replaced by an error.
+pub const RPC_REPLY_BYTES_MAX: usize = 32 << 20;
+
+/// Output a connection may hold unsent before the server stops reading its requests
+/// (back-pressure on a client that writes but does not read).
+pub const RPC_OUTPUT_PAUSE_BYTES: usize = 1 << 20;
+
+/// Output a connection may hold unsent at all; past it the client is not reading and is closed.
+pub const RPC_OUTPUT_BYTES_MAX: usize = RPC_REPLY_BYTES_MAX + RPC_OUTPUT_PAUSE_BYTES;
+
+/// Bytes read from one connection per poll, so one busy client cannot starve the others.
+pub const RPC_READ_BYTES_PER_POLL: usize = 64 << 10;
+
+/// Requests of one connection running at once (pipelining without reading replies is
+/// bounded by it and by `RPC_OUTPUT_PAUSE_BYTES`).
+pub const RPC_CONNECTION_IN_FLIGHT_MAX: usize = 64;
+
+/// Requests started from one connection per poll.
+pub const RPC_REQUESTS_PER_POLL_MAX: usize = 16;
+
+/// Replies taken from the ring per poll.
+pub const RPC_REPLIES_PER_POLL_MAX: usize = 256;
+
+/// Connections accepted per poll.
+pub const RPC_ACCEPTS_PER_POLL_MAX: usize = 16;
+
+const _: () = assert!(RPC_CONNECTIONS_MAX >= 64);
+const _: () = assert!(RPC_BATCH_ENTRIES_MAX <= RPC_REPLY_RING_ENTRIES);
+const _: () = assert!(RPC_OUTPUT_PAUSE_BYTES < RPC_OUTPUT_BYTES_MAX);

@@ -65,6 +65,36 @@ impl Epoll {
             .map(drop)
     }
 
+    /// Watches `fd` for readability and/or writability (level-triggered), adding it or
+    /// changing its interest; neither removes it. For sockets with output waiting.
+    pub fn watch(&self, fd: RawFd, readable: bool, writable: bool) -> io::Result<()> {
+        if !readable && !writable {
+            self.remove(fd);
+            return Ok(());
+        }
+        let mut events = 0u32;
+        if readable {
+            events |= libc::EPOLLIN as u32;
+        }
+        if writable {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut event = libc::epoll_event { events, u64: fd as u64 };
+        // SAFETY: `event` is a live epoll_event; epoll copies it before returning.
+        let modified =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) };
+        match check(modified) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // SAFETY: as above; the descriptor was not registered yet.
+                check(unsafe {
+                    libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+                })
+                .map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+
     pub fn remove(&self, fd: RawFd) {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; ENOENT (already gone) is fine to ignore.

@@ -1,5 +1,6 @@
 //! `thin_tgt`: the daemon, SPDK's `spdk_tgt` for bdev_thin. Starts the reactors, loads the JSON
-//! config, serves until SIGINT/SIGTERM, then stops after in-flight IO drains.
+//! config, serves JSON-RPC on a Unix socket (`-r`) until SIGINT/SIGTERM, then stops accepting,
+//! answers what is in flight, stops after in-flight IO drains, and exits 0.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,9 +63,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         bdev_thin::config::load(&target, config)?;
     }
+    let server = bdev_thin::rpc::server::listen(&target, std::path::Path::new(&args.rpc_socket))
+        .context("starting the JSON-RPC server")?;
     target.set_initialized();
-    eprintln!("thin_tgt: reactors on cores {:?}; ready", runtime.handle().cores());
-    let _ = &args.rpc_socket;
+    eprintln!(
+        "thin_tgt: reactors on cores {:?}; JSON-RPC on {}; ready",
+        runtime.handle().cores(),
+        server.path().display()
+    );
     if let Some(signal) = signals.forever().next() {
         eprintln!("thin_tgt: signal {signal}: stopping");
         stop.store(true, Ordering::SeqCst);

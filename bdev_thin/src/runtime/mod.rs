@@ -333,6 +333,18 @@ pub fn watch_fd(fd: i32) {
     });
 }
 
+/// Like [`watch_fd`], choosing readability and/or writability (a socket with output waiting
+/// wakes the reactor when it can take more); neither stops watching. Changes an earlier watch.
+pub fn watch_fd_for(fd: i32, readable: bool, writable: bool) {
+    CURRENT.with(|c| {
+        if let Some(current) = c.borrow().as_ref()
+            && let Err(e) = current.epoll.watch(fd, readable, writable)
+        {
+            eprintln!("reactor {}: cannot watch fd {fd}: {e}", current.core);
+        }
+    });
+}
+
 pub fn unwatch_fd(fd: i32) {
     CURRENT.with(|c| {
         if let Some(current) = c.borrow().as_ref() {

@@ -388,3 +388,85 @@ pub(super) fn check_option_setter(method: &str, params: Option<Value>) -> Result
     eprintln!("{method}: accepted and ignored ({} parameters; nothing to set here)", rest.len());
     Ok(json!(true))
 }
+
+/// The option values a real `spdk_tgt` saves first in its `bdev` subsystem (its defaults), so a
+/// config saved here also loads there; our own loader accepts and ignores them.
+fn bdev_set_options_entry() -> Value {
+    json!({
+        "method": "bdev_set_options",
+        "params": {
+            "bdev_io_pool_size": 65535,
+            "bdev_io_cache_size": 256,
+            "bdev_auto_examine": true,
+            "iobuf_small_cache_size": 128,
+            "iobuf_large_cache_size": 16
+        }
+    })
+}
+
+/// The call that recreates `bdev`, with the keys (and key order) SPDK's `write_config_json`
+/// writes for its module; `None` for bdevs that come back another way (thin volumes, by
+/// examine of their pool's bdevs).
+pub(crate) fn create_entry(bdev: &Bdev) -> Option<Value> {
+    let info = bdev.info();
+    let uuid = bdev.uuid().to_string();
+    let Device::Base(device) = bdev.device() else {
+        return None;
+    };
+    Some(match device {
+        BaseDevice::Malloc(_) => json!({
+            "method": "bdev_malloc_create",
+            "params": {
+                "name": bdev.name(),
+                "num_blocks": info.num_blocks,
+                "block_size": info.block_size_bytes,
+                "physical_block_size": info.block_size_bytes,
+                "uuid": uuid,
+                "optimal_io_boundary": 0,
+                "md_size": 0,
+                "dif_type": 0,
+                "dif_is_head_of_md": false,
+                "dif_pi_format": 0,
+                "numa_id": -1
+            }
+        }),
+        BaseDevice::Null(_) => json!({
+            "method": "bdev_null_create",
+            "params": {
+                "name": bdev.name(),
+                "num_blocks": info.num_blocks,
+                "block_size": info.block_size_bytes,
+                "physical_block_size": info.block_size_bytes,
+                "md_size": 0,
+                "dif_type": 0,
+                "dif_is_head_of_md": false,
+                "dif_pi_format": 0,
+                "uuid": uuid,
+                "preferred_write_granularity": 0,
+                "preferred_write_alignment": 0,
+                "optimal_write_size": 0,
+                "preferred_unmap_granularity": 0,
+                "preferred_unmap_alignment": 0
+            }
+        }),
+        BaseDevice::Uring(d) => json!({
+            "method": "bdev_uring_create",
+            "params": {
+                "name": bdev.name(),
+                "block_size": info.block_size_bytes,
+                "filename": d.path().display().to_string(),
+                "uuid": uuid
+            }
+        }),
+    })
+}
+
+/// The `bdev` subsystem's saved config, in SPDK's order: `bdev_set_options`, each bdev's create
+/// call in registration order (so a bdev is created before anything built on it), and
+/// `bdev_wait_for_examine` last, so pools on the bdevs are open before the next subsystem.
+pub(super) fn subsystem_config(target: &Arc<Target>) -> Option<Vec<Value>> {
+    let mut entries = vec![bdev_set_options_entry()];
+    entries.extend(target.bdevs.all().iter().filter_map(|bdev| create_entry(bdev)));
+    entries.push(json!({"method": "bdev_wait_for_examine"}));
+    Some(entries)
+}

@@ -546,8 +546,7 @@ fn describe_all(
     let count = pools.len();
     let state: Arc<std::sync::Mutex<Gathered>> =
         Arc::new(std::sync::Mutex::new((count, vec![None; count], None)));
-    let finish: Arc<std::sync::Mutex<Option<Box<dyn FnOnce(_) + Send>>>> =
-        Arc::new(std::sync::Mutex::new(Some(Box::new(finish))));
+    let finish = Arc::new(std::sync::Mutex::new(Some(finish)));
     for (index, pool) in pools.iter().enumerate() {
         let (state, finish, pools) = (Arc::clone(&state), Arc::clone(&finish), pools.clone());
         pool.send(ControlOp::Describe {
