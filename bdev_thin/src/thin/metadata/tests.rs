@@ -967,3 +967,68 @@ fn million_mappings_figures() {
     assert_eq!(report.mappings, mappings);
     assert_eq!(reopened.volume(id).unwrap().mapped_blocks, mappings);
 }
+
+#[test]
+fn settings_growth_and_needs_check_persist() {
+    let (mut image, mut md) = sample_image();
+    md.pool_mut().discard = DiscardMode::Ignore;
+    md.pool_mut().low_water_mark = 77;
+    md.grow_data(5000).unwrap();
+    assert!(matches!(md.grow_data(1 << 40), Err(MetadataError::GrowPastMax { .. })));
+    md.insert(VolumeId(1), VirtBlock(900), Mapping { data_block: DataBlock(4500), time: 1 })
+        .unwrap();
+    commit(&mut md, &mut image);
+    let reopened = image.open().unwrap();
+    assert_eq!(reopened.pool().discard, DiscardMode::Ignore);
+    assert_eq!(reopened.pool().low_water_mark, 77);
+    assert_eq!(reopened.layout().data_blocks, 5000);
+    assert_eq!(reopened.data_count_committed(DataBlock(4500)), 1);
+    image.check().unwrap();
+
+    // A failed commit: abort, but the needs_check raised meanwhile is written next time.
+    md.remove(VolumeId(1), VirtBlock(900)).unwrap();
+    let _ = md.begin_commit();
+    md.set_needs_check();
+    md.abort();
+    assert!(md.is_dirty());
+    assert_eq!(md.lookup(VolumeId(1), VirtBlock(900)).map(|m| m.data_block), Some(DataBlock(4500)));
+    commit(&mut md, &mut image);
+    assert!(image.open().unwrap().pool().needs_check);
+}
+
+#[test]
+fn another_format_version_is_an_error_not_an_empty_device() {
+    let (mut image, md) = sample_image();
+    for slot in 0..2u64 {
+        let mut bytes = image.blocks[&slot].clone();
+        codec::put_u32(&mut bytes, 32, FORMAT_VERSION + 1);
+        codec::seal(&mut bytes, BlockType::Superblock);
+        image.write(MetaBlock(slot), &bytes);
+    }
+    let expected = MetadataError::Version { found: FORMAT_VERSION + 1 };
+    assert_eq!(image.open().err(), Some(expected.clone()));
+    assert_eq!(PoolMetadata::probe(&mut image.reader()).err(), Some(expected));
+    drop(md);
+}
+
+#[test]
+fn names_and_volume_limits_are_enforced() {
+    let mut md = PoolMetadata::format(layout(2048, 4096, 4096), pool_record()).unwrap();
+    let long = "x".repeat(NAME_BYTES_MAX + 1);
+    assert_eq!(
+        md.create_volume([0; 16], &long, 1).err(),
+        Some(MetadataError::NameTooLong { bytes: NAME_BYTES_MAX + 1 })
+    );
+    let mut pool = pool_record();
+    pool.name = long;
+    assert!(PoolMetadata::format(layout(2048, 4096, 4096), pool).is_err());
+    let id = md.create_volume([0; 16], "v", 8192).unwrap();
+    let past = md.insert(id, VirtBlock(2), Mapping { data_block: DataBlock(0), time: 0 });
+    assert!(matches!(past, Err(MetadataError::VirtBlockOutOfRange { blocks: 2, .. })));
+    let far = md.insert(id, VirtBlock(1), Mapping { data_block: DataBlock(4096), time: 0 });
+    assert!(matches!(far, Err(MetadataError::DataBlockOutOfRange { .. })));
+    assert_eq!(
+        md.remove(VolumeId(9), VirtBlock(0)).err(),
+        Some(MetadataError::NoSuchVolume { id: VolumeId(9) })
+    );
+}
