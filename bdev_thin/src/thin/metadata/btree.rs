@@ -4,8 +4,9 @@
 //! (nodes, or for mapping leaves the data blocks) gain a reference while the old one loses one.
 //! Later changes edit the shadow in place. Committed nodes are never edited, so the committed
 //! trees stay readable until `commit_done` (abort and `prepare_overwrite` read them).
-//! Inserts split full nodes; removes merge or redistribute under-full siblings, so every
-//! non-root node stays at least half full. Owned by `PoolMetadata` on the pool owner's core.
+//! An overflowing node hands entries to a neighbour with room, else splits; removes merge or
+//! redistribute under-full siblings, so every non-root node stays at least half full (the
+//! bound docs/format.md states per mapping). Owned by `PoolMetadata` on the pool owner's core.
 
 use std::collections::{HashMap, HashSet};
 
