@@ -12,6 +12,8 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (release: the perf and durability tests move real data)"
 cargo test --workspace --release
+step "mutation tests (each safety mechanism switched off must be caught)"
+cargo test -p bdev_thin --release --features mutations --test thin_pool
 step "benches build"
 cargo bench --workspace --no-run
 step "docs build"

@@ -135,6 +135,11 @@ pub fn apply(target: &Arc<Target>, entries: &[ConfigEntry]) -> Result<(), Config
     for entry in entries {
         rpc::call_blocking(target, &entry.method, entry.params.clone())
             .map_err(|error| ConfigError::Method { method: entry.method.clone(), error })?;
+        // A bdev that appeared may hold a pool: let examine bring it back before the next
+        // entry uses it.
+        rpc::call_blocking(target, "bdev_wait_for_examine", None).map_err(|error| {
+            ConfigError::Method { method: "bdev_wait_for_examine".into(), error }
+        })?;
     }
     Ok(())
 }

@@ -73,6 +73,34 @@ pub const METADATA_REGION_BLOCKS_MAX: u64 = 16 << 20;
 const _: () = assert!(IO_BYTES_MAX.is_multiple_of(IO_BUFFER_ALIGN_BYTES));
 const _: () = assert!(DEVICE_CHANNEL_DEPTH_MAX <= u16::MAX as usize);
 const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES);
+
+/// Entries of a pool owner's inbox (requests from every channel of every core). A full inbox
+/// makes the channel keep the request in its own queue (back-pressure).
+pub const POOL_INBOX_ENTRIES: usize = 4096;
+
+/// IOs one thin volume channel keeps in flight (frontend requests), and so the size of its
+/// reply ring: the owner can always answer.
+pub const THIN_CHANNEL_DEPTH_MAX: usize = 1024;
+
+/// Data blocks one frontend request is split into at a time; a longer request is served in
+/// rounds. Bounds each channel slot's bookkeeping.
+pub const THIN_PIECES_PER_ROUND_MAX: usize = 8;
+
+/// Requests the owner takes from its inbox per poll, so one poll's work stays bounded.
+pub const OWNER_MESSAGES_PER_POLL_MAX: usize = 64;
+
+/// Owner operations in progress at once (provisions, copies, range ops); further requests
+/// wait in the inbox.
+pub const OWNER_OPS_MAX: usize = 1024;
+
+/// Bytes one copy or zeroing step moves when breaking sharing (a data block may be 1 GiB).
+pub const OWNER_COPY_CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// Copy buffers the owner keeps for breaking sharing; more concurrent copies wait.
+pub const OWNER_COPY_BUFFERS: usize = 16;
+
+const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
+const _: () = assert!(OWNER_COPY_CHUNK_BYTES_MAX <= IO_BYTES_MAX);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX * 24 + 32 <= 4096);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX.is_multiple_of(2));
 const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BLOCKS_MAX);

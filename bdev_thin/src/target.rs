@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bdev::BdevRegistry;
+use crate::bdev::thin::ThinPool;
 use crate::runtime::RuntimeHandle;
 
 pub struct Target {
     pub runtime: RuntimeHandle,
     pub bdevs: Arc<BdevRegistry>,
+    pools: std::sync::Mutex<Vec<Arc<ThinPool>>>,
+    /// Pools being opened by examine, and who waits for them (`bdev_wait_for_examine`).
+    examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     initialized: AtomicBool,
 }
 
@@ -18,8 +22,48 @@ impl Target {
         Arc::new(Target {
             runtime,
             bdevs: BdevRegistry::new(),
+            pools: std::sync::Mutex::new(Vec::new()),
+            examines: std::sync::Mutex::new((0, Vec::new())),
             initialized: AtomicBool::new(false),
         })
+    }
+
+    /// Every pool hosted here.
+    pub fn pools(&self) -> Vec<Arc<ThinPool>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn add_pool(&self, pool: Arc<ThinPool>) {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
+    }
+
+    pub fn begin_examine(&self) {
+        self.examines.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+    }
+
+    pub fn end_examine(&self) {
+        let waiters = {
+            let mut examines = self.examines.lock().unwrap_or_else(|p| p.into_inner());
+            examines.0 -= 1;
+            if examines.0 > 0 {
+                return;
+            }
+            std::mem::take(&mut examines.1)
+        };
+        for reply in waiters {
+            reply(Ok(serde_json::json!(true)));
+        }
+    }
+
+    /// Answers `reply` once no examine is in progress (at once if none is).
+    pub fn when_examined(&self, reply: crate::rpc::methods::Reply) {
+        let mut examines = self.examines.lock().unwrap_or_else(|p| p.into_inner());
+        if examines.0 == 0 {
+            drop(examines);
+            reply(Ok(serde_json::json!(true)));
+        } else {
+            examines.1.push(reply);
+        }
     }
 
     /// Marks start-up done (`framework_wait_init` answers from then on).

@@ -40,6 +40,24 @@ impl MallocDevice {
     }
 }
 
+impl MallocDevice {
+    /// Control-plane read (examine): copies bytes out of the store.
+    pub fn read_sync(&self, offset_bytes: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let end = offset_bytes.checked_add(out.len() as u64);
+        if !offset_bytes.is_multiple_of(8)
+            || !out.len().is_multiple_of(8)
+            || end.is_none_or(|e| e / 8 > self.words.len() as u64)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let first = (offset_bytes / 8) as usize;
+        for (chunk, word) in out.chunks_exact_mut(8).zip(&self.words[first..]) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Ok(())
+    }
+}
+
 impl BlockDevice for MallocDevice {
     type Channel = MallocChannel;
 

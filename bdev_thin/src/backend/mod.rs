@@ -77,6 +77,20 @@ impl BaseDevice {
         }
     }
 
+    /// Reads `out.len()` bytes at `offset_bytes`, blocking: for examine and offline tools on
+    /// the control plane, never on a reactor's IO path. Both must be multiples of the block
+    /// size.
+    pub fn read_sync(&self, offset_bytes: u64, out: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            BaseDevice::Malloc(d) => d.read_sync(offset_bytes, out),
+            BaseDevice::Null(_) => {
+                out.fill(0);
+                Ok(())
+            }
+            BaseDevice::Uring(d) => d.read_sync(offset_bytes, out),
+        }
+    }
+
     /// Whether the device keeps what is written (a pool refuses `null`).
     pub fn stores_data(&self) -> bool {
         !matches!(self, BaseDevice::Null(_))

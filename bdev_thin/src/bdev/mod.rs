@@ -7,6 +7,7 @@
 //! stores and summed by `bdev_get_iostat` from any thread.
 
 pub mod stats;
+pub mod thin;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,34 +20,39 @@ use crate::host::{
 };
 pub use stats::{ChannelStats, IoStatSnapshot};
 
-/// The device behind a bdev. Thin volumes join this enum with the pool.
+/// The device behind a bdev.
 #[derive(Clone)]
 pub enum Device {
     Base(BaseDevice),
+    Thin(thin::ThinVolumeDevice),
 }
 
 impl Device {
     pub fn info(&self) -> DeviceInfo {
         match self {
             Device::Base(d) => d.info(),
+            Device::Thin(d) => d.info(),
         }
     }
 
     pub fn supports(&self, kind: IoKind) -> bool {
         match self {
             Device::Base(d) => d.supports(kind),
+            Device::Thin(d) => d.supports(kind),
         }
     }
 
     pub fn product_name(&self) -> &'static str {
         match self {
             Device::Base(d) => d.product_name(),
+            Device::Thin(_) => "Thin volume",
         }
     }
 
     fn open_channel(&self) -> Result<AnyChannel, DeviceError> {
         Ok(match self {
             Device::Base(d) => AnyChannel::Base(d.open_channel()?),
+            Device::Thin(d) => AnyChannel::Thin(Box::new(d.open_channel()?)),
         })
     }
 }
@@ -54,6 +60,8 @@ impl Device {
 /// A channel of any device kind (static dispatch).
 pub enum AnyChannel {
     Base(BaseChannel),
+    /// Boxed: a volume channel is large and built once per core.
+    Thin(Box<thin::VolumeChannelOf>),
 }
 
 impl DeviceChannel for AnyChannel {
@@ -61,6 +69,7 @@ impl DeviceChannel for AnyChannel {
     fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
         match self {
             AnyChannel::Base(c) => c.submit(request),
+            AnyChannel::Thin(c) => c.submit(request),
         }
     }
 
@@ -68,18 +77,21 @@ impl DeviceChannel for AnyChannel {
     fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
         match self {
             AnyChannel::Base(c) => c.poll(complete),
+            AnyChannel::Thin(c) => c.poll(complete),
         }
     }
 
     fn in_flight(&self) -> usize {
         match self {
             AnyChannel::Base(c) => c.in_flight(),
+            AnyChannel::Thin(c) => c.in_flight(),
         }
     }
 
     fn prepare_park(&mut self) -> bool {
         match self {
             AnyChannel::Base(c) => c.prepare_park(),
+            AnyChannel::Thin(c) => c.prepare_park(),
         }
     }
 }

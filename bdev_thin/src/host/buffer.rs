@@ -209,6 +209,39 @@ impl SgList {
         Some(SgList::new())
     }
 
+    /// Takes the first segment out of the list.
+    pub fn pop_front(&mut self) -> Option<IoBuffer> {
+        if self.segments.is_empty() { None } else { Some(self.segments.remove(0)) }
+    }
+
+    /// Appends `other`, joining each of its segments onto the last one where they are adjacent
+    /// pieces of one allocation (undoing [`SgList::split_off`]), so a list split into many
+    /// pieces comes back with its original segment count. A list that would exceed
+    /// `IO_SEGMENTS_MAX` is left unchanged and `other` handed back.
+    pub fn rejoin(&mut self, mut other: SgList) -> Result<(), SgList> {
+        let mut extra = other.segments.len();
+        if let (Some(last), Some(first)) = (self.segments.last(), other.segments.first())
+            && Arc::ptr_eq(&last.storage, &first.storage)
+            && last.offset + last.len == first.offset
+        {
+            extra -= 1;
+        }
+        if self.segments.len() + extra > limits::IO_SEGMENTS_MAX {
+            return Err(other);
+        }
+        for segment in other.segments.drain(..) {
+            match self.segments.last_mut() {
+                Some(last) => {
+                    if let Err(segment) = last.unsplit(segment) {
+                        self.segments.push(segment);
+                    }
+                }
+                None => self.segments.push(segment),
+            }
+        }
+        Ok(())
+    }
+
     /// Copies bytes of the list starting at byte `offset` into `out`.
     pub fn copy_to(&self, mut offset: usize, out: &mut [u8]) {
         let mut done = 0;

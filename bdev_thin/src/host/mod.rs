@@ -78,8 +78,9 @@ impl IoFlags {
 }
 
 /// How an IO ended. `Copy`, so it travels through rings and completions for free.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum IoStatus {
+    #[default]
     Success,
     /// Failed with a positive errno value (EIO, EINVAL, ENOTSUP, EROFS, ...).
     Failed(i32),

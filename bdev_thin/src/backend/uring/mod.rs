@@ -102,6 +102,16 @@ impl UringDevice {
         Ok(device)
     }
 
+    /// Control-plane read (examine), blocking, through an aligned bounce buffer (the file is
+    /// O_DIRECT).
+    pub fn read_sync(&self, offset_bytes: u64, out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buffer = crate::host::IoBuffer::new(out.len());
+        self.file.read_exact_at(buffer.as_mut_slice(), offset_bytes)?;
+        out.copy_from_slice(buffer.as_slice());
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

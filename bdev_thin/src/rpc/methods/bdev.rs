@@ -52,7 +52,8 @@ fn register(
     device: BaseDevice,
 ) -> Result<Value, RpcError> {
     let bdev = Bdev::new(name.clone(), uuid.unwrap_or_else(Uuid::new_v4), Device::Base(device));
-    target.bdevs.register(bdev)?;
+    target.bdevs.register(Arc::clone(&bdev))?;
+    super::thin::examine(target, &bdev);
     Ok(json!(name))
 }
 
@@ -136,7 +137,9 @@ fn delete_of_kind(
         let name = params.string("name")?;
         params.finish()?;
         let bdev = target.bdevs.get(&name)?;
-        let Device::Base(device) = bdev.device();
+        let Device::Base(device) = bdev.device() else {
+            return Err(RpcError::errno(libc::ENODEV, format!("{name} is a thin volume")));
+        };
         if !is_kind(device) {
             return Err(RpcError::errno(
                 libc::ENODEV,
@@ -213,8 +216,7 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
     object.insert("preferred_unmap_alignment".into(), json!(0));
     object.insert("preferred_unmap_granularity".into(), json!(0));
     object.insert("uuid".into(), json!(uuid));
-    let Device::Base(device) = bdev.device();
-    if matches!(device, BaseDevice::Malloc(_)) {
+    if matches!(bdev.device(), Device::Base(BaseDevice::Malloc(_))) {
         object.insert("numa_id".into(), json!(-1));
     }
     object.insert(
@@ -263,8 +265,11 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
             "write_uncorrectable": false,
         }),
     );
-    let driver_specific = match device {
-        BaseDevice::Uring(d) => json!({"uring": {"filename": d.path().display().to_string()}}),
+    let driver_specific = match bdev.device() {
+        Device::Base(BaseDevice::Uring(d)) => {
+            json!({"uring": {"filename": d.path().display().to_string()}})
+        }
+        Device::Thin(d) => super::thin::driver_specific(d),
         _ => json!({}),
     };
     object.insert("driver_specific".into(), driver_specific);
@@ -368,11 +373,11 @@ pub(super) fn examine(target: &Arc<Target>, mut params: Params, reply: Reply) {
     })
 }
 
-pub(super) fn wait_for_examine(_target: &Arc<Target>, params: Params, reply: Reply) {
-    reply_with(reply, || {
-        params.finish()?;
-        Ok(json!(true))
-    })
+pub(super) fn wait_for_examine(target: &Arc<Target>, params: Params, reply: Reply) {
+    if let Err(e) = params.finish() {
+        return reply(Err(e));
+    }
+    target.when_examined(reply);
 }
 
 /// SPDK option setters we have no use for: the parameters must be an object of JSON scalars or

@@ -2,6 +2,7 @@
 //! does its work (or sends it to the core that owns it) and replies exactly once.
 
 mod bdev;
+mod thin;
 
 use std::sync::Arc;
 
@@ -43,6 +44,12 @@ pub static METHODS: &[Method] = &[
     method("bdev_get_iostat", bdev::get_iostat),
     method("bdev_examine", bdev::examine),
     method("bdev_wait_for_examine", bdev::wait_for_examine),
+    method("bdev_thin_pool_create", thin::pool_create),
+    method("bdev_thin_create", thin::create),
+    method("bdev_thin_snapshot", thin::snapshot),
+    method("bdev_thin_delete", thin::delete),
+    method("bdev_thin_get_pools", thin::get_pools),
+    method("bdev_thin_get_volumes", thin::get_volumes),
     // Option setters of SPDK modules: listed so saved configs pass the client's method check,
     // served by `call` before this table is consulted.
     method("bdev_set_options", unreachable_setter),

@@ -1,0 +1,170 @@
+//! Thin volumes as bdevs, and pools hosted on the embedded runtime: the glue between the thin
+//! core (generic over the host traits) and this host's reactors, bdev registry and base
+//! devices. Control plane only, but for [`ThinVolumeDevice::open_channel`], which builds a
+//! volume channel on the calling core, and the owner poller, which runs on the pool's home core.
+
+use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::ArrayQueue;
+use uuid::Uuid;
+
+use crate::backend::BaseDevice;
+use crate::host::{BlockDevice, DeviceError, DeviceInfo, Host, IoKind, PollStatus, Poller};
+use crate::runtime::{ReactorWaker, RuntimeHandle};
+use crate::thin::channel::{ChannelGeometry, VolumeChannel};
+use crate::thin::metadata::{Layout, PoolRecord};
+use crate::thin::owner::{ControlOp, Owner, OwnerSettings};
+use crate::thin::pool::PoolShared;
+use crate::thin::types::VolumeId;
+use crate::thin::view::VolumeView;
+
+/// Control operations a pool's owner takes per poll are few; the ring only bounds bursts.
+const CONTROL_RING_ENTRIES: usize = 256;
+
+/// A pool hosted here: what RPC methods and volume bdevs need to reach its owner.
+pub struct ThinPool {
+    pub name: String,
+    pub uuid: Uuid,
+    pub base_bdev: String,
+    pub home_core: u32,
+    pub shared: Arc<PoolShared<ReactorWaker>>,
+    pub control: Arc<ArrayQueue<ControlOp>>,
+    pub device: BaseDevice,
+    pub geometry: ChannelGeometry,
+    pub layout: Layout,
+    pub record: PoolRecord,
+    pub runtime: RuntimeHandle,
+    /// Volume bdev names (UUIDs) by volume id, for delete and listing.
+    pub volumes: Mutex<Vec<(VolumeId, String)>>,
+}
+
+impl ThinPool {
+    /// Sends `op` to the owner (a full ring is retried: control plane).
+    pub fn send(&self, mut op: ControlOp) {
+        loop {
+            match self.control.push(op) {
+                Ok(()) => {
+                    self.shared.home_waker.wake();
+                    return;
+                }
+                Err(back) => {
+                    op = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+use crate::host::Waker as _;
+
+/// A thin volume's channel on this host.
+pub type VolumeChannelOf = VolumeChannel<BaseDevice, ReactorWaker>;
+
+/// A thin volume as a block device.
+#[derive(Clone)]
+pub struct ThinVolumeDevice {
+    pub pool: Arc<ThinPool>,
+    pub view: Arc<VolumeView>,
+    pub size_bytes: u64,
+}
+
+impl ThinVolumeDevice {
+    pub fn volume(&self) -> VolumeId {
+        self.view.id()
+    }
+}
+
+impl BlockDevice for ThinVolumeDevice {
+    type Channel = VolumeChannel<BaseDevice, ReactorWaker>;
+
+    fn info(&self) -> DeviceInfo {
+        let lba_bytes = self.pool.geometry.lba_bytes;
+        DeviceInfo {
+            block_size_bytes: lba_bytes as u32,
+            num_blocks: self.size_bytes / lba_bytes,
+            max_unmap_blocks: self.size_bytes / lba_bytes,
+            // Unmap is advisory (edges keep their data): promise nothing.
+            unmap_reads_zeroes: false,
+        }
+    }
+
+    fn supports(&self, kind: IoKind) -> bool {
+        matches!(
+            kind,
+            IoKind::Read
+                | IoKind::Write
+                | IoKind::Unmap
+                | IoKind::WriteZeroes
+                | IoKind::Flush
+                | IoKind::Reset
+        )
+    }
+
+    fn open_channel(&self) -> Result<Self::Channel, DeviceError> {
+        let core = self.pool.runtime.current_core();
+        let waker = self.pool.runtime.waker(core);
+        let lba_bytes = self.pool.geometry.lba_bytes;
+        VolumeChannel::open(
+            Arc::clone(&self.pool.shared),
+            Arc::clone(&self.view),
+            &self.pool.device,
+            self.pool.geometry,
+            self.size_bytes / lba_bytes,
+            waker,
+        )
+    }
+}
+
+/// The owner as a reactor poller on the pool's home core.
+pub struct OwnerPoller {
+    owner: Owner<BaseDevice, RuntimeHandle>,
+    stopping: bool,
+}
+
+impl OwnerPoller {
+    pub fn new(owner: Owner<BaseDevice, RuntimeHandle>) -> OwnerPoller {
+        OwnerPoller { owner, stopping: false }
+    }
+}
+
+impl Poller for OwnerPoller {
+    fn poll(&mut self) -> PollStatus {
+        self.owner.poll()
+    }
+
+    fn name(&self) -> &str {
+        "thin_owner"
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.owner.request_commit();
+    }
+
+    fn is_drained(&self) -> bool {
+        self.owner.is_drained()
+    }
+
+    fn prepare_park(&mut self) -> bool {
+        !self.owner.has_waiters() && self.owner.prepare_park()
+    }
+}
+
+/// Settings of a pool, from its record.
+pub fn owner_settings(record: &PoolRecord) -> OwnerSettings {
+    OwnerSettings {
+        discard: record.discard,
+        zero_new_blocks: record.zero_new_blocks,
+        out_of_space: record.out_of_space,
+        no_space_timeout_s: record.no_space_timeout_s,
+        low_water_mark: record.low_water_mark,
+        commit_interval_ms: record.commit_interval_ms,
+        mutations: crate::thin::mutations::Mutations::NONE,
+    }
+}
+
+/// A new control ring.
+pub fn control_ring() -> Arc<ArrayQueue<ControlOp>> {
+    Arc::new(ArrayQueue::new(CONTROL_RING_ENTRIES))
+}

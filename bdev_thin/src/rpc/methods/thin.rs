@@ -1,0 +1,561 @@
+//! `bdev_thin_*` methods (API.md "Thin pools and volumes"): decode, call the pool's owner
+//! through its control ring, encode. Answers come from the owner's core once its work (and
+//! the commit that makes it durable) is done.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::Reply;
+use crate::backend::BaseDevice;
+use crate::bdev::thin::{OwnerPoller, ThinPool, ThinVolumeDevice, control_ring, owner_settings};
+use crate::bdev::{Bdev, Device};
+use crate::host::{BlockDevice, Host};
+use crate::rpc::RpcError;
+use crate::rpc::params::Params;
+use crate::target::Target;
+use crate::thin::channel::ChannelGeometry;
+use crate::thin::metadata::{Layout, MetadataError, PoolMetadata, PoolRecord};
+use crate::thin::owner::{ControlOp, Owner, PoolDescription, PoolError};
+use crate::thin::pool::PoolShared;
+use crate::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
+
+const DATA_BLOCK_BYTES_DEFAULT: u64 = 65536;
+const DATA_BLOCK_BYTES_MIN: u64 = 4096;
+const DATA_BLOCK_BYTES_MAX: u64 = 1 << 30;
+const NAME_BYTES_MAX: usize = 63;
+
+fn pool_error(e: PoolError) -> RpcError {
+    RpcError::errno(e.errno(), &e)
+}
+
+/// The pool a call names by `uuid` or `pool_name` (exactly one of them).
+fn find_pool(target: &Target, params: &mut Params) -> Result<Arc<ThinPool>, RpcError> {
+    let uuid = params.optional_uuid("uuid")?;
+    let name = params.optional_string("pool_name")?;
+    let pools = target.pools();
+    let found = match (uuid, &name) {
+        (Some(uuid), None) => pools.into_iter().find(|p| p.uuid == uuid),
+        (None, Some(name)) => pools.into_iter().find(|p| &p.name == name),
+        _ => {
+            return Err(RpcError::invalid_params("uuid or pool_name: exactly one is required"));
+        }
+    };
+    found.ok_or_else(|| {
+        let what = uuid.map_or_else(|| name.unwrap_or_default(), |u| u.to_string());
+        RpcError::errno(libc::ENODEV, format!("pool {what} not found"))
+    })
+}
+
+fn thin_volume(target: &Target, name: &str) -> Result<(Arc<Bdev>, ThinVolumeDevice), RpcError> {
+    let bdev = target.bdevs.get(name)?;
+    let Device::Thin(device) = bdev.device().clone() else {
+        return Err(RpcError::errno(libc::ENODEV, format!("{name} is not a thin volume")));
+    };
+    Ok((bdev, device))
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), RpcError> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX || name.contains('/') {
+        return Err(RpcError::invalid_params(format!(
+            "{key}: must be 1 to {NAME_BYTES_MAX} bytes without '/'"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let bdev_name = params.string("bdev_name")?;
+        let pool_name = params.string("pool_name")?;
+        check_name("pool_name", &pool_name)?;
+        if params.optional_string("metadata_bdev_name")?.is_some() {
+            return Err(RpcError::errno(
+                libc::ENOTSUP,
+                "metadata_bdev_name: a separate metadata bdev is not supported yet",
+            ));
+        }
+        let block_bytes =
+            params.optional_u64("data_block_size")?.unwrap_or(DATA_BLOCK_BYTES_DEFAULT);
+        if !block_bytes.is_power_of_two()
+            || !(DATA_BLOCK_BYTES_MIN..=DATA_BLOCK_BYTES_MAX).contains(&block_bytes)
+        {
+            return Err(RpcError::invalid_params(
+                "data_block_size: must be a power of two from 4096 to 1073741824",
+            ));
+        }
+        let discard = match params.optional_string("discard")? {
+            None => DiscardMode::Passdown,
+            Some(text) => DiscardMode::parse(&text).ok_or_else(|| {
+                RpcError::invalid_params("discard: expected passdown, no_passdown or ignore")
+            })?,
+        };
+        let out_of_space = match params.optional_string("out_of_space")? {
+            None => OutOfSpaceMode::Error,
+            Some(text) => OutOfSpaceMode::parse(&text)
+                .ok_or_else(|| RpcError::invalid_params("out_of_space: expected error or queue"))?,
+        };
+        let zero_new_blocks = params.optional_bool("zero_new_blocks")?.unwrap_or(true);
+        let no_space_timeout_s = params.optional_u32("no_space_timeout_s")?.unwrap_or(60);
+        let low_water_mark = params.optional_u64("low_water_mark")?.unwrap_or(0);
+        let commit_interval_ms = params.optional_u32("commit_interval_ms")?.unwrap_or(1000);
+        let max_mib = params.optional_u64("max_growable_size_mib")?;
+        params.finish()?;
+        if target.pools().iter().any(|p| p.name == pool_name) {
+            return Err(RpcError::errno(libc::EEXIST, format!("pool {pool_name} already exists")));
+        }
+        let bdev = target.bdevs.get(&bdev_name)?;
+        let Device::Base(device) = bdev.device().clone() else {
+            return Err(RpcError::errno(libc::EINVAL, format!("{bdev_name} is a thin volume")));
+        };
+        if !device.stores_data() {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("{bdev_name} stores no data (null): a pool needs a real device"),
+            ));
+        }
+        if let Some(pool) = target.pools().iter().find(|p| p.base_bdev == bdev.name()) {
+            return Err(RpcError::errno(
+                libc::EEXIST,
+                format!("{bdev_name} already holds pool {}", pool.name),
+            ));
+        }
+        let info = device.info();
+        let lba_bytes = u64::from(info.block_size_bytes);
+        if block_bytes % lba_bytes != 0 {
+            return Err(RpcError::invalid_params(format!(
+                "data_block_size: must be a multiple of {bdev_name}'s block size {lba_bytes}"
+            )));
+        }
+        let device_bytes = info.num_blocks * lba_bytes;
+        let max_bytes = match max_mib {
+            Some(mib) => mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| RpcError::invalid_params("max_growable_size_mib: too large"))?,
+            None => device_bytes.saturating_mul(4),
+        }
+        .max(device_bytes);
+        // Fits: data_block_size was checked to be at most 1 GiB.
+        let layout = Layout::on_data_device(device_bytes, block_bytes as u32, max_bytes)
+            .map_err(|e| RpcError::errno(libc::ENOSPC, format!("{bdev_name}: {e}")))?;
+        let uuid = Uuid::new_v4();
+        let record = PoolRecord {
+            uuid: *uuid.as_bytes(),
+            name: pool_name.clone(),
+            discard,
+            zero_new_blocks,
+            out_of_space,
+            no_space_timeout_s,
+            low_water_mark,
+            commit_interval_ms,
+            needs_check: false,
+            data_bdev_uuid: [0; 16],
+        };
+        let meta = PoolMetadata::format(layout, record.clone())
+            .map_err(|e| RpcError::errno(libc::EINVAL, e))?;
+        bdev.try_claim("bdev_thin")?;
+        let pool = new_pool(target, &bdev, device, layout, record, uuid);
+        Ok((pool, meta, bdev))
+    })();
+    let (pool, meta, bdev) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    start_pool(target, pool, meta, bdev, reply);
+}
+
+fn new_pool(
+    target: &Arc<Target>,
+    bdev: &Arc<Bdev>,
+    device: BaseDevice,
+    layout: Layout,
+    record: PoolRecord,
+    uuid: Uuid,
+) -> Arc<ThinPool> {
+    let lba_bytes = u64::from(device.info().block_size_bytes);
+    let block_bytes = u64::from(layout.data_block_bytes);
+    let cores = target.runtime.cores();
+    let home_core = cores[target.pools().len() % cores.len()];
+    Arc::new(ThinPool {
+        name: record.name.clone(),
+        uuid,
+        base_bdev: bdev.name().to_string(),
+        home_core,
+        shared: PoolShared::new(target.runtime.waker(home_core)),
+        control: control_ring(),
+        device,
+        geometry: ChannelGeometry {
+            lba_bytes,
+            lbas_per_block: block_bytes / lba_bytes,
+            data_offset_lbas: layout.data_offset_bytes / lba_bytes,
+        },
+        layout,
+        record,
+        runtime: target.runtime.clone(),
+        volumes: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
+/// Looks for a pool on a bdev that just appeared (SPDK's examine): if its superblock is
+/// there, the pool and every volume come back. Reads synchronously (control plane); the pool
+/// starts asynchronously and `bdev_wait_for_examine` waits for it.
+pub(crate) fn examine(target: &Arc<Target>, bdev: &Arc<Bdev>) {
+    let Device::Base(device) = bdev.device().clone() else {
+        return;
+    };
+    if !device.stores_data() {
+        return;
+    }
+    let block_bytes = crate::thin::metadata::METADATA_BLOCK_BYTES as u64;
+    let mut read = |block: MetaBlock, out: &mut [u8]| device.read_sync(block.0 * block_bytes, out);
+    let meta = match PoolMetadata::open(&mut read) {
+        Ok(meta) => meta,
+        Err(MetadataError::NotAPool) => return,
+        Err(e) => {
+            eprintln!("examine {}: a pool is there but cannot be opened: {e}", bdev.name());
+            return;
+        }
+    };
+    let record = meta.pool().clone();
+    let layout = *meta.layout();
+    if target.pools().iter().any(|p| p.name == record.name) {
+        eprintln!("examine {}: pool {} already exists; not opened", bdev.name(), record.name);
+        return;
+    }
+    if let Err(e) = bdev.try_claim("bdev_thin") {
+        eprintln!("examine {}: {e}", bdev.name());
+        return;
+    }
+    let uuid = Uuid::from_bytes(record.uuid);
+    let pool = new_pool(target, bdev, device, layout, record, uuid);
+    eprintln!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name);
+    target.begin_examine();
+    let ended = Arc::clone(target);
+    let name = bdev.name().to_string();
+    start_pool(
+        target,
+        pool,
+        meta,
+        Arc::clone(bdev),
+        Box::new(move |result| {
+            if let Err(e) = result {
+                eprintln!("examine {name}: {}", e.message);
+            }
+            ended.end_examine();
+        }),
+    );
+}
+
+/// Starts the owner on the pool's home core and answers once a first commit is durable, with
+/// every volume the metadata holds registered as a bdev.
+fn start_pool(
+    target: &Arc<Target>,
+    pool: Arc<ThinPool>,
+    meta: PoolMetadata,
+    base: Arc<Bdev>,
+    reply: Reply,
+) {
+    let volumes: Vec<(VolumeId, [u8; 16], String, u64)> =
+        meta.volumes().map(|v| (v.id, v.uuid, v.name.clone(), v.size_bytes)).collect();
+    let target_for_owner = Arc::clone(target);
+    let home = pool.home_core;
+    let sent = target.runtime.send(home, move |ctx| {
+        let settings = owner_settings(&pool.record);
+        let owner = Owner::new(
+            target_for_owner.runtime.clone(),
+            Arc::clone(&pool.shared),
+            Arc::clone(&pool.control),
+            meta,
+            &pool.device,
+            settings,
+        );
+        match owner {
+            Ok(owner) => {
+                ctx.add_local_poller(Box::new(OwnerPoller::new(owner)));
+                let registered = Arc::clone(&pool);
+                pool.send(ControlOp::Commit {
+                    done: Box::new(move |result| match result {
+                        Ok(()) => {
+                            let uuid = registered.uuid.to_string();
+                            target_for_owner.add_pool(Arc::clone(&registered));
+                            for (id, volume_uuid, name, size_bytes) in volumes {
+                                let volume_uuid = Uuid::from_bytes(volume_uuid);
+                                let registered_volume = register_volume(
+                                    &target_for_owner,
+                                    &registered,
+                                    id,
+                                    volume_uuid,
+                                    &name,
+                                    size_bytes,
+                                );
+                                if let Err(e) = registered_volume {
+                                    eprintln!(
+                                        "pool {}: volume {name}: {}",
+                                        registered.name, e.message
+                                    );
+                                }
+                            }
+                            reply(Ok(json!(uuid)));
+                        }
+                        Err(e) => {
+                            base.release_claim();
+                            reply(Err(pool_error(e)));
+                        }
+                    }),
+                });
+            }
+            Err(e) => {
+                base.release_claim();
+                reply(Err(e.into()));
+            }
+        }
+    });
+    if let Err(e) = sent {
+        eprintln!("bdev_thin_pool_create: {e}");
+    }
+}
+
+pub(super) fn create(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let volume_name = params.string("volume_name")?;
+        check_name("volume_name", &volume_name)?;
+        let size_mib = params.u64("size_in_mib")?;
+        let pool = find_pool(target, &mut params)?;
+        params.finish()?;
+        let size_bytes = size_mib
+            .checked_mul(1 << 20)
+            .filter(|b| *b > 0)
+            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let alias = format!("{}/{volume_name}", pool.name);
+        if target.bdevs.get(&alias).is_ok() {
+            return Err(RpcError::errno(libc::EEXIST, format!("volume {alias} already exists")));
+        }
+        Ok((pool, volume_name, size_bytes))
+    })();
+    let (pool, volume_name, size_bytes) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    let uuid = Uuid::new_v4();
+    let target = Arc::clone(target);
+    let for_done = Arc::clone(&pool);
+    pool.send(ControlOp::CreateVolume {
+        uuid: *uuid.as_bytes(),
+        name: volume_name.clone(),
+        size_bytes,
+        done: Box::new(move |result| {
+            reply(result.map_err(pool_error).and_then(|id| {
+                register_volume(&target, &for_done, id, uuid, &volume_name, size_bytes)
+            }))
+        }),
+    });
+}
+
+fn register_volume(
+    target: &Arc<Target>,
+    pool: &Arc<ThinPool>,
+    id: VolumeId,
+    uuid: Uuid,
+    volume_name: &str,
+    size_bytes: u64,
+) -> Result<Value, RpcError> {
+    let view = pool
+        .shared
+        .view(id)
+        .ok_or_else(|| RpcError::errno(libc::ENODEV, format!("volume {id} has no view")))?;
+    let device = ThinVolumeDevice { pool: Arc::clone(pool), view, size_bytes };
+    let name = uuid.to_string();
+    let bdev = Bdev::new(name.clone(), uuid, Device::Thin(device));
+    bdev.add_alias(format!("{}/{volume_name}", pool.name));
+    target.bdevs.register(bdev)?;
+    pool.volumes.lock().unwrap_or_else(|p| p.into_inner()).push((id, name.clone()));
+    Ok(json!(name))
+}
+
+pub(super) fn snapshot(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let name = params.string("name")?;
+        let snapshot_name = params.string("snapshot_name")?;
+        check_name("snapshot_name", &snapshot_name)?;
+        params.finish()?;
+        let (_, origin) = thin_volume(target, &name)?;
+        let alias = format!("{}/{snapshot_name}", origin.pool.name);
+        if target.bdevs.get(&alias).is_ok() {
+            return Err(RpcError::errno(libc::EEXIST, format!("volume {alias} already exists")));
+        }
+        Ok((origin, snapshot_name))
+    })();
+    let (origin, snapshot_name) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    let uuid = Uuid::new_v4();
+    let target = Arc::clone(target);
+    let pool = Arc::clone(&origin.pool);
+    let size_bytes = origin.size_bytes;
+    pool.send(ControlOp::Snapshot {
+        origin: origin.volume(),
+        uuid: *uuid.as_bytes(),
+        name: snapshot_name.clone(),
+        done: Box::new(move |result| {
+            reply(result.map_err(pool_error).and_then(|id| {
+                register_volume(&target, &origin.pool, id, uuid, &snapshot_name, size_bytes)
+            }))
+        }),
+    });
+}
+
+pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let name = params.string("name")?;
+        params.finish()?;
+        let (bdev, device) = thin_volume(target, &name)?;
+        if bdev.open_count() > 0 {
+            return Err(RpcError::errno(libc::EBUSY, format!("{name} is open")));
+        }
+        target.bdevs.unregister(bdev.name())?;
+        Ok((bdev, device))
+    })();
+    let (bdev, device) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    let pool = Arc::clone(&device.pool);
+    let id = device.volume();
+    pool.send(ControlOp::DeleteVolume {
+        volume: id,
+        done: Box::new(move |result| match result {
+            Ok(()) => {
+                let mut volumes = device.pool.volumes.lock().unwrap_or_else(|p| p.into_inner());
+                volumes.retain(|(v, _)| *v != id);
+                reply(Ok(json!(true)));
+            }
+            Err(e) => {
+                drop(bdev);
+                reply(Err(pool_error(e)));
+            }
+        }),
+    });
+}
+
+/// Asks the owner for its state and waits for it (an RPC thread or the config loader; the
+/// owner answers within a poll).
+fn describe(pool: &ThinPool) -> Result<PoolDescription, RpcError> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    pool.send(ControlOp::Describe {
+        done: Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    });
+    receiver
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .map_err(|_| RpcError::errno(libc::ETIMEDOUT, "the pool owner did not answer"))?
+        .map_err(pool_error)
+}
+
+fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
+    let counters = &pool.shared.counters;
+    let block = u64::from(pool.layout.data_block_bytes);
+    json!({
+        "uuid": pool.uuid.to_string(),
+        "name": pool.name,
+        "base_bdev": pool.base_bdev,
+        "metadata_bdev": pool.base_bdev,
+        "data_block_size": block,
+        "total_data_blocks": d.data_blocks,
+        "used_data_blocks": d.used_data_blocks,
+        "free_data_blocks": d.data_blocks.saturating_sub(d.used_data_blocks),
+        "held_data_blocks": d.held_data_blocks,
+        "metadata_used_bytes": (d.metadata_total_blocks - d.metadata_free_blocks) * 4096,
+        "metadata_total_bytes": d.metadata_total_blocks * 4096,
+        "transaction_id": d.transaction_id,
+        "discard": pool.record.discard.name(),
+        "zero_new_blocks": pool.record.zero_new_blocks,
+        "out_of_space": pool.record.out_of_space.name(),
+        "low_water_mark": pool.record.low_water_mark,
+        "low_water_reached": d.data_blocks.saturating_sub(d.used_data_blocks)
+            <= pool.record.low_water_mark,
+        "max_growable_size": pool.layout.data_blocks_max * block,
+        "mode": d.mode.name(),
+        "needs_check": d.needs_check,
+        "passdowns_completed": counters.passdowns_completed.load(Ordering::Relaxed),
+        "passdowns_failed": counters.passdowns_failed.load(Ordering::Relaxed),
+    })
+}
+
+pub(super) fn get_pools(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    super::reply_with(reply, || {
+        let pools = if params.has("uuid") || params.has("pool_name") {
+            vec![find_pool(target, &mut params)?]
+        } else {
+            target.pools()
+        };
+        params.finish()?;
+        let mut out = Vec::new();
+        for pool in pools {
+            let description = describe(&pool)?;
+            out.push(pool_json(&pool, &description));
+        }
+        Ok(Value::Array(out))
+    })
+}
+
+pub(super) fn get_volumes(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    super::reply_with(reply, || {
+        let name = params.optional_string("name")?;
+        let pool_name = params.optional_string("pool_name")?;
+        params.finish()?;
+        let mut out = Vec::new();
+        for pool in target.pools() {
+            if pool_name.as_ref().is_some_and(|n| *n != pool.name) {
+                continue;
+            }
+            let description = describe(&pool)?;
+            for record in &description.volumes {
+                let uuid = Uuid::from_bytes(record.uuid);
+                let alias = format!("{}/{}", pool.name, record.name);
+                let matches = name
+                    .as_ref()
+                    .is_none_or(|n| *n == alias || *n == uuid.to_string() || *n == record.name);
+                if !matches {
+                    continue;
+                }
+                let origin = record.origin.and_then(|o| {
+                    description
+                        .volumes
+                        .iter()
+                        .find(|v| v.id == o)
+                        .map(|v| format!("{}/{}", pool.name, v.name))
+                });
+                let lba = pool.geometry.lba_bytes;
+                out.push(json!({
+                    "name": uuid.to_string(),
+                    "alias": alias,
+                    "uuid": uuid.to_string(),
+                    "pool": {"name": pool.name, "uuid": pool.uuid.to_string()},
+                    "num_blocks": record.size_bytes / lba,
+                    "mapped_blocks": record.mapped_blocks,
+                    "origin": origin,
+                }));
+            }
+        }
+        if let Some(name) = name
+            && out.is_empty()
+        {
+            return Err(RpcError::errno(libc::ENODEV, format!("volume {name} not found")));
+        }
+        Ok(Value::Array(out))
+    })
+}
+
+/// `driver_specific` of a thin volume in `bdev_get_bdevs`.
+pub(crate) fn driver_specific(device: &ThinVolumeDevice) -> Value {
+    json!({"thin": {
+        "pool_name": device.pool.name,
+        "pool_uuid": device.pool.uuid.to_string(),
+        "base_bdev": device.pool.base_bdev,
+        "data_block_size": device.pool.layout.data_block_bytes,
+    }})
+}

@@ -1,0 +1,1741 @@
+//! The pool's single writer (DESIGN.md "One owner, many channels"). One owner poller per pool,
+//! on the pool's home core, owns the metadata (mappings, counts, the transaction), the
+//! allocator's holds and reservations, the per-block order table, the views it publishes and
+//! the discard pipeline. Channels on every core send it what their fast path cannot do; it
+//! does the work, its own device IO included, and replies on the channel's ring.
+//!
+//! Invariants it protects: I1 (counts change only here, with the mappings), I2 (allocation
+//! through `SpaceMap`, which skips held, reserved, in-grace and uncommitted-free blocks), I4
+//! (a block is deallocated only while held, after the commit that unmapped it and after its
+//! grace period; the hold is dropped only when the deallocate's completion is drained).
+//!
+//! The owner's own device IO needs no epoch: every block it reads or writes is referenced by
+//! a mapping it keeps busy in the order table, or reserved, so nothing can release it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::discard::{self, PassdownRun};
+use super::grace::GraceKeeper;
+use super::metadata::{CommitPlan, MetadataError, PoolMetadata, Removed};
+use super::mutations::{Mutation, Mutations};
+use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolShared};
+use super::space_map::{Counts, NoBlock, SpaceMap};
+use super::types::{
+    DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, VirtBlock, VolumeId,
+};
+use super::view::VolumeView;
+use crate::host::{
+    BlockDevice, DeviceChannel, Host, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus,
+    PollStatus, SgList,
+};
+use crate::limits;
+
+/// The answer to a control operation, called once on the owner's core.
+pub type ControlDone<T> = Box<dyn FnOnce(Result<T, PoolError>) + Send>;
+
+/// A control-plane request to the owner (volume create/delete/snapshot), with its answer.
+pub enum ControlOp {
+    CreateVolume {
+        uuid: [u8; 16],
+        name: String,
+        size_bytes: u64,
+        done: ControlDone<VolumeId>,
+    },
+    Snapshot {
+        origin: VolumeId,
+        uuid: [u8; 16],
+        name: String,
+        done: ControlDone<VolumeId>,
+    },
+    DeleteVolume {
+        volume: VolumeId,
+        done: ControlDone<()>,
+    },
+    /// Commit now and answer once it is durable.
+    Commit {
+        done: ControlDone<()>,
+    },
+    /// What `bdev_thin_get_pools` / `bdev_thin_get_volumes` report, read on the owner's core.
+    Describe {
+        done: ControlDone<PoolDescription>,
+    },
+}
+
+/// A pool's state as the owner sees it.
+#[derive(Clone, Debug)]
+pub struct PoolDescription {
+    pub volumes: Vec<super::metadata::VolumeRecord>,
+    pub data_blocks: u64,
+    pub used_data_blocks: u64,
+    pub held_data_blocks: u64,
+    pub transaction_id: u64,
+    pub mode: PoolMode,
+    pub needs_check: bool,
+    pub metadata_free_blocks: u64,
+    pub metadata_total_blocks: u64,
+}
+
+/// Why a pool operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("{0} does not exist")]
+    NoVolume(VolumeId),
+    #[error("the pool is read-only after a metadata failure")]
+    ReadOnly,
+    #[error("the pool has no free data blocks")]
+    NoSpace,
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error("device IO failed with errno {0}")]
+    Io(i32),
+}
+
+impl PoolError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::NoVolume(_) => libc::ENODEV,
+            PoolError::ReadOnly => libc::EROFS,
+            PoolError::NoSpace => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NoSuchVolume { .. }) => libc::ENODEV,
+            PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
+            PoolError::Metadata(_) => libc::EIO,
+            PoolError::Io(errno) => *errno,
+        }
+    }
+}
+
+/// A pool's settings that the owner acts on.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnerSettings {
+    pub discard: DiscardMode,
+    pub zero_new_blocks: bool,
+    pub out_of_space: OutOfSpaceMode,
+    pub no_space_timeout_s: u32,
+    pub low_water_mark: u64,
+    pub commit_interval_ms: u32,
+    pub mutations: Mutations,
+}
+
+struct MetaCounts<'a>(&'a PoolMetadata);
+
+impl Counts for MetaCounts<'_> {
+    fn open_count(&self, block: DataBlock) -> u32 {
+        self.0.data_count(block)
+    }
+    fn committed_count(&self, block: DataBlock) -> u32 {
+        self.0.data_count_committed(block)
+    }
+}
+
+/// Who waits for a block write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Channel { channel: u32, token: u64 },
+    Range { op: usize },
+}
+
+/// What a block write puts into its block.
+#[derive(Debug)]
+enum Payload {
+    /// The frontend's data, at `offset_lbas` inside the block.
+    Data(IoRequest),
+    /// Zeroes over `[offset_lbas, offset_lbas + count_lbas)` of the block.
+    Zeroes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteStage {
+    /// Zeroing a newly provisioned block before a partial write.
+    Zeroing,
+    /// Copying chunk `chunk` of the shared block (reading when `reading`).
+    Copying { chunk: u64, reading: bool },
+    /// The payload's own write is in flight.
+    Writing,
+    /// Done; waiting for the commit that makes a FUA write durable.
+    WaitCommit { after: u64 },
+}
+
+struct BlockWrite {
+    volume: VolumeId,
+    vblock: VirtBlock,
+    origin: Origin,
+    payload: Payload,
+    /// Range inside the block, in LBAs.
+    offset_lbas: u64,
+    count_lbas: u64,
+    fua: bool,
+    stage: WriteStage,
+    /// Where the payload goes: the mapped block (in place) or a new one (provision, copy).
+    target: DataBlock,
+    /// The shared block being copied from, when breaking sharing.
+    copy_from: Option<DataBlock>,
+    /// Whether `target` is newly allocated (reserved) rather than mapped already.
+    fresh: bool,
+    copy_buffer: Option<IoBuffer>,
+    status: IoStatus,
+    /// Zeroes into an unmapped block: provision it (NO_UNMAP) or skip it (it reads zeroes).
+    keep_allocated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeStage {
+    /// Edge writes still running.
+    Children,
+    /// Waiting for the commit that covers the unmap (started after `after`).
+    WaitCommit { after: u64 },
+    /// Waiting for the grace period of the epoch the mappings were removed at.
+    WaitGrace,
+    /// Deallocates in flight.
+    Deallocating,
+}
+
+struct RangeOp {
+    channel: u32,
+    token: u64,
+    request: IoRequest,
+    children: u32,
+    /// Held blocks to pass down, as runs.
+    runs: Vec<PassdownRun>,
+    deallocates_in_flight: u32,
+    released_at: u64,
+    stage: RangeStage,
+    status: IoStatus,
+}
+
+struct FlushOp {
+    channel: u32,
+    token: u64,
+    request: IoRequest,
+    after: u64,
+}
+
+struct SnapshotOp {
+    origin: VolumeId,
+    uuid: [u8; 16],
+    name: String,
+    quiesced_at: u64,
+    done: Option<ControlDone<VolumeId>>,
+    result: Option<VolumeId>,
+    after: Option<u64>,
+}
+
+enum Op {
+    Write(BlockWrite),
+    Range(RangeOp),
+    Flush(FlushOp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CommitStage {
+    Idle,
+    FlushingData,
+    WritingBlocks { in_flight: usize },
+    FlushingMetadata,
+    WritingSuperblock,
+    FlushingSuperblock,
+}
+
+const TAG_COMMIT: u64 = 1 << 62;
+const TAG_PASSDOWN: u64 = 1 << 61;
+
+/// The owner poller of one pool.
+pub struct Owner<D: BlockDevice, H: Host> {
+    host: H,
+    shared: Arc<PoolShared<H::Waker>>,
+    control: Arc<crossbeam_queue::ArrayQueue<ControlOp>>,
+    meta: PoolMetadata,
+    space: SpaceMap,
+    grace: GraceKeeper,
+    settings: OwnerSettings,
+    data: D::Channel,
+    lba_bytes: u64,
+    lbas_per_block: u64,
+    data_offset_lbas: u64,
+    views: BTreeMap<VolumeId, Arc<VolumeView>>,
+    channels: Vec<Option<Arc<ChannelShared<H::Waker>>>>,
+    channels_version: u64,
+    ops: Vec<Option<Op>>,
+    free_ops: Vec<usize>,
+    busy: HashMap<(VolumeId, VirtBlock), usize>,
+    deferred: VecDeque<OwnerMessage>,
+    blocked_scratch: Vec<(VolumeId, u64, u64)>,
+    no_space_since_ns: Option<u64>,
+    snapshots: VecDeque<SnapshotOp>,
+    control_commits: Vec<(u64, ControlDone<()>)>,
+    commit_stage: CommitStage,
+    commit_plan: Option<CommitPlan>,
+    commit_failed: bool,
+    commits_started: u64,
+    commits_done: u64,
+    commit_wanted: bool,
+    last_commit_ns: u64,
+    /// The pool's completion ring: passdown completions, drained at the start of each poll.
+    passdown_done: VecDeque<(usize, PassdownRun, IoStatus)>,
+    /// Completions of one device poll, processed after it (capacity kept: no allocation).
+    completed: Vec<IoCompletion>,
+    /// Block writes whose payload landed during a commit: inserted when it ends.
+    finish_after_commit: Vec<usize>,
+    unsent: VecDeque<(u32, OwnerReply)>,
+    copy_buffers: Vec<IoBuffer>,
+    mode: PoolMode,
+}
+
+fn slot_of(tag: u64) -> usize {
+    // Fits: op slots are bounded by OWNER_OPS_MAX.
+    (tag & 0xffff_ffff) as usize
+}
+
+impl<D: BlockDevice, H: Host> Owner<D, H> {
+    /// Builds the owner on its home core (opens the data channel there). `meta` is a freshly
+    /// formatted or opened pool.
+    pub fn new(
+        host: H,
+        shared: Arc<PoolShared<H::Waker>>,
+        control: Arc<crossbeam_queue::ArrayQueue<ControlOp>>,
+        meta: PoolMetadata,
+        device: &D,
+        settings: OwnerSettings,
+    ) -> Result<Owner<D, H>, crate::host::DeviceError> {
+        let info = device.info();
+        let layout = *meta.layout();
+        let lba_bytes = u64::from(info.block_size_bytes);
+        let lbas_per_block = u64::from(layout.data_block_bytes) / lba_bytes;
+        let copy_bytes = (layout.data_block_bytes as usize).min(limits::OWNER_COPY_CHUNK_BYTES_MAX);
+        let grace = GraceKeeper::new(
+            Arc::clone(&shared.epochs),
+            settings.mutations.is_on(Mutation::GraceCountsPolls),
+        );
+        let mut owner = Owner {
+            host,
+            control,
+            space: SpaceMap::new(layout.data_blocks),
+            grace,
+            settings,
+            data: device.open_channel()?,
+            lba_bytes,
+            lbas_per_block,
+            data_offset_lbas: layout.data_offset_bytes / lba_bytes,
+            views: BTreeMap::new(),
+            channels: Vec::new(),
+            channels_version: u64::MAX,
+            ops: (0..limits::OWNER_OPS_MAX).map(|_| None).collect(),
+            free_ops: (0..limits::OWNER_OPS_MAX).rev().collect(),
+            busy: HashMap::with_capacity(limits::OWNER_OPS_MAX),
+            deferred: VecDeque::with_capacity(limits::POOL_INBOX_ENTRIES),
+            blocked_scratch: Vec::with_capacity(limits::OWNER_OPS_MAX),
+            no_space_since_ns: None,
+            snapshots: VecDeque::new(),
+            control_commits: Vec::new(),
+            commit_stage: CommitStage::Idle,
+            commit_plan: None,
+            commit_failed: false,
+            commits_started: 0,
+            commits_done: 0,
+            commit_wanted: false,
+            last_commit_ns: 0,
+            passdown_done: VecDeque::with_capacity(limits::OWNER_OPS_MAX),
+            completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
+            finish_after_commit: Vec::with_capacity(limits::OWNER_OPS_MAX),
+            unsent: VecDeque::new(),
+            copy_buffers: (0..limits::OWNER_COPY_BUFFERS)
+                .map(|_| IoBuffer::new(copy_bytes))
+                .collect(),
+            mode: PoolMode::Write,
+            meta,
+            shared,
+        };
+        owner.last_commit_ns = owner.host.now_ns();
+        let ids: Vec<VolumeId> = owner.meta.volumes().map(|v| v.id).collect();
+        for id in ids {
+            owner.build_view(id);
+        }
+        if owner.meta.pool().needs_check {
+            owner.mode = PoolMode::ReadOnly;
+        }
+        owner.publish_counters();
+        Ok(owner)
+    }
+
+    pub fn metadata(&self) -> &PoolMetadata {
+        &self.meta
+    }
+
+    pub fn space(&self) -> &SpaceMap {
+        &self.space
+    }
+
+    pub fn mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    fn vblocks_of(&self, size_bytes: u64) -> u64 {
+        size_bytes.div_ceil(u64::from(self.meta.layout().data_block_bytes))
+    }
+
+    fn build_view(&mut self, id: VolumeId) {
+        let Some(record) = self.meta.volume(id).cloned() else {
+            return;
+        };
+        let size = self.vblocks_of(record.size_bytes);
+        let view = Arc::new(VolumeView::new(id, size, size));
+        self.meta.for_each_mapping(id, &mut |vblock, mapping| {
+            view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
+        });
+        self.shared.publish_view(Arc::clone(&view));
+        self.views.insert(id, view);
+    }
+
+    // ------------------------------------------------------------------ polling
+
+    /// One turn: completions first (they free what waiting work needs), then control,
+    /// then requests, then grace periods and commits. Bounded work. Home core only.
+    pub fn poll(&mut self) -> PollStatus {
+        let mut busy = false;
+        self.refresh_channels();
+        busy |= self.drain_passdown_completions();
+        busy |= self.poll_device();
+        busy |= self.retry_unsent();
+        if self.commit_stage == CommitStage::Idle {
+            busy |= self.run_control();
+            busy |= self.run_deferred();
+            busy |= self.run_inbox();
+        }
+        busy |= self.run_grace();
+        busy |= self.run_snapshots();
+        busy |= self.run_commit_trigger();
+        self.publish_counters();
+        PollStatus::busy_if(busy)
+    }
+
+    /// Whether the owner waits for something only polling notices (a grace period, a commit,
+    /// a quiesce): then its reactor must not park.
+    pub fn has_waiters(&self) -> bool {
+        self.commit_stage != CommitStage::Idle
+            || self.commit_wanted
+            || self.space.in_grace_count() > 0
+            || !self.snapshots.is_empty()
+            || !self.deferred.is_empty()
+            || !self.passdown_done.is_empty()
+            || self
+                .ops
+                .iter()
+                .flatten()
+                .any(|op| matches!(op, Op::Range(r) if r.stage == RangeStage::WaitGrace))
+    }
+
+    /// Asks for a commit at the next poll (a stopping host commits every pool).
+    pub fn request_commit(&mut self) {
+        self.commit_wanted = true;
+    }
+
+    /// See [`crate::host::DeviceChannel::prepare_park`]: arms the data channel's wake-ups.
+    pub fn prepare_park(&mut self) -> bool {
+        self.data.prepare_park()
+    }
+
+    /// IO of the owner's own still in flight (drain before stopping).
+    pub fn in_flight(&self) -> usize {
+        self.data.in_flight()
+    }
+
+    fn refresh_channels(&mut self) {
+        let version = self.shared.channels_version();
+        if version != self.channels_version {
+            self.channels = self.shared.channels_snapshot();
+            self.channels_version = version;
+        }
+    }
+
+    fn publish_counters(&self) {
+        let counters = &self.shared.counters;
+        counters.used_data_blocks.store(self.meta.used_data_blocks(), Ordering::Relaxed);
+        counters.held_data_blocks.store(self.space.held_count(), Ordering::Relaxed);
+        counters.transaction_id.store(self.meta.transaction_id(), Ordering::Relaxed);
+        counters.metadata_free_blocks.store(self.meta.metadata_free_blocks(), Ordering::Relaxed);
+        counters.set_mode(self.mode);
+        counters.needs_check.store(self.meta.pool().needs_check, Ordering::Relaxed);
+        let free = self.space.data_blocks().saturating_sub(self.meta.used_data_blocks());
+        counters.low_water_reached.store(free <= self.settings.low_water_mark, Ordering::Relaxed);
+    }
+
+    fn reply(&mut self, channel: u32, reply: OwnerReply) {
+        let target = self.channels.get(channel as usize).and_then(Option::as_ref);
+        match target {
+            Some(shared) if !shared.closed.load(Ordering::Relaxed) => {
+                if let Err(reply) = shared.replies.push(reply) {
+                    // The ring holds a channel's whole depth, so this is a bug; keep the reply.
+                    debug_assert!(false, "reply ring of channel {channel} full");
+                    self.unsent.push_back((channel, reply));
+                }
+            }
+            _ => {
+                // The channel was closed or is not yet visible: keep the reply until it is.
+                self.unsent.push_back((channel, reply));
+            }
+        }
+    }
+
+    fn retry_unsent(&mut self) -> bool {
+        let count = self.unsent.len();
+        for _ in 0..count {
+            let Some((channel, reply)) = self.unsent.pop_front() else {
+                break;
+            };
+            let closed = self
+                .channels
+                .get(channel as usize)
+                .and_then(Option::as_ref)
+                .is_none_or(|s| s.closed.load(Ordering::Relaxed));
+            if closed && self.channels_version != u64::MAX {
+                continue; // nobody to answer: the channel is gone with its requests
+            }
+            self.reply(channel, reply);
+        }
+        count > 0
+    }
+
+    fn new_op(&mut self, op: Op) -> Result<usize, Op> {
+        match self.free_ops.pop() {
+            Some(index) => {
+                self.ops[index] = Some(op);
+                Ok(index)
+            }
+            None => Err(op),
+        }
+    }
+
+    fn free_op(&mut self, index: usize) -> Option<Op> {
+        let op = self.ops[index].take();
+        if op.is_some() {
+            self.free_ops.push(index);
+        }
+        op
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn run_inbox(&mut self) -> bool {
+        let mut handled = 0;
+        while handled < limits::OWNER_MESSAGES_PER_POLL_MAX && !self.free_ops.is_empty() {
+            let Some(message) = self.shared.inbox.pop() else {
+                break;
+            };
+            handled += 1;
+            if self.deferred.is_empty() {
+                if let Err(message) = self.start(message) {
+                    self.deferred.push_back(message);
+                }
+            } else {
+                // Keep per-block order: nothing overtakes what already waits.
+                self.deferred.push_back(message);
+            }
+        }
+        handled > 0
+    }
+
+    fn run_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        let mut progressed = false;
+        self.blocked_scratch.clear();
+        let count = self.deferred.len();
+        for _ in 0..count {
+            let Some(message) = self.deferred.pop_front() else {
+                break;
+            };
+            let (first, end) = self.block_span(&message);
+            let behind = self
+                .blocked_scratch
+                .iter()
+                .any(|&(v, s, e)| v == message.volume && s < end && first < e);
+            if behind || self.free_ops.is_empty() {
+                self.blocked_scratch.push((message.volume, first, end));
+                self.deferred.push_back(message);
+                continue;
+            }
+            match self.start(message) {
+                Ok(()) => progressed = true,
+                Err(message) => {
+                    self.blocked_scratch.push((message.volume, first, end));
+                    self.deferred.push_back(message);
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Virtual blocks a message touches, `[first, end)`.
+    fn block_span(&self, message: &OwnerMessage) -> (u64, u64) {
+        if message.op == OwnerOp::Flush {
+            return (0, 0);
+        }
+        let first = message.request.offset_blocks / self.lbas_per_block;
+        let end = (message.request.offset_blocks + message.request.num_blocks)
+            .div_ceil(self.lbas_per_block);
+        (first, end)
+    }
+
+    fn is_span_busy(&self, volume: VolumeId, first: u64, end: u64) -> bool {
+        if (end - first) as usize > self.busy.len() {
+            self.busy.keys().any(|&(v, b)| v == volume && b.0 >= first && b.0 < end)
+        } else {
+            (first..end).any(|b| self.busy.contains_key(&(volume, VirtBlock(b))))
+        }
+    }
+
+    /// Starts `message` or hands it back to wait (its blocks are busy, its volume quiesced,
+    /// or no block is free yet).
+    fn start(&mut self, message: OwnerMessage) -> Result<(), OwnerMessage> {
+        let Some(view) = self.views.get(&message.volume).cloned() else {
+            self.fail_message(message, IoStatus::Failed(libc::ENODEV));
+            return Ok(());
+        };
+        match message.op {
+            OwnerOp::Flush => {
+                let after = self.commits_started;
+                let op = Op::Flush(FlushOp {
+                    channel: message.channel,
+                    token: message.token,
+                    request: message.request,
+                    after,
+                });
+                match self.new_op(op) {
+                    Ok(_) => {
+                        self.commit_wanted = true;
+                        Ok(())
+                    }
+                    Err(Op::Flush(f)) => Err(OwnerMessage {
+                        channel: f.channel,
+                        volume: message.volume,
+                        op: OwnerOp::Flush,
+                        request: f.request,
+                        token: f.token,
+                    }),
+                    Err(_) => unreachable!("new_op hands back the op it was given"),
+                }
+            }
+            OwnerOp::Write => {
+                if view.is_quiesced() {
+                    return Err(message);
+                }
+                let (first, end) = self.block_span(&message);
+                if self.is_span_busy(message.volume, first, end) {
+                    return Err(message);
+                }
+                if self.mode == PoolMode::ReadOnly || self.mode == PoolMode::Fail {
+                    self.fail_message(message, IoStatus::Failed(libc::EROFS));
+                    return Ok(());
+                }
+                let vblock = VirtBlock(first);
+                let offset_lbas = message.request.offset_blocks - first * self.lbas_per_block;
+                let count_lbas = message.request.num_blocks;
+                let fua = message.request.flags.contains(IoFlags::FUA);
+                let origin = Origin::Channel { channel: message.channel, token: message.token };
+                let write = BlockWrite {
+                    volume: message.volume,
+                    vblock,
+                    origin,
+                    payload: Payload::Data(message.request),
+                    offset_lbas,
+                    count_lbas,
+                    fua,
+                    stage: WriteStage::Writing,
+                    target: DataBlock(0),
+                    copy_from: None,
+                    fresh: false,
+                    copy_buffer: None,
+                    status: IoStatus::Success,
+                    keep_allocated: false,
+                };
+                match self.start_block_write(write) {
+                    Ok(()) => Ok(()),
+                    Err(write) => {
+                        let Payload::Data(request) = write.payload else {
+                            unreachable!("a channel write carries data")
+                        };
+                        Err(OwnerMessage {
+                            channel: message.channel,
+                            volume: message.volume,
+                            op: OwnerOp::Write,
+                            request,
+                            token: message.token,
+                        })
+                    }
+                }
+            }
+            OwnerOp::Unmap | OwnerOp::WriteZeroes => self.start_range(message),
+        }
+    }
+
+    fn fail_message(&mut self, message: OwnerMessage, status: IoStatus) {
+        let reply = OwnerReply { token: message.token, request: message.request, status };
+        self.reply(message.channel, reply);
+    }
+
+    /// Starts a write inside one block: in place, provisioning or breaking sharing. Hands the
+    /// write back when it must wait (no free block yet, no copy buffer, no op slot).
+    fn start_block_write(&mut self, mut write: BlockWrite) -> Result<(), BlockWrite> {
+        if self.free_ops.is_empty() {
+            return Err(write);
+        }
+        let whole = write.offset_lbas == 0 && write.count_lbas == self.lbas_per_block;
+        let mapping = match self.meta.prepare_overwrite(write.volume, write.vblock) {
+            Ok(mapping) => mapping,
+            Err(e) => {
+                let status = self.metadata_failure(e);
+                self.finish_write_early(write, status);
+                return Ok(());
+            }
+        };
+        match mapping {
+            Some((mapping, false)) => {
+                write.target = mapping.data_block;
+                write.stage = WriteStage::Writing;
+            }
+            Some((mapping, true)) => {
+                let needs_copy = !whole;
+                if needs_copy && self.copy_buffers.is_empty() {
+                    return Err(write);
+                }
+                let block = match self.allocate(&mut write) {
+                    Some(block) => block,
+                    None => return Ok(()),
+                };
+                let Some(block) = block else {
+                    return Err(write);
+                };
+                write.target = block;
+                write.fresh = true;
+                if needs_copy {
+                    write.copy_from = Some(mapping.data_block);
+                    write.copy_buffer = self.copy_buffers.pop();
+                    write.stage = WriteStage::Copying { chunk: 0, reading: true };
+                } else {
+                    write.stage = WriteStage::Writing;
+                }
+            }
+            None => {
+                if matches!(write.payload, Payload::Zeroes) && !write.keep_allocated {
+                    // An unmapped block already reads zeroes.
+                    self.finish_write_early(write, IoStatus::Success);
+                    return Ok(());
+                }
+                let block = match self.allocate(&mut write) {
+                    Some(block) => block,
+                    None => return Ok(()),
+                };
+                let Some(block) = block else {
+                    return Err(write);
+                };
+                write.target = block;
+                write.fresh = true;
+                let zero_first = (!whole && self.settings.zero_new_blocks)
+                    || matches!(write.payload, Payload::Zeroes);
+                write.stage = if zero_first { WriteStage::Zeroing } else { WriteStage::Writing };
+            }
+        }
+        let key = (write.volume, write.vblock);
+        let stage = write.stage;
+        let index = match self.new_op(Op::Write(write)) {
+            Ok(index) => index,
+            Err(_) => unreachable!("a free op slot was checked above"),
+        };
+        self.busy.insert(key, index);
+        self.issue_write_stage(index, stage);
+        Ok(())
+    }
+
+    /// Allocates a block for `write`. `Some(Some(block))`: got one. `Some(None)`: wait for
+    /// pending blocks. `None`: the write was failed (out of space, error mode or timeout).
+    fn allocate(&mut self, write: &mut BlockWrite) -> Option<Option<DataBlock>> {
+        let result = self.space.allocate(&MetaCounts(&self.meta));
+        match result {
+            Ok(block) => {
+                self.no_space_since_ns = None;
+                if self.mode == PoolMode::OutOfDataSpace {
+                    self.mode = PoolMode::Write;
+                }
+                Some(Some(block))
+            }
+            Err(reason) => {
+                let now = self.host.now_ns();
+                let since = *self.no_space_since_ns.get_or_insert(now);
+                let timeout_ns = u64::from(self.settings.no_space_timeout_s) * 1_000_000_000;
+                let timed_out = now.saturating_sub(since) >= timeout_ns;
+                let wait = match reason {
+                    NoBlock::Pending { uncommitted } => {
+                        // Blocks freed in the open transaction come back with a commit.
+                        self.commit_wanted |= uncommitted;
+                        !timed_out
+                    }
+                    NoBlock::Exhausted => {
+                        self.mode = PoolMode::OutOfDataSpace;
+                        self.settings.out_of_space == OutOfSpaceMode::Queue && !timed_out
+                    }
+                };
+                if wait {
+                    Some(None)
+                } else {
+                    let placeholder = BlockWrite { payload: Payload::Zeroes, ..write.shallow() };
+                    let write = std::mem::replace(write, placeholder);
+                    self.finish_write_early(write, IoStatus::NoSpace);
+                    None
+                }
+            }
+        }
+    }
+
+    fn metadata_failure(&mut self, error: MetadataError) -> IoStatus {
+        if matches!(error, MetadataError::NoMetadataSpace { .. }) {
+            self.mode = PoolMode::OutOfMetadataSpace;
+            return IoStatus::NoSpace;
+        }
+        IoStatus::Failed(libc::EIO)
+    }
+
+    fn submit(&mut self, request: IoRequest) {
+        if let Err(request) = self.data.submit(request) {
+            // The owner keeps far fewer IOs in flight than a device channel takes.
+            debug_assert!(false, "owner data channel full");
+            self.complete_device(IoCompletion { request, status: IoStatus::Failed(libc::EAGAIN) });
+        }
+    }
+
+    fn issue_write_stage(&mut self, index: usize, stage: WriteStage) {
+        let Some(Op::Write(write)) = self.ops[index].as_mut() else {
+            return;
+        };
+        let tag = index as u64;
+        let target_lba = self.data_offset_lbas + write.target.0 * self.lbas_per_block;
+        let request = match stage {
+            WriteStage::Zeroing => {
+                IoRequest::new(IoKind::WriteZeroes, target_lba, self.lbas_per_block, tag)
+            }
+            WriteStage::Copying { chunk, reading } => {
+                let buffer = write.copy_buffer.take().expect("a copy holds its buffer");
+                // Chunks divide the block: both are powers of two, the chunk at most 1 MiB.
+                let chunk_lbas = buffer.len() as u64 / self.lba_bytes;
+                let source = write.copy_from.expect("a copy has a source");
+                let block_lba = if reading {
+                    self.data_offset_lbas + source.0 * self.lbas_per_block
+                } else {
+                    target_lba
+                };
+                let kind = if reading { IoKind::Read } else { IoKind::Write };
+                IoRequest::new(kind, block_lba + chunk * chunk_lbas, chunk_lbas, tag)
+                    .with_buffers(SgList::single(buffer))
+            }
+            WriteStage::Writing => match &mut write.payload {
+                Payload::Data(request) => {
+                    let buffers = request.buffers.take();
+                    let mut own = IoRequest::new(
+                        IoKind::Write,
+                        target_lba + write.offset_lbas,
+                        write.count_lbas,
+                        tag,
+                    )
+                    .with_buffers(buffers);
+                    if write.fua {
+                        own.flags = IoFlags::FUA;
+                    }
+                    own
+                }
+                Payload::Zeroes => IoRequest::new(
+                    IoKind::WriteZeroes,
+                    target_lba + write.offset_lbas,
+                    write.count_lbas,
+                    tag,
+                ),
+            },
+            WriteStage::WaitCommit { .. } => return,
+        };
+        self.submit(request);
+    }
+
+    fn poll_device(&mut self) -> bool {
+        let mut completed = std::mem::take(&mut self.completed);
+        let data = &mut self.data;
+        let count = data.poll(&mut |completion| completed.push(completion));
+        for completion in completed.drain(..) {
+            self.complete_device(completion);
+        }
+        self.completed = completed;
+        count > 0
+    }
+
+    fn complete_device(&mut self, completion: IoCompletion) {
+        let tag = completion.request.tag;
+        if tag & TAG_COMMIT != 0 {
+            self.commit_io_done(completion);
+        } else if tag & TAG_PASSDOWN != 0 {
+            let index = slot_of(tag);
+            let request = &completion.request;
+            let run = PassdownRun {
+                first: DataBlock(
+                    (request.offset_blocks - self.data_offset_lbas) / self.lbas_per_block,
+                ),
+                count: request.num_blocks / self.lbas_per_block,
+            };
+            // The completion ring: drained, and the hold dropped, on the next poll.
+            self.passdown_done.push_back((index, run, completion.status));
+        } else {
+            self.write_io_done(slot_of(tag), completion);
+        }
+    }
+
+    fn write_io_done(&mut self, index: usize, completion: IoCompletion) {
+        let IoCompletion { mut request, status } = completion;
+        let Some(Op::Write(write)) = self.ops[index].as_mut() else {
+            debug_assert!(false, "completion for a free op slot");
+            return;
+        };
+        let stage = write.stage;
+        if !status.is_success() {
+            write.status = status;
+        }
+        match stage {
+            WriteStage::Zeroing => {
+                write.stage = WriteStage::Writing;
+                if write.status.is_success() && matches!(write.payload, Payload::Data(_)) {
+                    self.issue_write_stage(index, WriteStage::Writing);
+                } else {
+                    self.finish_block_write(index);
+                }
+            }
+            WriteStage::Copying { chunk, reading } => {
+                write.copy_buffer = request.buffers.pop_front();
+                if !write.status.is_success() {
+                    self.finish_block_write(index);
+                    return;
+                }
+                let chunk_lbas =
+                    write.copy_buffer.as_ref().map_or(1, |b| b.len() as u64) / self.lba_bytes;
+                let next = if reading {
+                    WriteStage::Copying { chunk, reading: false }
+                } else if (chunk + 1) * chunk_lbas < self.lbas_per_block {
+                    WriteStage::Copying { chunk: chunk + 1, reading: true }
+                } else {
+                    if let Some(buffer) = write.copy_buffer.take() {
+                        self.copy_buffers.push(buffer);
+                    }
+                    WriteStage::Writing
+                };
+                if let Some(Op::Write(write)) = self.ops[index].as_mut() {
+                    write.stage = next;
+                }
+                self.issue_write_stage(index, next);
+            }
+            WriteStage::Writing => {
+                if let Payload::Data(original) = &mut write.payload {
+                    original.buffers = request.buffers.take();
+                }
+                self.finish_block_write(index);
+            }
+            WriteStage::WaitCommit { .. } => {}
+        }
+    }
+
+    /// The payload is on the device (or failed): insert the mapping and publish it, then
+    /// answer (after a commit for FUA). During a commit the metadata may not change, so the
+    /// insertion waits for the commit's end.
+    fn finish_block_write(&mut self, index: usize) {
+        if self.commit_stage != CommitStage::Idle {
+            self.finish_after_commit.push(index);
+            return;
+        }
+        let Some(Op::Write(write)) = self.ops[index].as_mut() else {
+            return;
+        };
+        if let Some(buffer) = write.copy_buffer.take() {
+            self.copy_buffers.push(buffer);
+        }
+        let (volume, vblock, target, fresh, status) =
+            (write.volume, write.vblock, write.target, write.fresh, write.status);
+        let fua = write.fua;
+        let mut status = status;
+        if status.is_success() {
+            let time = self.meta.time();
+            let result = if fresh {
+                self.meta.insert(volume, vblock, Mapping { data_block: target, time })
+            } else {
+                let stale = self.meta.lookup(volume, vblock).is_some_and(|m| {
+                    self.meta.volume(volume).is_some_and(|r| m.time < r.snapshot_time)
+                });
+                if stale {
+                    self.meta.refresh_time(volume, vblock, time).map(|()| None)
+                } else {
+                    Ok(None)
+                }
+            };
+            match result {
+                Ok(freed) => {
+                    if let Some(view) = self.views.get(&volume) {
+                        view.publish(vblock, target, true);
+                    }
+                    if let Some(freed) = freed {
+                        let epoch = self.grace.epoch();
+                        self.space.enter_grace(freed, epoch);
+                    }
+                }
+                Err(e) => status = self.metadata_failure(e),
+            }
+        }
+        if fresh {
+            self.space.unreserve(target);
+        }
+        self.busy.remove(&(volume, vblock));
+        if let Some(Op::Write(write)) = self.ops[index].as_mut() {
+            write.status = status;
+            if fua && status.is_success() {
+                write.stage = WriteStage::WaitCommit { after: self.commits_started };
+                self.commit_wanted = true;
+                return;
+            }
+        }
+        self.answer_block_write(index);
+    }
+
+    fn answer_block_write(&mut self, index: usize) {
+        let Some(Op::Write(write)) = self.free_op(index) else {
+            return;
+        };
+        self.finish_write_early(write, IoStatus::Success);
+    }
+
+    /// Answers a block write's origin with the worse of its own status and `status`.
+    fn finish_write_early(&mut self, write: BlockWrite, status: IoStatus) {
+        let status = if write.status.is_success() { status } else { write.status };
+        match write.origin {
+            Origin::Channel { channel, token } => {
+                let request = match write.payload {
+                    Payload::Data(request) => request,
+                    Payload::Zeroes => IoRequest::new(IoKind::WriteZeroes, 0, 0, token),
+                };
+                self.reply(channel, OwnerReply { token, request, status });
+            }
+            Origin::Range { op } => {
+                if let Some(Op::Range(range)) = self.ops[op].as_mut() {
+                    range.children -= 1;
+                    if !status.is_success() {
+                        range.status = status;
+                    }
+                    if range.children == 0 {
+                        self.range_children_done(op);
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ unmap, write_zeroes
+
+    fn start_range(&mut self, message: OwnerMessage) -> Result<(), OwnerMessage> {
+        let Some(view) = self.views.get(&message.volume).cloned() else {
+            self.fail_message(message, IoStatus::Failed(libc::ENODEV));
+            return Ok(());
+        };
+        let zeroes = message.op == OwnerOp::WriteZeroes;
+        if !zeroes && self.settings.discard == DiscardMode::Ignore {
+            self.reply(
+                message.channel,
+                OwnerReply {
+                    token: message.token,
+                    request: message.request,
+                    status: IoStatus::Success,
+                },
+            );
+            return Ok(());
+        }
+        if zeroes && view.is_quiesced() {
+            return Err(message);
+        }
+        let (first, end) = self.block_span(&message);
+        if self.is_span_busy(message.volume, first, end) || self.free_ops.len() < 3 {
+            return Err(message);
+        }
+        if self.mode == PoolMode::ReadOnly || self.mode == PoolMode::Fail {
+            let status = if zeroes { IoStatus::Failed(libc::EROFS) } else { IoStatus::Success };
+            self.fail_message(message, status);
+            return Ok(());
+        }
+        let request_first = message.request.offset_blocks;
+        let request_end = request_first + message.request.num_blocks;
+        let whole_first = request_first.div_ceil(self.lbas_per_block);
+        let whole_end = (request_end / self.lbas_per_block).max(whole_first);
+        let keep_allocated = zeroes && message.request.flags.contains(IoFlags::NO_UNMAP);
+        let passdown = self.settings.discard == DiscardMode::Passdown;
+        let hold = !self.settings.mutations.is_on(Mutation::NoHold);
+        let volume = message.volume;
+        let op = Op::Range(RangeOp {
+            channel: message.channel,
+            token: message.token,
+            request: message.request,
+            children: 1, // this function's own reference, dropped at the end
+            runs: Vec::new(),
+            deallocates_in_flight: 0,
+            released_at: 0,
+            stage: RangeStage::Children,
+            status: IoStatus::Success,
+        });
+        let index = match self.new_op(op) {
+            Ok(index) => index,
+            Err(_) => unreachable!("free op slots were checked above"),
+        };
+        let mut held: Vec<DataBlock> = Vec::new();
+        if !keep_allocated {
+            for vblock in whole_first..whole_end {
+                match self.meta.remove(volume, VirtBlock(vblock)) {
+                    Ok(Removed::Removed { mapping, now_free }) => {
+                        view.unpublish(VirtBlock(vblock));
+                        if now_free {
+                            if passdown && hold {
+                                self.space.hold(mapping.data_block);
+                                held.push(mapping.data_block);
+                            } else {
+                                if passdown {
+                                    // Mutation NoHold: passed down, but free meanwhile.
+                                    held.push(mapping.data_block);
+                                }
+                                // Released after the unpublish above: grace from this epoch.
+                                let epoch = self.grace.epoch();
+                                self.space.enter_grace(mapping.data_block, epoch);
+                            }
+                        }
+                    }
+                    Ok(Removed::NotMapped) => {}
+                    Err(e) => {
+                        let status = self.metadata_failure(e);
+                        if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+                            range.status = status;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+            range.released_at = self.grace.epoch();
+            range.runs = discard::runs_of(&mut held);
+        }
+        if zeroes {
+            // Edges (or, with NO_UNMAP, every block) are written with zeroes.
+            let lbas = self.lbas_per_block;
+            let blocks: Vec<(u64, u64, u64)> = (request_first / lbas..request_end.div_ceil(lbas))
+                .filter_map(|vblock| {
+                    let block_first = vblock * lbas;
+                    let start = request_first.max(block_first);
+                    let stop = request_end.min(block_first + lbas);
+                    let whole = start == block_first && stop == block_first + lbas;
+                    (keep_allocated || !whole).then_some((
+                        vblock,
+                        start - block_first,
+                        stop - start,
+                    ))
+                })
+                .collect();
+            for (vblock, offset_lbas, count_lbas) in blocks {
+                if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+                    range.children += 1;
+                }
+                let write = BlockWrite {
+                    volume,
+                    vblock: VirtBlock(vblock),
+                    origin: Origin::Range { op: index },
+                    payload: Payload::Zeroes,
+                    offset_lbas,
+                    count_lbas,
+                    fua: false,
+                    stage: WriteStage::Writing,
+                    target: DataBlock(0),
+                    copy_from: None,
+                    fresh: false,
+                    copy_buffer: None,
+                    status: IoStatus::Success,
+                    keep_allocated,
+                };
+                if let Err(write) = self.start_block_write(write) {
+                    // Rare (no slot, no buffer, no block yet): fail this edge rather than wait
+                    // inside a range op that already changed mappings.
+                    self.finish_write_early(write, IoStatus::Failed(libc::EAGAIN));
+                }
+            }
+        }
+        // Drop this function's own reference.
+        if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+            range.children -= 1;
+            if range.children == 0 {
+                self.range_children_done(index);
+            }
+        }
+        Ok(())
+    }
+
+    fn range_children_done(&mut self, index: usize) {
+        let Some(Op::Range(range)) = self.ops[index].as_mut() else {
+            return;
+        };
+        if range.runs.is_empty() {
+            self.answer_range(index);
+            return;
+        }
+        // Step 4: one commit covers every unmap waiting in the batch.
+        range.stage = RangeStage::WaitCommit { after: self.commits_started };
+        self.commit_wanted = true;
+    }
+
+    fn answer_range(&mut self, index: usize) {
+        let Some(Op::Range(range)) = self.free_op(index) else {
+            return;
+        };
+        let reply = OwnerReply { token: range.token, request: range.request, status: range.status };
+        self.reply(range.channel, reply);
+    }
+
+    /// Step 5: after the commit and the grace period, issue the deallocates.
+    fn issue_passdown(&mut self, index: usize) {
+        let Some(Op::Range(range)) = self.ops[index].as_mut() else {
+            return;
+        };
+        range.stage = RangeStage::Deallocating;
+        let runs = std::mem::take(&mut range.runs);
+        let mut issued = 0;
+        let max_unmap_lbas = self.data_max_unmap_lbas();
+        let mut requests = Vec::new();
+        for run in &runs {
+            discard::split_run(*run, self.lbas_per_block, max_unmap_lbas, &mut |first, count| {
+                let lba = self.data_offset_lbas + first * self.lbas_per_block;
+                let request = IoRequest::new(
+                    IoKind::Unmap,
+                    lba,
+                    count * self.lbas_per_block,
+                    TAG_PASSDOWN | index as u64,
+                );
+                requests.push(request);
+            });
+        }
+        if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+            range.runs = runs;
+            range.deallocates_in_flight = requests.len() as u32;
+        }
+        if self.settings.mutations.is_on(Mutation::HoldDroppedAtIssue) {
+            self.release_range_holds(index);
+        }
+        for request in requests {
+            issued += 1;
+            self.submit(request);
+        }
+        if issued == 0 {
+            self.answer_range(index);
+        }
+    }
+
+    fn data_max_unmap_lbas(&self) -> u64 {
+        // Devices here take any range; a device limit comes in with DeviceInfo later.
+        u64::MAX / 2
+    }
+
+    fn release_range_holds(&mut self, index: usize) {
+        let Some(Op::Range(range)) = self.ops[index].as_mut() else {
+            return;
+        };
+        let runs = std::mem::take(&mut range.runs);
+        for run in runs {
+            for block in run.first.0..run.first.0 + run.count {
+                if self.space.is_held(DataBlock(block)) {
+                    self.space.release_hold(DataBlock(block));
+                }
+            }
+        }
+    }
+
+    /// Step 6: the owner drains the completion ring and drops the holds; only now are the
+    /// blocks free, and only now is the unmap acknowledged.
+    fn drain_passdown_completions(&mut self) -> bool {
+        if self.passdown_done.is_empty() {
+            return false;
+        }
+        while let Some((index, run, status)) = self.passdown_done.pop_front() {
+            for block in run.first.0..run.first.0 + run.count {
+                if self.space.is_held(DataBlock(block)) {
+                    self.space.release_hold(DataBlock(block));
+                }
+            }
+            let counter = if status.is_success() {
+                &self.shared.counters.passdowns_completed
+            } else {
+                &self.shared.counters.passdowns_failed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let done = match self.ops[index].as_mut() {
+                Some(Op::Range(range)) => {
+                    range.deallocates_in_flight -= 1;
+                    range.deallocates_in_flight == 0
+                }
+                _ => false,
+            };
+            if done {
+                if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+                    range.runs.clear();
+                }
+                self.answer_range(index);
+            }
+        }
+        true
+    }
+
+    // ------------------------------------------------------------------ grace, snapshots
+
+    fn run_grace(&mut self) -> bool {
+        let no_grace = self.settings.mutations.is_on(Mutation::NoGrace);
+        let waiting_ranges = self
+            .ops
+            .iter()
+            .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::WaitGrace));
+        let waiting =
+            waiting_ranges || self.space.in_grace_count() > 0 || !self.snapshots.is_empty();
+        if !waiting {
+            return false;
+        }
+        let advanced = self.grace.try_advance();
+        let grace = &self.grace;
+        let returned = self.space.end_grace(|epoch| no_grace || grace.has_passed(epoch));
+        let mut ready = Vec::new();
+        for (index, op) in self.ops.iter().enumerate() {
+            if let Some(Op::Range(range)) = op
+                && range.stage == RangeStage::WaitGrace
+                && (no_grace || self.grace.has_passed(range.released_at))
+            {
+                ready.push(index);
+            }
+        }
+        let issued = !ready.is_empty();
+        for index in ready {
+            self.issue_passdown(index);
+        }
+        if returned > 0 {
+            self.no_space_since_ns = None;
+        }
+        advanced || returned > 0 || issued
+    }
+
+    fn run_snapshots(&mut self) -> bool {
+        let Some(snapshot) = self.snapshots.front_mut() else {
+            return false;
+        };
+        if let Some(after) = snapshot.after {
+            // Step 3 done; waiting for the commit.
+            if self.commits_done > after {
+                let mut snapshot = self.snapshots.pop_front().expect("front exists");
+                if let Some(view) = self.views.get(&snapshot.origin) {
+                    view.set_quiesced(false);
+                }
+                let result = if self.commit_failed {
+                    Err(PoolError::ReadOnly)
+                } else {
+                    snapshot.result.ok_or(PoolError::NoVolume(snapshot.origin))
+                };
+                if let Some(done) = snapshot.done.take() {
+                    done(result);
+                }
+                return true;
+            }
+            return false;
+        }
+        let origin = snapshot.origin;
+        let origin_busy = self.busy.keys().any(|(v, _)| *v == origin)
+            || self
+                .ops
+                .iter()
+                .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::Children));
+        let drained = self.settings.mutations.is_on(Mutation::NoGrace)
+            || self.grace.has_passed(snapshot.quiesced_at);
+        if origin_busy || !drained || self.commit_stage != CommitStage::Idle {
+            return false;
+        }
+        let (uuid, name) = (snapshot.uuid, snapshot.name.clone());
+        let result = self.meta.snapshot(origin, uuid, &name);
+        let snapshot = self.snapshots.front_mut().expect("front exists");
+        match result {
+            Ok(id) => {
+                snapshot.result = Some(id);
+                snapshot.after = Some(self.commits_started);
+                if let Some(view) = self.views.get(&origin) {
+                    view.advance_view_time();
+                }
+                self.build_view(id);
+                self.commit_wanted = true;
+            }
+            Err(e) => {
+                let mut snapshot = self.snapshots.pop_front().expect("front exists");
+                if let Some(view) = self.views.get(&origin) {
+                    view.set_quiesced(false);
+                }
+                if let Some(done) = snapshot.done.take() {
+                    done(Err(e.into()));
+                }
+            }
+        }
+        true
+    }
+
+    // ------------------------------------------------------------------ control
+
+    fn run_control(&mut self) -> bool {
+        let mut busy = false;
+        while let Some(op) = self.control.pop() {
+            busy = true;
+            self.handle_control(op);
+        }
+        busy
+    }
+
+    fn handle_control(&mut self, op: ControlOp) {
+        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
+        match op {
+            ControlOp::CreateVolume { uuid, name, size_bytes, done } => {
+                if read_only {
+                    return done(Err(PoolError::ReadOnly));
+                }
+                match self.meta.create_volume(uuid, &name, size_bytes) {
+                    Ok(id) => {
+                        self.build_view(id);
+                        let after = self.commits_started;
+                        self.commit_wanted = true;
+                        self.control_commits
+                            .push((after, Box::new(move |result| done(result.map(|()| id)))));
+                    }
+                    Err(e) => done(Err(e.into())),
+                }
+            }
+            ControlOp::Snapshot { origin, uuid, name, done } => {
+                if read_only {
+                    return done(Err(PoolError::ReadOnly));
+                }
+                let Some(view) = self.views.get(&origin) else {
+                    return done(Err(PoolError::NoVolume(origin)));
+                };
+                // Step 1: quiesce the origin, then advance the epoch.
+                view.set_quiesced(true);
+                let quiesced_at = self.grace.epoch();
+                self.snapshots.push_back(SnapshotOp {
+                    origin,
+                    uuid,
+                    name,
+                    quiesced_at,
+                    done: Some(done),
+                    result: None,
+                    after: None,
+                });
+            }
+            ControlOp::DeleteVolume { volume, done } => {
+                if read_only {
+                    return done(Err(PoolError::ReadOnly));
+                }
+                if self.busy.keys().any(|(v, _)| *v == volume) {
+                    return done(Err(PoolError::Io(libc::EBUSY)));
+                }
+                let mut freed = Vec::new();
+                match self.meta.delete_volume(volume, &mut |block| freed.push(block)) {
+                    Ok(()) => {
+                        if let Some(view) = self.views.remove(&volume) {
+                            view.mark_deleted();
+                        }
+                        self.shared.retire_view(volume);
+                        // Freed blocks go through the grace period; a delete's passdown
+                        // joins the pipeline when volume deletes learn to pass down.
+                        let epoch = self.grace.epoch();
+                        for block in freed {
+                            self.space.enter_grace(block, epoch);
+                        }
+                        let after = self.commits_started;
+                        self.commit_wanted = true;
+                        self.control_commits.push((after, done));
+                    }
+                    Err(e) => done(Err(e.into())),
+                }
+            }
+            ControlOp::Commit { done } => {
+                let after = self.commits_started;
+                self.commit_wanted = true;
+                self.control_commits.push((after, done));
+            }
+            ControlOp::Describe { done } => done(Ok(PoolDescription {
+                volumes: self.meta.volumes().cloned().collect(),
+                data_blocks: self.space.data_blocks(),
+                used_data_blocks: self.meta.used_data_blocks(),
+                held_data_blocks: self.space.held_count(),
+                transaction_id: self.meta.transaction_id(),
+                mode: self.mode,
+                needs_check: self.meta.pool().needs_check,
+                metadata_free_blocks: self.meta.metadata_free_blocks(),
+                metadata_total_blocks: self.meta.metadata_total_blocks(),
+            })),
+        }
+    }
+
+    // ------------------------------------------------------------------ commit
+
+    fn run_commit_trigger(&mut self) -> bool {
+        if self.commit_stage != CommitStage::Idle {
+            return false;
+        }
+        let now = self.host.now_ns();
+        let interval_ns = u64::from(self.settings.commit_interval_ms) * 1_000_000;
+        let timer = self.meta.is_dirty() && now.saturating_sub(self.last_commit_ns) >= interval_ns;
+        let waiting = self.ops.iter().any(|op| match op {
+            Some(Op::Flush(_)) => true,
+            Some(Op::Write(w)) => matches!(w.stage, WriteStage::WaitCommit { .. }),
+            Some(Op::Range(r)) => matches!(r.stage, RangeStage::WaitCommit { .. }),
+            None => false,
+        }) || !self.control_commits.is_empty()
+            || self.snapshots.front().is_some_and(|s| s.after.is_some());
+        if !(timer || waiting || self.commit_wanted) {
+            return false;
+        }
+        if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) && self.meta.is_dirty() {
+            // Nothing may be written; answer waiters as if committed (reads of committed
+            // state go on), flushes included, since nothing new is acknowledged.
+            self.commits_started += 1;
+            self.commits_done += 1;
+            self.commit_wanted = false;
+            self.after_commit();
+            return true;
+        }
+        self.commit_wanted = false;
+        self.commits_started += 1;
+        self.last_commit_ns = now;
+        self.commit_failed = false;
+        if self.settings.mutations.is_on(Mutation::NoDataFlushBeforeCommit) {
+            self.commit_stage = CommitStage::FlushingData;
+            self.commit_io_done(IoCompletion {
+                request: IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT),
+                status: IoStatus::Success,
+            });
+        } else {
+            self.commit_stage = CommitStage::FlushingData;
+            self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+        }
+        true
+    }
+
+    fn metadata_lba(&self, block: super::types::MetaBlock) -> u64 {
+        block.0 * super::metadata::METADATA_BLOCK_BYTES as u64 / self.lba_bytes
+    }
+
+    fn meta_write(&self, block: super::types::MetaBlock, bytes: &[u8]) -> IoRequest {
+        let mut buffer = IoBuffer::new(bytes.len());
+        buffer.as_mut_slice().copy_from_slice(bytes);
+        let lbas = bytes.len() as u64 / self.lba_bytes;
+        IoRequest::new(IoKind::Write, self.metadata_lba(block), lbas, TAG_COMMIT)
+            .with_buffers(SgList::single(buffer))
+    }
+
+    fn commit_io_done(&mut self, completion: IoCompletion) {
+        if !completion.status.is_success() {
+            self.commit_failed = true;
+        }
+        match self.commit_stage {
+            CommitStage::FlushingData => {
+                if self.commit_failed {
+                    return self.finish_commit();
+                }
+                if !self.meta.is_dirty() {
+                    // Nothing to write: the data flush was the whole commit.
+                    return self.finish_commit();
+                }
+                let plan = self.meta.begin_commit();
+                let requests: Vec<IoRequest> = plan
+                    .blocks
+                    .iter()
+                    .map(|(block, bytes)| self.meta_write(*block, bytes))
+                    .collect();
+                self.commit_plan = Some(plan);
+                if requests.is_empty() {
+                    self.commit_stage = CommitStage::FlushingMetadata;
+                    self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+                } else {
+                    self.commit_stage = CommitStage::WritingBlocks { in_flight: requests.len() };
+                    for request in requests {
+                        self.submit(request);
+                    }
+                }
+            }
+            CommitStage::WritingBlocks { in_flight } => {
+                if in_flight > 1 {
+                    self.commit_stage = CommitStage::WritingBlocks { in_flight: in_flight - 1 };
+                    return;
+                }
+                if self.commit_failed {
+                    return self.finish_commit();
+                }
+                self.commit_stage = CommitStage::FlushingMetadata;
+                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+            }
+            CommitStage::FlushingMetadata => {
+                if self.commit_failed {
+                    return self.finish_commit();
+                }
+                let Some(plan) = self.commit_plan.as_ref() else {
+                    return self.finish_commit();
+                };
+                let request = self.meta_write(plan.superblock.0, &plan.superblock.1);
+                self.commit_stage = CommitStage::WritingSuperblock;
+                self.submit(request);
+            }
+            CommitStage::WritingSuperblock => {
+                if self.commit_failed {
+                    return self.finish_commit();
+                }
+                self.commit_stage = CommitStage::FlushingSuperblock;
+                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+            }
+            CommitStage::FlushingSuperblock => self.finish_commit(),
+            CommitStage::Idle => debug_assert!(false, "commit IO while no commit runs"),
+        }
+    }
+
+    fn finish_commit(&mut self) {
+        self.commit_stage = CommitStage::Idle;
+        let planned = self.commit_plan.take().is_some();
+        if self.commit_failed {
+            // DESIGN.md: no deallocate is issued, holds dropped, the transaction aborted,
+            // waiting unmaps fail with EIO, the pool turns read-only with needs_check.
+            if planned {
+                self.meta.abort();
+            }
+            self.meta.set_needs_check();
+            self.mode = PoolMode::ReadOnly;
+            self.abort_waiters();
+            self.rebuild_views();
+        } else if planned {
+            self.meta.commit_done();
+            self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commits_done = self.commits_started;
+        self.after_commit();
+        let mut waiting = std::mem::take(&mut self.finish_after_commit);
+        for index in waiting.drain(..) {
+            self.finish_block_write(index);
+        }
+        self.finish_after_commit = waiting;
+    }
+
+    /// Answers everything that waited for the commit that just ended.
+    fn after_commit(&mut self) {
+        let done = self.commits_done;
+        let failed = self.commit_failed;
+        for index in 0..self.ops.len() {
+            let ready = match &self.ops[index] {
+                Some(Op::Flush(f)) => done > f.after,
+                Some(Op::Write(w)) => {
+                    matches!(w.stage, WriteStage::WaitCommit { after } if done > after)
+                }
+                Some(Op::Range(r)) => {
+                    matches!(r.stage, RangeStage::WaitCommit { after } if done > after)
+                }
+                None => false,
+            };
+            if !ready {
+                continue;
+            }
+            match self.ops[index].as_mut() {
+                Some(Op::Flush(_)) => {
+                    if let Some(Op::Flush(flush)) = self.free_op(index) {
+                        let status =
+                            if failed { IoStatus::Failed(libc::EIO) } else { IoStatus::Success };
+                        let reply =
+                            OwnerReply { token: flush.token, request: flush.request, status };
+                        self.reply(flush.channel, reply);
+                    }
+                }
+                Some(Op::Write(write)) => {
+                    if failed {
+                        write.status = IoStatus::Failed(libc::EIO);
+                    }
+                    self.answer_block_write(index);
+                }
+                Some(Op::Range(range)) => {
+                    range.stage = RangeStage::WaitGrace;
+                }
+                None => {}
+            }
+        }
+        let mut remaining = Vec::new();
+        for (after, done_fn) in std::mem::take(&mut self.control_commits) {
+            if done > after {
+                done_fn(if failed { Err(PoolError::ReadOnly) } else { Ok(()) });
+            } else {
+                remaining.push((after, done_fn));
+            }
+        }
+        self.control_commits = remaining;
+    }
+
+    fn abort_waiters(&mut self) {
+        for index in 0..self.ops.len() {
+            if let Some(Op::Range(range)) = self.ops[index].as_mut()
+                && matches!(range.stage, RangeStage::WaitCommit { .. } | RangeStage::WaitGrace)
+            {
+                range.status = IoStatus::Failed(libc::EIO);
+                self.release_range_holds(index);
+                self.answer_range(index);
+            }
+        }
+    }
+
+    fn rebuild_views(&mut self) {
+        let ids: Vec<VolumeId> = self.views.keys().copied().collect();
+        for id in ids {
+            if self.meta.volume(id).is_none() {
+                if let Some(view) = self.views.remove(&id) {
+                    view.mark_deleted();
+                }
+                continue;
+            }
+            let old = self.views.get(&id).cloned();
+            if let Some(old) = old {
+                for vblock in 0..old.capacity_vblocks() {
+                    old.unpublish(VirtBlock(vblock));
+                }
+                let record_time = self.meta.volume(id).map_or(0, |r| r.snapshot_time);
+                self.meta.for_each_mapping(id, &mut |vblock, mapping| {
+                    old.publish(vblock, mapping.data_block, mapping.time >= record_time);
+                });
+            }
+        }
+    }
+
+    /// A stopping host asks: true once nothing is in flight or waiting.
+    pub fn is_drained(&self) -> bool {
+        self.data.in_flight() == 0
+            && self.commit_stage == CommitStage::Idle
+            && self.ops.iter().all(Option::is_none)
+    }
+}
+
+impl BlockWrite {
+    /// A copy of the fields needed to answer, without the payload.
+    fn shallow(&self) -> BlockWrite {
+        BlockWrite {
+            volume: self.volume,
+            vblock: self.vblock,
+            origin: self.origin,
+            payload: Payload::Zeroes,
+            offset_lbas: self.offset_lbas,
+            count_lbas: self.count_lbas,
+            fua: self.fua,
+            stage: self.stage,
+            target: self.target,
+            copy_from: self.copy_from,
+            fresh: self.fresh,
+            copy_buffer: None,
+            status: self.status,
+            keep_allocated: self.keep_allocated,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Data-block allocation beside the reference counts: holds, reservations and grace periods,
+//! all in memory, never in the map that commits (DESIGN.md "Discard with passdown", steps 3
+//! and 6, and the allocation rule). Owned and touched only by the pool owner.
+//!
+//! A block is handed out only if its count is zero in the open transaction *and* in the last
+//! committed one, and it is neither held (a passdown deallocate is pending or in flight),
+//! reserved (allocated for a provision or copy whose mapping is not inserted yet), nor inside
+//! its grace period. Every such state is one flag byte per data block, so the check is O(1)
+//! and a crash loses nothing that matters: none of it is durable.
+
+use std::collections::VecDeque;
+
+use super::types::DataBlock;
+
+const HELD: u8 = 1;
+const RESERVED: u8 = 2;
+const IN_GRACE: u8 = 4;
+
+/// Reference counts as the allocator needs them (the metadata layer provides them).
+pub trait Counts {
+    fn open_count(&self, block: DataBlock) -> u32;
+    fn committed_count(&self, block: DataBlock) -> u32;
+}
+
+/// Why no block could be handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoBlock {
+    /// Blocks will come back (held, in grace, or freed but not yet committed): wait.
+    /// `uncommitted`: some only need a commit to come back.
+    Pending { uncommitted: bool },
+    /// Nothing will come back: the pool is out of data space.
+    Exhausted,
+}
+
+/// The allocator's in-memory state.
+pub struct SpaceMap {
+    flags: Vec<u8>,
+    cursor: u64,
+    /// Blocks released at an epoch, waiting for their grace period: (epoch, block), in order.
+    grace: VecDeque<(u64, DataBlock)>,
+    held_count: u64,
+    reserved_count: u64,
+}
+
+impl SpaceMap {
+    pub fn new(data_blocks: u64) -> SpaceMap {
+        let length = usize::try_from(data_blocks).expect("data block count fits memory");
+        SpaceMap {
+            flags: vec![0; length],
+            cursor: 0,
+            grace: VecDeque::new(),
+            held_count: 0,
+            reserved_count: 0,
+        }
+    }
+
+    pub fn data_blocks(&self) -> u64 {
+        self.flags.len() as u64
+    }
+
+    /// Adds blocks at the end (the data device grew).
+    pub fn grow(&mut self, data_blocks: u64) {
+        let length = usize::try_from(data_blocks).expect("data block count fits memory");
+        if length > self.flags.len() {
+            self.flags.resize(length, 0);
+        }
+    }
+
+    fn flag(&self, block: DataBlock) -> u8 {
+        self.flags[block.0 as usize]
+    }
+
+    fn set(&mut self, block: DataBlock, flag: u8) {
+        self.flags[block.0 as usize] |= flag;
+    }
+
+    fn clear(&mut self, block: DataBlock, flag: u8) {
+        self.flags[block.0 as usize] &= !flag;
+    }
+
+    pub fn is_held(&self, block: DataBlock) -> bool {
+        self.flag(block) & HELD != 0
+    }
+
+    pub fn is_reserved(&self, block: DataBlock) -> bool {
+        self.flag(block) & RESERVED != 0
+    }
+
+    pub fn held_count(&self) -> u64 {
+        self.held_count
+    }
+
+    pub fn reserved_count(&self) -> u64 {
+        self.reserved_count
+    }
+
+    /// Blocks still inside a grace period.
+    pub fn in_grace_count(&self) -> usize {
+        self.grace.len()
+    }
+
+    fn is_allocatable(&self, block: DataBlock, counts: &impl Counts) -> bool {
+        self.flag(block) == 0 && counts.open_count(block) == 0 && counts.committed_count(block) == 0
+    }
+
+    /// Hands out a block and reserves it until [`SpaceMap::unreserve`]. Scans from a cursor,
+    /// so a run of allocations costs what it skips once.
+    pub fn allocate(&mut self, counts: &impl Counts) -> Result<DataBlock, NoBlock> {
+        let total = self.data_blocks();
+        let mut pending = false;
+        let mut uncommitted = false;
+        for step in 0..total {
+            let block = DataBlock((self.cursor + step) % total);
+            if self.is_allocatable(block, counts) {
+                self.cursor = (block.0 + 1) % total;
+                self.set(block, RESERVED);
+                self.reserved_count += 1;
+                return Ok(block);
+            }
+            if counts.open_count(block) == 0 {
+                pending = true;
+                uncommitted |= self.flag(block) == 0;
+            }
+        }
+        Err(if pending { NoBlock::Pending { uncommitted } } else { NoBlock::Exhausted })
+    }
+
+    /// The reservation ends: the block's mapping is inserted (it now has a count) or the
+    /// operation failed (it is free again, and was never referenced).
+    pub fn unreserve(&mut self, block: DataBlock) {
+        debug_assert!(self.is_reserved(block), "{block} was not reserved");
+        self.clear(block, RESERVED);
+        self.reserved_count -= 1;
+    }
+
+    /// Takes a passdown hold (the seed's `inc_data_range`, kept out of the counts).
+    pub fn hold(&mut self, block: DataBlock) {
+        assert!(!self.is_held(block), "{block} held twice");
+        self.set(block, HELD);
+        self.held_count += 1;
+    }
+
+    /// Drops a passdown hold (the seed's `dec_data_range`).
+    pub fn release_hold(&mut self, block: DataBlock) {
+        assert!(self.is_held(block), "{block} was not held");
+        self.clear(block, HELD);
+        self.held_count -= 1;
+    }
+
+    /// A block's count reached zero while the epoch was `epoch`: no reuse before its grace
+    /// period has passed.
+    pub fn enter_grace(&mut self, block: DataBlock, epoch: u64) {
+        self.set(block, IN_GRACE);
+        self.grace.push_back((epoch, block));
+    }
+
+    /// Ends the grace period of every block released at an epoch for which `has_passed` says
+    /// so. Returns how many blocks came back.
+    pub fn end_grace(&mut self, has_passed: impl Fn(u64) -> bool) -> usize {
+        let mut count = 0;
+        while let Some(&(epoch, block)) = self.grace.front() {
+            if !has_passed(epoch) {
+                break;
+            }
+            self.grace.pop_front();
+            self.clear(block, IN_GRACE);
+            count += 1;
+        }
+        count
+    }
+
+    /// Oldest epoch still waiting for a grace period.
+    pub fn oldest_grace_epoch(&self) -> Option<u64> {
+        self.grace.front().map(|(epoch, _)| *epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Model {
+        open: Vec<u32>,
+        committed: Vec<u32>,
+    }
+
+    impl Counts for Model {
+        fn open_count(&self, block: DataBlock) -> u32 {
+            self.open[block.0 as usize]
+        }
+        fn committed_count(&self, block: DataBlock) -> u32 {
+            self.committed[block.0 as usize]
+        }
+    }
+
+    #[test]
+    fn the_allocation_rule() {
+        let mut model = Model { open: vec![0; 4], committed: vec![0; 4] };
+        let mut map = SpaceMap::new(4);
+        model.open[0] = 1; // mapped
+        model.committed[1] = 1; // freed in the open transaction
+        map.hold(DataBlock(2));
+        let got = map.allocate(&model).unwrap();
+        assert_eq!(got, DataBlock(3));
+        assert_eq!(
+            map.allocate(&model),
+            Err(NoBlock::Pending { uncommitted: true }),
+            "1 and 2 come back later"
+        );
+        map.release_hold(DataBlock(2));
+        assert_eq!(map.allocate(&model), Ok(DataBlock(2)));
+        model.committed[1] = 0;
+        map.enter_grace(DataBlock(1), 5);
+        assert_eq!(map.allocate(&model), Err(NoBlock::Pending { uncommitted: false }));
+        assert_eq!(map.end_grace(|e| e + 2 <= 6), 0);
+        assert_eq!(map.end_grace(|e| e + 2 <= 7), 1);
+        assert_eq!(map.allocate(&model), Ok(DataBlock(1)));
+        model.open = vec![1; 4];
+        for b in 0..4 {
+            if map.is_reserved(DataBlock(b)) {
+                map.unreserve(DataBlock(b));
+            }
+        }
+        assert_eq!(map.allocate(&model), Err(NoBlock::Exhausted));
+    }
+}

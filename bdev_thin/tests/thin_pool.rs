@@ -1,0 +1,487 @@
+//! The thin pool on the deterministic stepping host: the seed's race and the grace period,
+//! each shown both ways (the mechanism on, and switched off with the `mutations` feature),
+//! provisioning, sharing and snapshots, discard modes, flush. Every IO's completion is held,
+//! reordered or delivered as the test says (`testing::SimDevice`).
+
+use std::sync::Arc;
+
+use bdev_thin::host::{
+    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, NoopWaker, SgList,
+};
+use bdev_thin::testing::{SimDevice, SteppingHost};
+use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
+use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, PoolRecord, check};
+use bdev_thin::thin::mutations::Mutations;
+use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
+use bdev_thin::thin::pool::PoolShared;
+use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
+use crossbeam_queue::ArrayQueue;
+
+const LBA: u32 = 512;
+const BLOCK: u32 = 4096;
+const LBAS_PER_BLOCK: u64 = (BLOCK / LBA) as u64;
+
+type Channel = VolumeChannel<SimDevice, NoopWaker>;
+
+struct Rig {
+    device: SimDevice,
+    shared: Arc<PoolShared<NoopWaker>>,
+    control: Arc<ArrayQueue<ControlOp>>,
+    owner: Owner<SimDevice, SteppingHost>,
+    geometry: ChannelGeometry,
+}
+
+fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
+    OwnerSettings {
+        discard,
+        zero_new_blocks: true,
+        out_of_space: OutOfSpaceMode::Error,
+        no_space_timeout_s: 60,
+        low_water_mark: 0,
+        commit_interval_ms: 1000,
+        mutations,
+    }
+}
+
+impl Rig {
+    /// A pool whose data area holds `data_blocks` blocks of 4 KiB.
+    fn new(data_blocks: u64, settings: OwnerSettings) -> Rig {
+        let mut device_bytes = 64 << 20;
+        let layout = loop {
+            let layout = Layout::on_data_device(device_bytes, BLOCK, device_bytes).unwrap();
+            if layout.data_blocks == data_blocks {
+                break layout;
+            }
+            device_bytes = layout.data_offset_bytes + data_blocks * u64::from(BLOCK);
+        };
+        let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
+        let record = PoolRecord {
+            uuid: [7; 16],
+            name: "pool0".into(),
+            discard: settings.discard,
+            zero_new_blocks: settings.zero_new_blocks,
+            out_of_space: settings.out_of_space,
+            no_space_timeout_s: settings.no_space_timeout_s,
+            low_water_mark: settings.low_water_mark,
+            commit_interval_ms: settings.commit_interval_ms,
+            needs_check: false,
+            data_bdev_uuid: [0; 16],
+        };
+        let meta = PoolMetadata::format(layout, record).unwrap();
+        let shared = PoolShared::new(NoopWaker);
+        let control = Arc::new(ArrayQueue::new(16));
+        let host = SteppingHost::new();
+        let owner =
+            Owner::new(host, Arc::clone(&shared), Arc::clone(&control), meta, &device, settings)
+                .unwrap();
+        let geometry = ChannelGeometry {
+            lba_bytes: u64::from(LBA),
+            lbas_per_block: LBAS_PER_BLOCK,
+            data_offset_lbas: layout.data_offset_bytes / u64::from(LBA),
+        };
+        Rig { device, shared, control, owner, geometry }
+    }
+
+    fn control<T: Send + 'static>(
+        &mut self,
+        make: impl FnOnce(Box<dyn FnOnce(Result<T, PoolError>) + Send>) -> ControlOp,
+    ) -> Result<T, PoolError> {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let answer = Arc::clone(&slot);
+        let op = make(Box::new(move |result| *answer.lock().unwrap() = Some(result)));
+        assert!(self.control.push(op).is_ok());
+        for _ in 0..1000 {
+            self.owner.poll();
+            if let Some(result) = slot.lock().unwrap().take() {
+                return result;
+            }
+        }
+        panic!("control operation not answered after 1000 polls");
+    }
+
+    fn create_volume(&mut self, name: &str, blocks: u64) -> VolumeId {
+        let name = name.to_string();
+        self.control(|done| ControlOp::CreateVolume {
+            uuid: [1; 16],
+            name,
+            size_bytes: blocks * u64::from(BLOCK),
+            done,
+        })
+        .unwrap()
+    }
+
+    fn snapshot(&mut self, origin: VolumeId, name: &str) -> VolumeId {
+        let name = name.to_string();
+        self.control(|done| ControlOp::Snapshot { origin, uuid: [2; 16], name, done }).unwrap()
+    }
+
+    fn channel(&self, volume: VolumeId) -> Channel {
+        let view = self.shared.view(volume).unwrap();
+        let lbas = view.size_vblocks() * LBAS_PER_BLOCK;
+        VolumeChannel::open(
+            Arc::clone(&self.shared),
+            view,
+            &self.device,
+            self.geometry,
+            lbas,
+            NoopWaker,
+        )
+        .unwrap()
+    }
+
+    /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,
+    /// structure, committed counts = committed references. Every test ends with it.
+    fn check(&mut self) {
+        let commit = self.control(|done| ControlOp::Commit { done });
+        assert_eq!(commit, Ok(()));
+        let device = self.device.clone();
+        let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
+        let mut read = |block: MetaBlock, out: &mut [u8]| {
+            out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
+            Ok(())
+        };
+        if let Err(problems) = check(&mut read) {
+            panic!("thinctl check failed: {problems:#?}");
+        }
+    }
+
+    /// Submits and runs owner and channel until the request completes (or panics).
+    fn run(&mut self, channel: &mut Channel, request: IoRequest) -> IoCompletion {
+        channel.submit(request).unwrap();
+        self.wait(channel, 1000).expect("the request did not complete")
+    }
+
+    /// Polls owner and channel up to `rounds` times; the first completion, if any.
+    fn wait(&mut self, channel: &mut Channel, rounds: usize) -> Option<IoCompletion> {
+        for _ in 0..rounds {
+            let mut done = None;
+            channel.poll(&mut |c| done = Some(c));
+            if done.is_some() {
+                return done;
+            }
+            self.owner.poll();
+        }
+        None
+    }
+}
+
+fn block_data(byte: u8, blocks: u64) -> SgList {
+    let mut buffer = IoBuffer::new((blocks * u64::from(BLOCK)) as usize);
+    buffer.as_mut_slice().fill(byte);
+    SgList::single(buffer)
+}
+
+fn write(vblock: u64, byte: u8) -> IoRequest {
+    IoRequest::new(IoKind::Write, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
+        .with_buffers(block_data(byte, 1))
+}
+
+fn read(vblock: u64) -> IoRequest {
+    IoRequest::new(IoKind::Read, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
+        .with_buffers(block_data(0xee, 1))
+}
+
+fn bytes_of(completion: &IoCompletion) -> Vec<u8> {
+    let mut out = vec![0; completion.request.buffers.len_bytes()];
+    completion.request.buffers.copy_to(0, &mut out);
+    out
+}
+
+fn unmap(vblock: u64, blocks: u64) -> IoRequest {
+    IoRequest::new(IoKind::Unmap, vblock * LBAS_PER_BLOCK, blocks * LBAS_PER_BLOCK, 0)
+}
+
+/// Fills every data block but one through volume `filler`, so the next provision in the pool
+/// can only take the last block.
+fn fill_all_but_one(rig: &mut Rig, data_blocks: u64) -> (VolumeId, Channel) {
+    let filler = rig.create_volume("filler", data_blocks);
+    let mut channel = rig.channel(filler);
+    for vblock in 0..data_blocks - 1 {
+        let done = rig.run(&mut channel, write(vblock, 0x11));
+        assert_eq!(done.status, IoStatus::Success);
+    }
+    (filler, channel)
+}
+
+#[test]
+fn writes_read_back_and_unmapped_blocks_read_zeroes() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(bytes_of(&rig.run(&mut channel, read(3))), vec![0; BLOCK as usize]);
+    assert_eq!(rig.run(&mut channel, write(3, 0xab)).status, IoStatus::Success);
+    assert_eq!(bytes_of(&rig.run(&mut channel, read(3))), vec![0xab; BLOCK as usize]);
+    // A partial write into a new block zeroes the rest of it.
+    let partial =
+        IoRequest::new(IoKind::Write, 5 * LBAS_PER_BLOCK + 2, 1, 0).with_buffers(SgList::single({
+            let mut b = IoBuffer::new(LBA as usize);
+            b.as_mut_slice().fill(0x5a);
+            b
+        }));
+    assert_eq!(rig.run(&mut channel, partial).status, IoStatus::Success);
+    let back = bytes_of(&rig.run(&mut channel, read(5)));
+    assert!(back[..1024].iter().all(|&b| b == 0));
+    assert!(back[1024..1536].iter().all(|&b| b == 0x5a));
+    assert!(back[1536..].iter().all(|&b| b == 0));
+    // A write spanning blocks splits and comes back whole.
+    let span = IoRequest::new(IoKind::Write, 6 * LBAS_PER_BLOCK, 2 * LBAS_PER_BLOCK, 0)
+        .with_buffers(block_data(0x77, 2));
+    assert_eq!(rig.run(&mut channel, span).status, IoStatus::Success);
+    let both = IoRequest::new(IoKind::Read, 6 * LBAS_PER_BLOCK, 2 * LBAS_PER_BLOCK, 0)
+        .with_buffers(block_data(0, 2));
+    assert_eq!(bytes_of(&rig.run(&mut channel, both)), vec![0x77; 2 * BLOCK as usize]);
+    assert_eq!(rig.owner.metadata().volume(volume).unwrap().mapped_blocks, 4);
+    rig.check();
+}
+
+#[test]
+fn a_full_pool_fails_writes_with_enospc_and_keeps_the_rest() {
+    let mut rig = Rig::new(4, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    for vblock in 0..4 {
+        assert_eq!(
+            rig.run(&mut channel, write(vblock, vblock as u8 + 1)).status,
+            IoStatus::Success
+        );
+    }
+    assert_eq!(rig.run(&mut channel, write(4, 9)).status, IoStatus::NoSpace);
+    for vblock in 0..4 {
+        let back = bytes_of(&rig.run(&mut channel, read(vblock)));
+        assert_eq!(back, vec![vblock as u8 + 1; BLOCK as usize]);
+    }
+    // Overwriting a mapped block needs no space.
+    assert_eq!(rig.run(&mut channel, write(2, 0x42)).status, IoStatus::Success);
+    rig.check();
+}
+
+/// The seed's race, deterministic: V1's block D is unmapped with passdown while the test holds
+/// the deallocate's completion; V2's write needs a block and D is the only one that will come
+/// back. With the hold, V2 waits and then survives; without it (mutation), V2 is given D, its
+/// write lands, then the late deallocate wipes it.
+fn seed_race(mutations: Mutations) -> (bool, Vec<u8>) {
+    let mut rig = Rig::new(8, settings(DiscardMode::Passdown, mutations));
+    let (_filler, _filler_channel) = fill_all_but_one(&mut rig, 8);
+    let v1 = rig.create_volume("v1", 4);
+    let v2 = rig.create_volume("v2", 4);
+    let mut c1 = rig.channel(v1);
+    let mut c2 = rig.channel(v2);
+    assert_eq!(rig.run(&mut c1, write(0, 0xd1)).status, IoStatus::Success);
+    rig.device.hold(|io| io.kind == IoKind::Unmap);
+    c1.submit(unmap(0, 1)).unwrap();
+    // Run until the deallocate is issued and held.
+    let mut issued = false;
+    for _ in 0..200 {
+        rig.owner.poll();
+        c1.poll(&mut |_| panic!("the unmap completed before its deallocate"));
+        if rig.device.pending().iter().any(|p| p.kind == IoKind::Unmap) {
+            issued = true;
+            break;
+        }
+    }
+    assert!(issued, "the passdown deallocate was never issued");
+    c2.submit(write(0, 0xd2)).unwrap();
+    let early = rig.wait(&mut c2, 200);
+    let v2_waited = early.is_none();
+    if let Some(done) = &early {
+        assert_eq!(done.status, IoStatus::Success);
+    }
+    // Deliver the deallocate: it takes effect now, at its completion.
+    let dealloc = rig.device.pending().into_iter().find(|p| p.kind == IoKind::Unmap).unwrap();
+    rig.device.release_hold();
+    rig.device.complete(dealloc.id);
+    let unmapped = rig.wait(&mut c1, 200).expect("the unmap completes after its deallocate");
+    assert_eq!(unmapped.status, IoStatus::Success);
+    if v2_waited {
+        let done = rig.wait(&mut c2, 200).expect("V2's write proceeds once D is back");
+        assert_eq!(done.status, IoStatus::Success);
+    }
+    let back = bytes_of(&rig.run(&mut c2, read(0)));
+    rig.check();
+    (v2_waited, back)
+}
+
+#[test]
+fn seed_race_the_hold_makes_v2_wait_and_survive() {
+    let (waited, back) = seed_race(Mutations::NONE);
+    assert!(waited, "V2's write must wait for the held block, not fail or take it");
+    assert_eq!(back, vec![0xd2; BLOCK as usize], "V2's data survives");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn seed_race_without_the_hold_corrupts_v2() {
+    use bdev_thin::thin::mutations::Mutation;
+    let (waited, back) = seed_race(Mutations::NONE.with(Mutation::NoHold));
+    assert!(!waited, "without the hold V2 is handed D at once");
+    assert_eq!(back, vec![0; BLOCK as usize], "the late deallocate wiped V2's write");
+}
+
+/// A read of V1's block D is held in flight across many polls while V1 unmaps D, the pool
+/// commits and V2 writes into the only block that can come back. The read returns V1's data:
+/// the grace period keeps D from reuse (and from its deallocate) until the read completes.
+/// Without the grace period (mutation) the read returns V2's data.
+fn held_read(mutations: Mutations, discard: DiscardMode) -> Vec<u8> {
+    let mut rig = Rig::new(8, settings(discard, mutations));
+    let (_filler, _filler_channel) = fill_all_but_one(&mut rig, 8);
+    let v1 = rig.create_volume("v1", 4);
+    let v2 = rig.create_volume("v2", 4);
+    let mut c1 = rig.channel(v1);
+    let mut c2 = rig.channel(v2);
+    assert_eq!(rig.run(&mut c1, write(0, 0xa1)).status, IoStatus::Success);
+    rig.device.hold(|io| io.kind == IoKind::Read);
+    c1.submit(read(0)).unwrap();
+    assert!(rig.wait(&mut c1, 5).is_none(), "the read is held");
+    let held = rig.device.pending().into_iter().find(|p| p.kind == IoKind::Read).unwrap();
+    c1.submit(unmap(0, 1)).unwrap();
+    c2.submit(write(0, 0xb2)).unwrap();
+    let mut unmap_done = false;
+    let mut v2_done = false;
+    for _ in 0..300 {
+        rig.owner.poll();
+        c1.poll(&mut |c| {
+            assert_eq!(c.request.kind, IoKind::Unmap, "only the unmap may complete");
+            unmap_done = true;
+        });
+        c2.poll(&mut |c| {
+            assert_eq!(c.status, IoStatus::Success);
+            v2_done = true;
+        });
+    }
+    let _ = unmap_done;
+    let _ = v2_done;
+    rig.device.release_hold();
+    rig.device.complete(held.id);
+    let mut back = None;
+    for _ in 0..300 {
+        c1.poll(&mut |c| {
+            if c.request.kind == IoKind::Read {
+                back = Some(bytes_of(&c));
+            }
+        });
+        c2.poll(&mut |_| {});
+        rig.owner.poll();
+    }
+    rig.check();
+    back.expect("the held read completed")
+}
+
+#[test]
+fn grace_a_held_read_never_sees_another_volumes_data() {
+    for discard in [DiscardMode::Passdown, DiscardMode::NoPassdown] {
+        let back = held_read(Mutations::NONE, discard);
+        assert_eq!(back, vec![0xa1; BLOCK as usize], "{discard:?}: V1's data, never V2's");
+    }
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn grace_switched_off_lets_a_held_read_see_v2s_data() {
+    use bdev_thin::thin::mutations::Mutation;
+    for discard in [DiscardMode::Passdown, DiscardMode::NoPassdown] {
+        let back = held_read(Mutations::NONE.with(Mutation::NoGrace), discard);
+        assert_eq!(back, vec![0xb2; BLOCK as usize], "{discard:?}: the reused block's data");
+    }
+}
+
+#[test]
+fn snapshots_diverge_and_share_blocks_until_written() {
+    let mut rig = Rig::new(32, settings(DiscardMode::Passdown, Mutations::NONE));
+    let origin = rig.create_volume("origin", 8);
+    let mut co = rig.channel(origin);
+    for vblock in 0..4 {
+        assert_eq!(rig.run(&mut co, write(vblock, 0x10 + vblock as u8)).status, IoStatus::Success);
+    }
+    let used_before = rig.owner.metadata().used_data_blocks();
+    let snap = rig.snapshot(origin, "snap");
+    let mut cs = rig.channel(snap);
+    assert_eq!(rig.owner.metadata().used_data_blocks(), used_before, "a snapshot copies nothing");
+    // Writes after the snapshot are independent.
+    assert_eq!(rig.run(&mut co, write(0, 0xa0)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut cs, write(1, 0xb1)).status, IoStatus::Success);
+    // A partial write into a shared block copies the rest of it first.
+    let partial =
+        IoRequest::new(IoKind::Write, 2 * LBAS_PER_BLOCK, 1, 0).with_buffers(SgList::single({
+            let mut b = IoBuffer::new(LBA as usize);
+            b.as_mut_slice().fill(0xcc);
+            b
+        }));
+    assert_eq!(rig.run(&mut co, partial).status, IoStatus::Success);
+    assert_eq!(bytes_of(&rig.run(&mut co, read(0))), vec![0xa0; BLOCK as usize]);
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(0))), vec![0x10; BLOCK as usize]);
+    assert_eq!(bytes_of(&rig.run(&mut co, read(1))), vec![0x11; BLOCK as usize]);
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(1))), vec![0xb1; BLOCK as usize]);
+    let copied = bytes_of(&rig.run(&mut co, read(2)));
+    assert!(copied[..512].iter().all(|&b| b == 0xcc));
+    assert!(copied[512..].iter().all(|&b| b == 0x12));
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(2))), vec![0x12; BLOCK as usize]);
+    // A discard in one never passes down a block the other still maps.
+    assert_eq!(rig.run(&mut cs, unmap(3, 1)).status, IoStatus::Success);
+    assert_eq!(bytes_of(&rig.run(&mut co, read(3))), vec![0x13; BLOCK as usize]);
+    assert_eq!(
+        rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // The second write to the origin's block 0 is now exclusive: it goes straight through.
+    assert_eq!(rig.run(&mut co, write(0, 0xa5)).status, IoStatus::Success);
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(0))), vec![0x10; BLOCK as usize]);
+    rig.check();
+}
+
+#[test]
+fn discard_modes_and_write_zeroes() {
+    for discard in [DiscardMode::Passdown, DiscardMode::NoPassdown, DiscardMode::Ignore] {
+        let mut rig = Rig::new(16, settings(discard, Mutations::NONE));
+        let volume = rig.create_volume("v", 8);
+        let mut channel = rig.channel(volume);
+        for vblock in 0..4 {
+            assert_eq!(rig.run(&mut channel, write(vblock, 0x33)).status, IoStatus::Success);
+        }
+        // An unmap with partial edges: only the whole block 1 goes; edges keep their data.
+        let ragged = IoRequest::new(IoKind::Unmap, LBAS_PER_BLOCK - 1, LBAS_PER_BLOCK + 2, 0);
+        assert_eq!(rig.run(&mut channel, ragged).status, IoStatus::Success);
+        let expect1 = if discard == DiscardMode::Ignore { 0x33 } else { 0 };
+        assert_eq!(bytes_of(&rig.run(&mut channel, read(1))), vec![expect1; BLOCK as usize]);
+        assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![0x33; BLOCK as usize]);
+        assert_eq!(bytes_of(&rig.run(&mut channel, read(2))), vec![0x33; BLOCK as usize]);
+        // write_zeroes always zeroes, whatever the mode, edges included.
+        let zeroes =
+            IoRequest::new(IoKind::WriteZeroes, 2 * LBAS_PER_BLOCK + 4, LBAS_PER_BLOCK + 4, 0);
+        assert_eq!(rig.run(&mut channel, zeroes).status, IoStatus::Success);
+        let back2 = bytes_of(&rig.run(&mut channel, read(2)));
+        assert!(back2[..2048].iter().all(|&b| b == 0x33), "{discard:?}");
+        assert!(back2[2048..].iter().all(|&b| b == 0), "{discard:?}");
+        assert_eq!(bytes_of(&rig.run(&mut channel, read(3))), vec![0; BLOCK as usize]);
+        let passdowns =
+            rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(passdowns > 0, discard == DiscardMode::Passdown, "{discard:?}");
+        // NO_UNMAP keeps the range allocated.
+        let keep = IoRequest::new(IoKind::WriteZeroes, 6 * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
+            .with_flags(IoFlags::NO_UNMAP);
+        assert_eq!(rig.run(&mut channel, keep).status, IoStatus::Success);
+        assert!(
+            rig.owner.metadata().lookup(volume, bdev_thin::thin::types::VirtBlock(6)).is_some()
+        );
+        assert_eq!(bytes_of(&rig.run(&mut channel, read(6))), vec![0; BLOCK as usize]);
+        rig.check();
+    }
+}
+
+#[test]
+fn flush_commits_and_fua_writes_wait_for_the_commit() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    let commits =
+        |rig: &Rig| rig.shared.counters.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = commits(&rig);
+    assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
+    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
+    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
+    assert_eq!(commits(&rig), before + 1);
+    assert!(!rig.owner.metadata().is_dirty());
+    let fua = write(1, 2).with_flags(IoFlags::FUA);
+    assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
+    assert_eq!(commits(&rig), before + 2, "a FUA provision is answered after its commit");
+    rig.check();
+}
