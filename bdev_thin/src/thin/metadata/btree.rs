@@ -484,6 +484,13 @@ impl Store {
         }
         let mut bytes = encode_node(kind, root, generation, node.level, &entries);
         let checksum = codec::seal(&mut bytes, kind.block_type());
+        // The pair of the checks open makes: what is written must read back as itself.
+        debug_assert!(
+            codec::verify_header(&bytes, kind.block_type(), root, Some(checksum), generation)
+                .is_ok()
+                && decode_node(&bytes, root).is_ok_and(|n| n.entries == entries),
+            "metadata block {root} does not decode to what was encoded"
+        );
         let stored = self.nodes.get_mut(&root).expect("a live node is in memory");
         stored.entries = entries;
         stored.checksum = checksum;
