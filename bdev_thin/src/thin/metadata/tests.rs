@@ -1032,3 +1032,15 @@ fn names_and_volume_limits_are_enforced() {
         Some(MetadataError::NoSuchVolume { id: VolumeId(9) })
     );
 }
+
+#[test]
+fn check_fails_on_mappings_past_the_end_and_from_the_future() {
+    let (mut image, mut md) = sample_image();
+    md.top.volumes.get_mut(&VolumeId(1)).unwrap().record.size_bytes = 4096 * 10;
+    md.top.time = 0;
+    md.dirty = true;
+    commit(&mut md, &mut image);
+    let problems = image.check().unwrap_err();
+    assert!(problems.iter().any(|p| p.contains("volume 1: virtual block 399 mapped past")));
+    assert!(problems.iter().any(|p| p.contains("newer than the pool time")), "{problems:?}");
+}
