@@ -53,8 +53,9 @@ pub const METADATA_BTREE_DEPTH_MAX: usize = 8;
 /// commit that changes it, 28 records per block, under one index block of 254 entries.
 pub const POOL_VOLUMES_MAX: usize = 4096;
 
-/// Metadata blocks one mutation (insert, remove, snapshot) may allocate: a shadow and a split
-/// per level plus a new root, and a sibling shadow per level for a rebalance.
+/// Metadata blocks one mutation (insert, remove, snapshot) may allocate: per level a shadow of
+/// the path node and of one neighbour (rebalance, or entries handed over on overflow) or a
+/// split, plus a new root; twice that for margin.
 pub const METADATA_MUTATION_BLOCKS_MAX: u64 = 4 * METADATA_BTREE_DEPTH_MAX as u64 + 2;
 
 /// The metadata reserve is min(this, 10 % of the region) (dm-thin's min(16 MiB, 10 %)):

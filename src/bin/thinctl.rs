@@ -85,7 +85,10 @@ fn main() {
 fn check(device: &Path, metadata_path: Option<&Path>) -> anyhow::Result<i32> {
     let region = Region::open(metadata_path.unwrap_or(device))?;
     let mut problems = Vec::new();
-    if let Ok(Some((layout, _, _))) = PoolMetadata::probe(&mut region.reader()) {
+    if let Ok(Some((layout, pool, _))) = PoolMetadata::probe(&mut region.reader()) {
+        if pool.needs_check {
+            println!("note: the pool's needs_check flag is set (a metadata write failed)");
+        }
         let region_bytes = layout.metadata_blocks.saturating_mul(METADATA_BLOCK_BYTES as u64);
         if region_bytes > region.bytes {
             problems.push(format!(

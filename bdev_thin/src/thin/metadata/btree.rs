@@ -4,8 +4,9 @@
 //! (nodes, or for mapping leaves the data blocks) gain a reference while the old one loses one.
 //! Later changes edit the shadow in place. Committed nodes are never edited, so the committed
 //! trees stay readable until `commit_done` (abort and `prepare_overwrite` read them).
-//! Inserts split full nodes; removes merge or redistribute under-full siblings, so every
-//! non-root node stays at least half full. Owned by `PoolMetadata` on the pool owner's core.
+//! An overflowing node hands entries to a neighbour with room, else splits; removes merge or
+//! redistribute under-full siblings, so every non-root node stays at least half full (the
+//! bound docs/format.md states per mapping). Owned by `PoolMetadata` on the pool owner's core.
 
 use std::collections::{HashMap, HashSet};
 
@@ -249,28 +250,25 @@ impl Store {
         b: u64,
     ) -> Result<Option<(u64, u64)>, MetadataError> {
         if *root == 0 {
-            *root = self.alloc_node(Node {
-                level: 0,
-                entries: vec![Entry { key, a, b }],
-                checksum: 0,
-            })?;
+            let entries = vec![Entry { key, a, b }];
+            *root = self.alloc_node(Node { level: 0, entries, checksum: 0 })?;
             return Ok(None);
         }
         let top = self.shadow(kind, *root)?;
         *root = top;
-        let (old, split) = self.insert_rec(kind, top, key, a, b)?;
-        if let Some((separator, right)) = split {
+        let old = self.insert_rec(kind, top, key, a, b)?;
+        if self.node(top).entries.len() > METADATA_NODE_ENTRIES_MAX {
+            // Grow a level: a new root whose only child is the old one, then split that.
             let node = self.node(top);
+            let entries = vec![Entry { key: node.entries[0].key, a: top, b: 0 }];
             let level = node.level + 1;
-            let first = node.entries[0].key;
-            let entries =
-                vec![Entry { key: first, a: top, b: 0 }, Entry { key: separator, a: right, b: 0 }];
-            *root = self.alloc_node(Node { level, entries, checksum: 0 })?;
+            let new_root = self.alloc_node(Node { level, entries, checksum: 0 })?;
+            self.split_child(new_root, 0)?;
+            *root = new_root;
         }
         Ok(old)
     }
 
-    #[allow(clippy::type_complexity)]
     fn insert_rec(
         &mut self,
         kind: TreeKind,
@@ -278,47 +276,88 @@ impl Store {
         key: u64,
         a: u64,
         b: u64,
-    ) -> Result<(Option<(u64, u64)>, Option<(u64, u64)>), MetadataError> {
-        let level = self.node(loc).level;
-        let old;
-        if level == 0 {
+    ) -> Result<Option<(u64, u64)>, MetadataError> {
+        if self.node(loc).level == 0 {
             let node = self.node_mut(loc);
-            match node.entries.binary_search_by_key(&key, |e| e.key) {
+            return Ok(match node.entries.binary_search_by_key(&key, |e| e.key) {
                 Ok(i) => {
                     let entry = &mut node.entries[i];
-                    old = Some((entry.a, entry.b));
+                    let old = (entry.a, entry.b);
                     entry.a = a;
                     entry.b = b;
+                    Some(old)
                 }
                 Err(i) => {
                     node.entries.insert(i, Entry { key, a, b });
-                    old = None;
+                    None
                 }
-            }
-        } else {
-            let i = child_index(&self.node(loc).entries, key).unwrap_or(0);
-            let child = self.node(loc).entries[i].a;
-            let shadow = self.shadow(kind, child)?;
-            let node = self.node_mut(loc);
-            node.entries[i].a = shadow;
-            if key < node.entries[i].key {
-                node.entries[i].key = key;
-            }
-            let (child_old, split) = self.insert_rec(kind, shadow, key, a, b)?;
-            old = child_old;
-            if let Some((separator, right)) = split {
-                self.node_mut(loc).entries.insert(i + 1, Entry { key: separator, a: right, b: 0 });
-            }
+            });
         }
-        if self.node(loc).entries.len() > METADATA_NODE_ENTRIES_MAX {
-            let node = self.node_mut(loc);
-            let half = node.entries.len() / 2;
-            let right_entries = node.entries.split_off(half);
-            let separator = right_entries[0].key;
-            let right = self.alloc_node(Node { level, entries: right_entries, checksum: 0 })?;
-            return Ok((old, Some((separator, right))));
+        let i = child_index(&self.node(loc).entries, key).unwrap_or(0);
+        let child = self.node(loc).entries[i].a;
+        let shadow = self.shadow(kind, child)?;
+        let node = self.node_mut(loc);
+        node.entries[i].a = shadow;
+        if key < node.entries[i].key {
+            node.entries[i].key = key;
         }
-        Ok((old, None))
+        let old = self.insert_rec(kind, shadow, key, a, b)?;
+        if self.node(shadow).entries.len() > METADATA_NODE_ENTRIES_MAX {
+            self.relieve_overflow(kind, loc, i)?;
+        }
+        Ok(old)
+    }
+
+    /// Child `i` of `parent` holds one entry over capacity: move entries into a sibling with
+    /// room (B*-tree style, so sequential fills leave full nodes, not half-full ones), or
+    /// split it in two halves.
+    fn relieve_overflow(
+        &mut self,
+        kind: TreeKind,
+        parent: u64,
+        i: usize,
+    ) -> Result<(), MetadataError> {
+        let child = self.node(parent).entries[i].a;
+        let spare = self.node(child).entries.len().saturating_sub(METADATA_NODE_ENTRIES_MIN);
+        let room_of = |store: &Store, sibling: usize| -> usize {
+            let loc = store.node(parent).entries[sibling].a;
+            METADATA_NODE_ENTRIES_MAX.saturating_sub(store.node(loc).entries.len()).min(spare)
+        };
+        if i > 0 && room_of(self, i - 1) > 0 {
+            let room = room_of(self, i - 1);
+            let left = self.shadow(kind, self.node(parent).entries[i - 1].a)?;
+            self.node_mut(parent).entries[i - 1].a = left;
+            let moved: Vec<Entry> = self.node_mut(child).entries.drain(..room).collect();
+            self.node_mut(left).entries.extend(moved);
+            let first = self.node(child).entries[0].key;
+            self.node_mut(parent).entries[i].key = first;
+            return Ok(());
+        }
+        if i + 1 < self.node(parent).entries.len() && room_of(self, i + 1) > 0 {
+            let room = room_of(self, i + 1);
+            let right = self.shadow(kind, self.node(parent).entries[i + 1].a)?;
+            self.node_mut(parent).entries[i + 1].a = right;
+            let len = self.node(child).entries.len();
+            let moved: Vec<Entry> = self.node_mut(child).entries.drain(len - room..).collect();
+            self.node_mut(right).entries.splice(0..0, moved);
+            let first = self.node(right).entries[0].key;
+            self.node_mut(parent).entries[i + 1].key = first;
+            return Ok(());
+        }
+        self.split_child(parent, i)
+    }
+
+    /// Splits child `i` of `parent` into two halves; the parent gains an entry.
+    fn split_child(&mut self, parent: u64, i: usize) -> Result<(), MetadataError> {
+        let child = self.node(parent).entries[i].a;
+        let node = self.node_mut(child);
+        let level = node.level;
+        let half = node.entries.len() / 2;
+        let right_entries = node.entries.split_off(half);
+        let separator = right_entries[0].key;
+        let right = self.alloc_node(Node { level, entries: right_entries, checksum: 0 })?;
+        self.node_mut(parent).entries.insert(i + 1, Entry { key: separator, a: right, b: 0 });
+        Ok(())
     }
 
     /// Removes `key`; returns its value. Nothing is shadowed when the key is absent.
@@ -445,6 +484,13 @@ impl Store {
         }
         let mut bytes = encode_node(kind, root, generation, node.level, &entries);
         let checksum = codec::seal(&mut bytes, kind.block_type());
+        // The pair of the checks open makes: what is written must read back as itself.
+        debug_assert!(
+            codec::verify_header(&bytes, kind.block_type(), root, Some(checksum), generation)
+                .is_ok()
+                && decode_node(&bytes, root).is_ok_and(|n| n.entries == entries),
+            "metadata block {root} does not decode to what was encoded"
+        );
         let stored = self.nodes.get_mut(&root).expect("a live node is in memory");
         stored.entries = entries;
         stored.checksum = checksum;

@@ -6,7 +6,7 @@
 //! simulator) adds the structural walk: key order and bounds, half-full nodes, virtual blocks
 //! inside their volume, mapped_blocks per volume. Offline or at open, on the caller's thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::btree::{self, Store, TreeKind};
 use super::codec::{self, BlockType};
@@ -275,78 +275,88 @@ pub(super) fn load(mut read_block: ReadBlock<'_>) -> Result<Loaded, MetadataErro
     Ok(Loaded { metadata, problems })
 }
 
-/// Walks one tree for structure: keys inside the bounds their parents set, non-root nodes at
-/// least half full; calls `leaf` for every leaf entry.
-fn walk(
+/// What a subtree holds, computed once per node however many volumes share it.
+#[derive(Clone, Copy)]
+struct Summary {
+    mappings: u64,
+    max_key: u64,
+}
+
+/// Summarizes the subtree at `loc` (key ranges were verified by `load`); reports non-root
+/// nodes under half full and mappings newer than the pool time, once per node.
+fn summarize(
     store: &Store,
     loc: u64,
-    bounds: (u64, Option<u64>),
-    is_root: bool,
+    roots: &HashSet<u64>,
+    pool_time: u64,
+    memo: &mut HashMap<u64, Summary>,
     problems: &mut Vec<String>,
-    leaf: &mut dyn FnMut(u64, u64, u64),
-) {
+) -> Summary {
+    if let Some(summary) = memo.get(&loc) {
+        return *summary;
+    }
     let node = store.node(loc);
-    if !is_root && node.entries.len() < METADATA_NODE_ENTRIES_MIN {
+    if !roots.contains(&loc) && node.entries.len() < METADATA_NODE_ENTRIES_MIN {
         problems.push(format!("metadata block {loc}: node under half full"));
     }
-    let (low, high) = bounds;
-    for (i, entry) in node.entries.iter().enumerate() {
-        if entry.key < low || high.is_some_and(|h| entry.key >= h) {
-            problems.push(format!("metadata block {loc}: key {} outside its parent's", entry.key));
+    let mut summary = Summary { mappings: 0, max_key: 0 };
+    if node.level == 0 {
+        summary.mappings = node.entries.len() as u64;
+        summary.max_key = node.entries.last().map_or(0, |e| e.key);
+        let future = node.entries.iter().filter(|e| e.b > pool_time).count();
+        if future > 0 {
+            problems
+                .push(format!("metadata block {loc}: {future} mappings newer than the pool time"));
         }
-        if node.level == 0 {
-            leaf(entry.key, entry.a, entry.b);
-        } else {
-            let next = node.entries.get(i + 1).map(|e| e.key).or(high);
-            walk(store, entry.a, (entry.key, next), false, problems, leaf);
+    } else {
+        for entry in &node.entries {
+            let child = summarize(store, entry.a, roots, pool_time, memo, problems);
+            summary.mappings += child.mappings;
+            summary.max_key = child.max_key;
         }
     }
+    memo.insert(loc, summary);
+    summary
 }
 
 /// Offline check: everything `open` verifies, committed data counts = references recomputed
 /// from every reachable tree (each shared subtree once), structure, key order, virtual blocks
-/// inside their volume, mapped_blocks per volume. Ok(report) when clean.
+/// inside their volume, mapped_blocks per volume. Ok(report) when clean. Linear in the number
+/// of distinct nodes, however many snapshots share them.
 pub fn check(read_block: ReadBlock<'_>) -> Result<CheckReport, Vec<String>> {
     let loaded = load(read_block).map_err(|e| vec![e.to_string()])?;
     let mut problems: Vec<String> = loaded.problems.into_iter().map(|(_, line)| line).collect();
     let metadata = &loaded.metadata;
     let store = &metadata.store;
     let layout = metadata.top.layout;
+    let mut roots: HashSet<u64> = metadata.top.volumes.values().map(|v| v.root.loc).collect();
+    roots.insert(metadata.top.space_root.loc);
+    let mut memo = HashMap::new();
     let mut mappings = 0;
     for stored in metadata.top.volumes.values() {
         let record = &stored.record;
+        let summary = match stored.root.loc {
+            0 => Summary { mappings: 0, max_key: 0 },
+            root => summarize(store, root, &roots, metadata.top.time, &mut memo, &mut problems),
+        };
         let blocks = layout.virt_blocks(record.size_bytes);
-        let mut count = 0u64;
-        let mut past_end = 0u64;
-        let mut future = 0u64;
-        if stored.root.loc != 0 {
-            walk(store, stored.root.loc, (0, None), true, &mut problems, &mut |key, _, time| {
-                count += 1;
-                if key >= blocks {
-                    past_end += 1;
-                }
-                if time > metadata.top.time {
-                    future += 1;
-                }
-            });
-        }
-        if past_end > 0 {
-            problems.push(format!("{}: {past_end} mappings past its end", record.id));
-        }
-        if future > 0 {
-            problems.push(format!("{}: {future} mappings newer than the pool time", record.id));
-        }
-        if count != record.mapped_blocks {
+        if summary.mappings > 0 && summary.max_key >= blocks {
             problems.push(format!(
-                "{}: mapped_blocks {} but {count} mappings",
-                record.id, record.mapped_blocks
+                "{}: virtual block {} mapped past its {blocks} blocks",
+                record.id, summary.max_key
             ));
         }
-        mappings += count;
+        if summary.mappings != record.mapped_blocks {
+            problems.push(format!(
+                "{}: mapped_blocks {} but {} mappings",
+                record.id, record.mapped_blocks, summary.mappings
+            ));
+        }
+        mappings += summary.mappings;
     }
     let space_root = metadata.top.space_root.loc;
     if space_root != 0 {
-        walk(store, space_root, (0, None), true, &mut problems, &mut |_, _, _| {});
+        summarize(store, space_root, &roots, u64::MAX, &mut memo, &mut problems);
     }
     if !problems.is_empty() {
         return Err(problems);

@@ -127,6 +127,9 @@ impl MetaSpace {
             .collect();
         self.free_both += freed_committed.len() as u64;
         self.committed.clear();
+        // Blocks this commit freed are reusable now: scan from the start again, so the region
+        // stays compact (and reuse, where the allocation rule matters, happens promptly).
+        self.cursor = 2;
     }
 
     pub fn abort(&mut self) {
@@ -137,6 +140,7 @@ impl MetaSpace {
             }
         }
         self.free_both = self.counts.iter().filter(|c| **c == 0).count() as u64;
+        self.cursor = 2;
     }
 }
 

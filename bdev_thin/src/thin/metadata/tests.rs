@@ -280,7 +280,8 @@ fn run_ops(ops: &[Op]) {
     commit(&mut md, &mut image);
     let mut model: Model = BTreeMap::new();
     let mut committed_model = model.clone();
-    for op in ops {
+    let mut committed_fingerprint = fingerprint(&image.open().unwrap());
+    for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Create => {
                 let id = md.create_volume([1; 16], "v", VOLUME_BYTES).unwrap();
@@ -366,10 +367,19 @@ fn run_ops(ops: &[Op]) {
                 md.resize_volume(id, VOLUME_BYTES, &mut |_| {}).unwrap();
             }
             Op::Commit => {
-                commit(&mut md, &mut image);
+                let plan = md.begin_commit();
+                // A crash with some of the blocks written and no superblock: the last commit.
+                let mut crashed = image.clone();
+                for (block, bytes) in plan.blocks.iter().skip(step % 2).step_by(2) {
+                    crashed.write(*block, bytes);
+                }
+                assert_eq!(fingerprint(&crashed.open().unwrap()), committed_fingerprint);
+                image.apply(&plan);
+                md.commit_done();
                 committed_model = model.clone();
                 let reopened = image.open().unwrap();
-                assert_eq!(fingerprint(&reopened), fingerprint(&md));
+                committed_fingerprint = fingerprint(&reopened);
+                assert_eq!(committed_fingerprint, fingerprint(&md));
                 image.check().unwrap();
             }
             Op::Abort => {
@@ -574,6 +584,8 @@ fn check_fails_on_a_stale_block() {
 #[test]
 fn check_fails_on_a_count_off_by_one() {
     let (_, mut md) = sample_image();
+    let before = md.data_count(DataBlock(4));
+    assert!(before > 0);
     md.store.data.inc(4);
     md.dirty = true;
     let mut image = Image::default();
@@ -581,7 +593,8 @@ fn check_fails_on_a_count_off_by_one() {
     image.blocks = good.blocks.clone();
     commit(&mut md, &mut image);
     let problems = image.check().unwrap_err();
-    assert_eq!(problems, vec!["data block 4: committed count 2, references 1".to_string()]);
+    let expected = format!("data block 4: committed count {}, references {before}", before + 1);
+    assert_eq!(problems, vec![expected]);
     assert!(image.open().is_err());
 }
 
@@ -953,4 +966,81 @@ fn million_mappings_figures() {
     );
     assert_eq!(report.mappings, mappings);
     assert_eq!(reopened.volume(id).unwrap().mapped_blocks, mappings);
+}
+
+#[test]
+fn settings_growth_and_needs_check_persist() {
+    let (mut image, mut md) = sample_image();
+    md.pool_mut().discard = DiscardMode::Ignore;
+    md.pool_mut().low_water_mark = 77;
+    md.grow_data(5000).unwrap();
+    assert!(matches!(md.grow_data(1 << 40), Err(MetadataError::GrowPastMax { .. })));
+    md.insert(VolumeId(1), VirtBlock(900), Mapping { data_block: DataBlock(4500), time: 1 })
+        .unwrap();
+    commit(&mut md, &mut image);
+    let reopened = image.open().unwrap();
+    assert_eq!(reopened.pool().discard, DiscardMode::Ignore);
+    assert_eq!(reopened.pool().low_water_mark, 77);
+    assert_eq!(reopened.layout().data_blocks, 5000);
+    assert_eq!(reopened.data_count_committed(DataBlock(4500)), 1);
+    image.check().unwrap();
+
+    // A failed commit: abort, but the needs_check raised meanwhile is written next time.
+    md.remove(VolumeId(1), VirtBlock(900)).unwrap();
+    let _ = md.begin_commit();
+    md.set_needs_check();
+    md.abort();
+    assert!(md.is_dirty());
+    assert_eq!(md.lookup(VolumeId(1), VirtBlock(900)).map(|m| m.data_block), Some(DataBlock(4500)));
+    commit(&mut md, &mut image);
+    assert!(image.open().unwrap().pool().needs_check);
+}
+
+#[test]
+fn another_format_version_is_an_error_not_an_empty_device() {
+    let (mut image, md) = sample_image();
+    for slot in 0..2u64 {
+        let mut bytes = image.blocks[&slot].clone();
+        codec::put_u32(&mut bytes, 32, FORMAT_VERSION + 1);
+        codec::seal(&mut bytes, BlockType::Superblock);
+        image.write(MetaBlock(slot), &bytes);
+    }
+    let expected = MetadataError::Version { found: FORMAT_VERSION + 1 };
+    assert_eq!(image.open().err(), Some(expected.clone()));
+    assert_eq!(PoolMetadata::probe(&mut image.reader()).err(), Some(expected));
+    drop(md);
+}
+
+#[test]
+fn names_and_volume_limits_are_enforced() {
+    let mut md = PoolMetadata::format(layout(2048, 4096, 4096), pool_record()).unwrap();
+    let long = "x".repeat(NAME_BYTES_MAX + 1);
+    assert_eq!(
+        md.create_volume([0; 16], &long, 1).err(),
+        Some(MetadataError::NameTooLong { bytes: NAME_BYTES_MAX + 1 })
+    );
+    let mut pool = pool_record();
+    pool.name = long;
+    assert!(PoolMetadata::format(layout(2048, 4096, 4096), pool).is_err());
+    let id = md.create_volume([0; 16], "v", 8192).unwrap();
+    let past = md.insert(id, VirtBlock(2), Mapping { data_block: DataBlock(0), time: 0 });
+    assert!(matches!(past, Err(MetadataError::VirtBlockOutOfRange { blocks: 2, .. })));
+    let far = md.insert(id, VirtBlock(1), Mapping { data_block: DataBlock(4096), time: 0 });
+    assert!(matches!(far, Err(MetadataError::DataBlockOutOfRange { .. })));
+    assert_eq!(
+        md.remove(VolumeId(9), VirtBlock(0)).err(),
+        Some(MetadataError::NoSuchVolume { id: VolumeId(9) })
+    );
+}
+
+#[test]
+fn check_fails_on_mappings_past_the_end_and_from_the_future() {
+    let (mut image, mut md) = sample_image();
+    md.top.volumes.get_mut(&VolumeId(1)).unwrap().record.size_bytes = 4096 * 10;
+    md.top.time = 0;
+    md.dirty = true;
+    commit(&mut md, &mut image);
+    let problems = image.check().unwrap_err();
+    assert!(problems.iter().any(|p| p.contains("volume 1: virtual block 399 mapped past")));
+    assert!(problems.iter().any(|p| p.contains("newer than the pool time")), "{problems:?}");
 }
