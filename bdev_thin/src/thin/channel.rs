@@ -25,6 +25,11 @@ use crate::limits;
 const PIECES: usize = limits::THIN_PIECES_PER_ROUND_MAX;
 /// Piece number of a request sent to the owner whole (unmap, write_zeroes, flush).
 const WHOLE: u64 = 0xff;
+/// Piece number of a request inside one data block sent whole to the device (the fast path:
+/// no split, no join; only its offset and tag are rewritten and restored).
+const SINGLE_DEVICE: u64 = 0xfe;
+/// Piece number of a request inside one data block sent whole to the owner.
+const SINGLE_OWNER: u64 = 0xfd;
 
 /// Geometry a channel needs, fixed for the pool's life.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +55,9 @@ struct Slot {
     device_outstanding: usize,
     ticket: Option<EpochTicket>,
     status: IoStatus,
+    /// A single-block request's own offset and tag, restored at completion.
+    original_offset: u64,
+    original_tag: u64,
 }
 
 /// One core's channel of one thin volume.
@@ -226,6 +234,64 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         }
     }
 
+    /// The fast path: a request inside one data block goes to the device (or the owner)
+    /// whole, with only its offset and tag rewritten.
+    fn submit_single(&mut self, index: usize, mut request: IoRequest) {
+        let block_lbas = self.geometry.lbas_per_block;
+        let vblock = request.offset_blocks / block_lbas;
+        let in_block = request.offset_blocks % block_lbas;
+        // Enter before reading the view (see grace.rs for the protocol).
+        let ticket = self.shared.epochs.enter(&self.pool.epochs);
+        let resolved = self.view.resolve(VirtBlock(vblock));
+        let write = request.kind == IoKind::Write;
+        let direct = match resolved {
+            Resolved::Unmapped if !write => {
+                self.shared.epochs.leave(ticket);
+                request.buffers.fill(0);
+                self.finish(index, request, IoStatus::Success);
+                return;
+            }
+            Resolved::Mapped { data_block, .. } if !write => Some(data_block),
+            Resolved::Mapped { data_block, exclusive: true }
+                if !request.flags.contains(IoFlags::FUA) && !self.view.is_quiesced() =>
+            {
+                Some(data_block)
+            }
+            _ => None,
+        };
+        let slot = &mut self.slots[index];
+        slot.original_offset = request.offset_blocks;
+        slot.original_tag = request.tag;
+        match direct {
+            Some(data_block) => {
+                slot.ticket = Some(ticket);
+                request.offset_blocks =
+                    self.geometry.data_offset_lbas + data_block.0 * block_lbas + in_block;
+                request.tag = token(index, SINGLE_DEVICE);
+                if let Err(request) = self.data.submit(request) {
+                    // The device channel is as deep as this channel: cannot happen.
+                    debug_assert!(false, "data channel full");
+                    let status = IoStatus::Failed(libc::EAGAIN);
+                    self.piece_done(IoCompletion { request, status }, true);
+                }
+            }
+            None => {
+                // Provision, break sharing, quiesced or FUA: the owner's work. The epoch is
+                // left at the hand-off.
+                self.shared.epochs.leave(ticket);
+                let tag = token(index, SINGLE_OWNER);
+                request.tag = tag;
+                self.send_to_owner(OwnerMessage {
+                    channel: self.index,
+                    volume: self.volume,
+                    op: OwnerOp::Write,
+                    request,
+                    token: tag,
+                });
+            }
+        }
+    }
+
     /// A piece came back (from the device when `device`, else from the owner).
     fn piece_done(&mut self, completion: IoCompletion, device: bool) {
         let IoCompletion { mut request, status } = completion;
@@ -234,6 +300,15 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             debug_assert!(false, "completion for an idle slot");
             return;
         };
+        if piece == SINGLE_DEVICE || piece == SINGLE_OWNER {
+            if let Some(ticket) = slot.ticket.take() {
+                self.shared.epochs.leave(ticket);
+            }
+            request.offset_blocks = slot.original_offset;
+            request.tag = slot.original_tag;
+            self.finish(index, request, status);
+            return;
+        }
         if piece == WHOLE {
             let mut original = slot.request.take().expect("a busy slot holds its request");
             original.buffers = request.buffers.take();
@@ -311,6 +386,13 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
             return Ok(());
         }
         match request.kind {
+            IoKind::Read | IoKind::Write
+                if request.offset_blocks / self.geometry.lbas_per_block
+                    == (request.offset_blocks + request.num_blocks - 1)
+                        / self.geometry.lbas_per_block =>
+            {
+                self.submit_single(index, request);
+            }
             IoKind::Read | IoKind::Write => {
                 slot.remaining = request.buffers.take();
                 slot.next_lba = request.offset_blocks;

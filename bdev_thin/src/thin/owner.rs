@@ -448,7 +448,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         busy |= self.run_grace();
         busy |= self.run_snapshots();
         busy |= self.run_commit_trigger();
-        self.publish_counters();
+        if busy {
+            self.publish_counters();
+        }
         PollStatus::busy_if(busy)
     }
 
@@ -461,11 +463,17 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             || !self.snapshots.is_empty()
             || !self.deferred.is_empty()
             || !self.passdown_done.is_empty()
-            || self
-                .ops
-                .iter()
-                .flatten()
-                .any(|op| matches!(op, Op::Range(r) if r.stage == RangeStage::WaitGrace))
+            || (self.ops_busy()
+                && self
+                    .ops
+                    .iter()
+                    .flatten()
+                    .any(|op| matches!(op, Op::Range(r) if r.stage == RangeStage::WaitGrace)))
+    }
+
+    /// Whether any op slot is in use: the idle poll skips every scan of the slots.
+    fn ops_busy(&self) -> bool {
+        self.free_ops.len() < self.ops.len()
     }
 
     /// Asks for a commit at the next poll (a stopping host commits every pool).
@@ -1377,10 +1385,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     fn run_grace(&mut self) -> bool {
         let no_grace = self.settings.mutations.is_on(Mutation::NoGrace);
-        let waiting_ranges = self
-            .ops
-            .iter()
-            .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::WaitGrace));
+        let waiting_ranges = self.ops_busy()
+            && self
+                .ops
+                .iter()
+                .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::WaitGrace));
         let waiting =
             waiting_ranges || self.space.in_grace_count() > 0 || !self.snapshots.is_empty();
         if !waiting {
@@ -1634,15 +1643,18 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         if self.commit_stage != CommitStage::Idle || self.finished || self.deleting.is_some() {
             return false;
         }
-        let now = self.host.now_ns();
+        let dirty = self.meta.is_dirty();
+        let now = if dirty { self.host.now_ns() } else { self.last_commit_ns };
         let interval_ns = u64::from(self.settings.commit_interval_ms) * 1_000_000;
-        let timer = self.meta.is_dirty() && now.saturating_sub(self.last_commit_ns) >= interval_ns;
-        let waiting = self.ops.iter().any(|op| match op {
-            Some(Op::Flush(_)) => true,
-            Some(Op::Write(w)) => matches!(w.stage, WriteStage::WaitCommit { .. }),
-            Some(Op::Range(r)) => matches!(r.stage, RangeStage::WaitCommit { .. }),
-            None => false,
-        }) || !self.control_commits.is_empty()
+        let timer = dirty && now.saturating_sub(self.last_commit_ns) >= interval_ns;
+        let waiting = self.ops_busy()
+            && self.ops.iter().any(|op| match op {
+                Some(Op::Flush(_)) => true,
+                Some(Op::Write(w)) => matches!(w.stage, WriteStage::WaitCommit { .. }),
+                Some(Op::Range(r)) => matches!(r.stage, RangeStage::WaitCommit { .. }),
+                None => false,
+            })
+            || !self.control_commits.is_empty()
             || self.snapshots.front().is_some_and(|s| s.after.is_some());
         if !(timer || waiting || self.commit_wanted) {
             return false;
