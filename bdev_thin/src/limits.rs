@@ -159,3 +159,7 @@ pub const RPC_ACCEPTS_PER_POLL_MAX: usize = 16;
 const _: () = assert!(RPC_CONNECTIONS_MAX >= 64);
 const _: () = assert!(RPC_BATCH_ENTRIES_MAX <= RPC_REPLY_RING_ENTRIES);
 const _: () = assert!(RPC_OUTPUT_PAUSE_BYTES < RPC_OUTPUT_BYTES_MAX);
+
+/// Virtual blocks of a new snapshot's view the owner fills per poll (bounded work per poll;
+/// 64 Ki entries are about 0.1 ms).
+pub const VIEW_BUILD_BLOCKS_PER_POLL: u64 = 65536;

@@ -73,6 +73,8 @@ pub struct VolumeChannel<D: BlockDevice, W: Waker> {
     free_slots: Vec<usize>,
     /// Requests for the owner that found its inbox full (back-pressure).
     outbox: VecDeque<OwnerMessage>,
+    /// Requests waiting for a new snapshot's view: (slot, end virtual block).
+    parked: VecDeque<(usize, u64)>,
     /// Finished requests waiting for the next poll's `complete` callback.
     ready: VecDeque<IoCompletion>,
     completed: Vec<IoCompletion>,
@@ -110,6 +112,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free_slots: (0..depth).rev().collect(),
             outbox: VecDeque::with_capacity(depth),
+            parked: VecDeque::with_capacity(depth),
             ready: VecDeque::with_capacity(depth),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
         })
@@ -234,6 +237,39 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         }
     }
 
+    /// Sends a read or write on its way: whole if it lies inside one data block, else split.
+    fn dispatch_data(&mut self, index: usize, mut request: IoRequest) {
+        let block_lbas = self.geometry.lbas_per_block;
+        let first = request.offset_blocks / block_lbas;
+        let last = (request.offset_blocks + request.num_blocks - 1) / block_lbas;
+        if first == last {
+            self.submit_single(index, request);
+            return;
+        }
+        let slot = &mut self.slots[index];
+        slot.remaining = request.buffers.take();
+        slot.next_lba = request.offset_blocks;
+        slot.end_lba = request.offset_blocks + request.num_blocks;
+        slot.request = Some(request);
+        self.issue_round(index);
+    }
+
+    /// Retries requests parked until their range of a new snapshot's view is filled.
+    fn retry_parked(&mut self) {
+        for _ in 0..self.parked.len() {
+            let Some((index, end_vblock)) = self.parked.pop_front() else {
+                break;
+            };
+            if !self.view.is_ready_below(VirtBlock(end_vblock)) {
+                self.parked.push_back((index, end_vblock));
+                continue;
+            }
+            if let Some(request) = self.slots[index].request.take() {
+                self.dispatch_data(index, request);
+            }
+        }
+    }
+
     /// The fast path: a request inside one data block goes to the device (or the owner)
     /// whole, with only its offset and tag rewritten.
     fn submit_single(&mut self, index: usize, mut request: IoRequest) {
@@ -244,6 +280,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         let ticket = self.shared.epochs.enter(&self.pool.epochs);
         let resolved = self.view.resolve(VirtBlock(vblock));
         let write = request.kind == IoKind::Write;
+        debug_assert!(resolved != Resolved::NotReady, "dispatched before its view was ready");
         let direct = match resolved {
             Resolved::Unmapped if !write => {
                 self.shared.epochs.leave(ticket);
@@ -368,7 +405,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
 }
 
 impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
-    fn submit(&mut self, mut request: IoRequest) -> Result<(), IoRequest> {
+    fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
         if self.ready.len() + self.in_flight_slots() >= limits::THIN_CHANNEL_DEPTH_MAX {
             return Err(request);
         }
@@ -386,19 +423,16 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
             return Ok(());
         }
         match request.kind {
-            IoKind::Read | IoKind::Write
-                if request.offset_blocks / self.geometry.lbas_per_block
-                    == (request.offset_blocks + request.num_blocks - 1)
-                        / self.geometry.lbas_per_block =>
-            {
-                self.submit_single(index, request);
-            }
             IoKind::Read | IoKind::Write => {
-                slot.remaining = request.buffers.take();
-                slot.next_lba = request.offset_blocks;
-                slot.end_lba = request.offset_blocks + request.num_blocks;
-                slot.request = Some(request);
-                self.issue_round(index);
+                let end_vblock = (request.offset_blocks + request.num_blocks)
+                    .div_ceil(self.geometry.lbas_per_block);
+                if self.view.is_ready_below(VirtBlock(end_vblock)) {
+                    self.dispatch_data(index, request);
+                } else {
+                    // A new snapshot's view is still being filled: wait for this range.
+                    slot.request = Some(request);
+                    self.parked.push_back((index, end_vblock));
+                }
             }
             IoKind::Unmap | IoKind::WriteZeroes | IoKind::Flush => {
                 let op = match request.kind {
@@ -426,6 +460,9 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
 
     fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
         self.flush_outbox();
+        if !self.parked.is_empty() {
+            self.retry_parked();
+        }
         if self.data.in_flight() > 0 {
             let mut completed = std::mem::take(&mut self.completed);
             self.data.poll(&mut |completion| completed.push(completion));
@@ -451,7 +488,10 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
     }
 
     fn prepare_park(&mut self) -> bool {
-        self.ready.is_empty() && self.outbox.is_empty() && self.data.prepare_park()
+        self.ready.is_empty()
+            && self.outbox.is_empty()
+            && self.parked.is_empty()
+            && self.data.prepare_park()
     }
 }
 

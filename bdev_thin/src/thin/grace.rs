@@ -32,6 +32,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::{Arc, Mutex};
 
+/// The proof above rests on the single total order of SeqCst operations (a store followed by
+/// a load of another location, on each side). Loom models SeqCst accesses as acquire/release
+/// only (its documented limitation) but models `fence(SeqCst)` exactly, so under loom the
+/// total order is spelled out as a fence at the two store→load points. In real builds the
+/// SeqCst operations already give it (on x86 the RMW is a full barrier), and no fence is paid.
+#[inline(always)]
+fn seq_cst_order() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// One participant's in-flight counts by epoch parity.
 pub struct EpochCounters {
     slots: [AtomicU64; 2],
@@ -52,6 +63,7 @@ impl EpochCounters {
             let epoch = epochs.current.load(Ordering::SeqCst);
             let slot = &self.slots[(epoch % 2) as usize];
             slot.fetch_add(1, Ordering::SeqCst);
+            seq_cst_order();
             if epochs.current.load(Ordering::SeqCst) == epoch {
                 return EpochTicket { parity: (epoch % 2) as u8 };
             }

@@ -294,6 +294,8 @@ pub struct Owner<D: BlockDevice, H: Host> {
     blocked_scratch: Vec<(VolumeId, u64, u64)>,
     no_space_since_ns: Option<u64>,
     snapshots: VecDeque<SnapshotOp>,
+    /// Snapshot views being filled: (volume, next virtual block).
+    view_builds: VecDeque<(VolumeId, u64)>,
     /// Control operations waiting behind busy blocks (a shrink), retried each poll.
     pending_control: VecDeque<ControlOp>,
     control_commits: Vec<(u64, ControlDone<()>)>,
@@ -308,6 +310,8 @@ pub struct Owner<D: BlockDevice, H: Host> {
     passdown_done: VecDeque<(usize, PassdownRun, IoStatus)>,
     /// Completions of one device poll, processed after it (capacity kept: no allocation).
     completed: Vec<IoCompletion>,
+    /// Device IO the data channel could not take yet, in order.
+    backlog: VecDeque<IoRequest>,
     /// Block writes whose payload landed during a commit: inserted when it ends.
     finish_after_commit: Vec<usize>,
     unsent: VecDeque<(u32, OwnerReply)>,
@@ -365,6 +369,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
             pending_control: VecDeque::new(),
+            view_builds: VecDeque::new(),
             control_commits: Vec::new(),
             commit_stage: CommitStage::Idle,
             commit_plan: None,
@@ -376,6 +381,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             passdown_done: VecDeque::with_capacity(limits::OWNER_OPS_MAX),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
             finish_after_commit: Vec::with_capacity(limits::OWNER_OPS_MAX),
+            backlog: VecDeque::new(),
             unsent: VecDeque::new(),
             copy_buffers: (0..limits::OWNER_COPY_BUFFERS)
                 .map(|_| IoBuffer::new(copy_bytes))
@@ -389,7 +395,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         owner.last_commit_ns = owner.host.now_ns();
         let ids: Vec<VolumeId> = owner.meta.volumes().map(|v| v.id).collect();
         for id in ids {
-            owner.build_view(id);
+            owner.build_view(id, false);
         }
         if owner.meta.pool().needs_check {
             owner.mode = PoolMode::ReadOnly;
@@ -414,20 +420,59 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         size_bytes.div_ceil(u64::from(self.meta.layout().data_block_bytes))
     }
 
-    fn build_view(&mut self, id: VolumeId) {
+    /// Creates `id`'s view. `incremental`: publish it empty and fill it a bounded slice per
+    /// poll (a new snapshot: acknowledged in O(1), channels wait for the part they need).
+    fn build_view(&mut self, id: VolumeId, incremental: bool) {
         let Some(record) = self.meta.volume(id).cloned() else {
             return;
         };
         let size = self.vblocks_of(record.size_bytes);
-        // Room to grow 4× (or to the pool's maximum data size) without a new view.
+        // Room to grow 4× without a new view.
         let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
         let view = Arc::new(VolumeView::new(id, size, capacity));
         view.set_size(size, record.size_bytes / self.lba_bytes);
-        self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-            view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
-        });
+        if incremental {
+            view.set_ready(0);
+            self.view_builds.push_back((id, 0));
+        } else {
+            self.meta.for_each_mapping(id, &mut |vblock, mapping| {
+                view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
+            });
+        }
         self.shared.publish_view(Arc::clone(&view));
         self.views.insert(id, view);
+    }
+
+    /// Fills the views of new snapshots, `VIEW_BUILD_BLOCKS_PER_POLL` virtual blocks a poll.
+    fn run_view_builds(&mut self) -> bool {
+        // A snapshot is acknowledged first (its commit), then its view is filled: the
+        // acknowledgement costs the same at any volume size.
+        if !self.snapshots.is_empty() {
+            return false;
+        }
+        let Some(&(id, next)) = self.view_builds.front() else {
+            return false;
+        };
+        let (Some(view), Some(record)) = (self.views.get(&id).cloned(), self.meta.volume(id))
+        else {
+            self.view_builds.pop_front();
+            return true;
+        };
+        let snapshot_time = record.snapshot_time;
+        let end = next.saturating_add(limits::VIEW_BUILD_BLOCKS_PER_POLL);
+        self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
+            view.publish(vblock, m.data_block, m.time >= snapshot_time);
+        });
+        if end >= view.capacity_vblocks() {
+            view.set_ready(u64::MAX);
+            self.view_builds.pop_front();
+        } else {
+            view.set_ready(end);
+            if let Some(front) = self.view_builds.front_mut() {
+                front.1 = end;
+            }
+        }
+        true
     }
 
     // ------------------------------------------------------------------ polling
@@ -438,6 +483,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let mut busy = false;
         self.refresh_channels();
         busy |= self.drain_passdown_completions();
+        busy |= self.drain_backlog();
         busy |= self.poll_device();
         busy |= self.retry_unsent();
         if self.commit_stage == CommitStage::Idle {
@@ -447,6 +493,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         busy |= self.run_grace();
         busy |= self.run_snapshots();
+        busy |= self.run_view_builds();
         busy |= self.run_commit_trigger();
         if busy {
             self.publish_counters();
@@ -457,7 +504,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// Whether the owner waits for something only polling notices (a grace period, a commit,
     /// a quiesce): then its reactor must not park.
     pub fn has_waiters(&self) -> bool {
-        self.commit_stage != CommitStage::Idle
+        !self.backlog.is_empty()
+            || !self.view_builds.is_empty()
+            || self.commit_stage != CommitStage::Idle
             || self.commit_wanted
             || self.space.in_grace_count() > 0
             || !self.snapshots.is_empty()
@@ -847,12 +896,28 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         IoStatus::Failed(libc::EIO)
     }
 
+    /// Submits to the data device; a full channel (a commit of thousands of blocks, many
+    /// passdown runs) parks the request in the backlog, retried in order on the next polls.
     fn submit(&mut self, request: IoRequest) {
-        if let Err(request) = self.data.submit(request) {
-            // The owner keeps far fewer IOs in flight than a device channel takes.
-            debug_assert!(false, "owner data channel full");
-            self.complete_device(IoCompletion { request, status: IoStatus::Failed(libc::EAGAIN) });
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(request);
+            return;
         }
+        if let Err(request) = self.data.submit(request) {
+            self.backlog.push_back(request);
+        }
+    }
+
+    fn drain_backlog(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(request) = self.backlog.pop_front() {
+            if let Err(request) = self.data.submit(request) {
+                self.backlog.push_front(request);
+                break;
+            }
+            moved = true;
+        }
+        moved
     }
 
     fn issue_write_stage(&mut self, index: usize, stage: WriteStage) {
@@ -1461,7 +1526,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if let Some(view) = self.views.get(&origin) {
                     view.advance_view_time();
                 }
-                self.build_view(id);
+                self.build_view(id, true);
                 self.commit_wanted = true;
             }
             Err(e) => {
@@ -1502,7 +1567,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
                 match self.meta.create_volume(uuid, &name, size_bytes) {
                     Ok(id) => {
-                        self.build_view(id);
+                        self.build_view(id, false);
                         let after = self.commits_started;
                         self.commit_wanted = true;
                         self.control_commits
@@ -1900,6 +1965,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// A stopping host asks: true once nothing is in flight or waiting.
     pub fn is_drained(&self) -> bool {
         self.data.in_flight() == 0
+            && self.backlog.is_empty()
             && self.commit_stage == CommitStage::Idle
             && self.ops.iter().all(Option::is_none)
     }

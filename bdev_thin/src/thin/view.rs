@@ -29,6 +29,8 @@ pub const VIEW_TIME_MAX: u32 = (1 << (64 - BLOCK_BITS)) - 1;
 /// What a channel learns about one virtual block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolved {
+    /// The owner is still filling this part of a new snapshot's view: wait and retry.
+    NotReady,
     Unmapped,
     /// Mapped; `exclusive` = certainly not shared (made after the volume's last snapshot).
     Mapped {
@@ -55,6 +57,10 @@ pub struct VolumeView {
     quiesced: AtomicBool,
     /// Set when the volume is deleted: every IO fails.
     deleted: AtomicBool,
+    /// Entries below this virtual block are published. A snapshot's view is filled by the
+    /// owner a bounded slice per poll after the snapshot is acknowledged, so a snapshot costs
+    /// the same whatever the volume's size; everything else is ready at once.
+    ready_vblocks: AtomicU64,
 }
 
 impl VolumeView {
@@ -70,6 +76,7 @@ impl VolumeView {
             view_time: AtomicU32::new(1),
             quiesced: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
+            ready_vblocks: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -85,9 +92,24 @@ impl VolumeView {
         self.chunks.len() as u64 * VIEW_CHUNK_ENTRIES
     }
 
+    /// Whether every entry below `end` is published (see `ready_vblocks`).
+    #[inline]
+    pub fn is_ready_below(&self, end: VirtBlock) -> bool {
+        // Acquire pairs with the owner's Release in `set_ready`: the entries are visible.
+        end.0 <= self.ready_vblocks.load(Ordering::Acquire)
+    }
+
+    /// Owner: entries below `vblocks` are published (u64::MAX: all).
+    pub fn set_ready(&self, vblocks: u64) {
+        self.ready_vblocks.store(vblocks, Ordering::Release);
+    }
+
     /// Resolves `vblock`. Called by channels after entering their epoch.
     #[inline]
     pub fn resolve(&self, vblock: VirtBlock) -> Resolved {
+        if vblock.0 >= self.ready_vblocks.load(Ordering::Acquire) {
+            return Resolved::NotReady;
+        }
         let (chunk, index) = chunk_of(vblock);
         let Some(entries) = self.chunks.get(chunk).and_then(OnceLock::get) else {
             return Resolved::Unmapped;
