@@ -159,6 +159,7 @@ impl GraceKeeper {
             self.seen_version = version;
         }
         let epoch = self.clock.current.load(Ordering::SeqCst);
+        seq_cst_order();
         let drained =
             self.counts_polls || self.participants.iter().all(|c| c.count(epoch + 1) == 0);
         if drained {
