@@ -10,6 +10,8 @@ use crate::runtime::RuntimeHandle;
 pub struct Target {
     pub runtime: RuntimeHandle,
     pub bdevs: Arc<BdevRegistry>,
+    /// The NBD server and its exports (`nbd_*` methods).
+    pub nbd: crate::export::nbd::NbdServer,
     initialized: AtomicBool,
 }
 
@@ -18,6 +20,7 @@ impl Target {
         Arc::new(Target {
             runtime,
             bdevs: BdevRegistry::new(),
+            nbd: crate::export::nbd::NbdServer::default(),
             initialized: AtomicBool::new(false),
         })
     }

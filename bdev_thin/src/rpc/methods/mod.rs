@@ -2,6 +2,7 @@
 //! does its work (or sends it to the core that owns it) and replies exactly once.
 
 mod bdev;
+pub mod nbd;
 
 use std::sync::Arc;
 
@@ -43,6 +44,14 @@ pub static METHODS: &[Method] = &[
     method("bdev_get_iostat", bdev::get_iostat),
     method("bdev_examine", bdev::examine),
     method("bdev_wait_for_examine", bdev::wait_for_examine),
+    method("nbd_server_start", nbd::server_start),
+    method("nbd_server_stop", nbd::server_stop),
+    method("nbd_export_add", nbd::export_add),
+    method("nbd_export_remove", nbd::export_remove),
+    method("nbd_get_exports", nbd::get_exports),
+    method("nbd_start_disk", nbd::kernel_disk),
+    method("nbd_stop_disk", nbd::kernel_disk),
+    method("nbd_get_disks", nbd::get_disks),
     // Option setters of SPDK modules: listed so saved configs pass the client's method check,
     // served by `call` before this table is consulted.
     method("bdev_set_options", unreachable_setter),
