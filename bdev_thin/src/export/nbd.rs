@@ -270,6 +270,7 @@ impl NbdServer {
         if runtime.send(runtime.first_core(), |_| {}).is_err() {
             run.stopped();
         }
+        wake_all(runtime);
         Ok(())
     }
 
@@ -356,6 +357,14 @@ impl NbdServer {
             }));
         }
         entries
+    }
+}
+
+/// Wakes every reactor so its connections notice a stop or a removed export now rather than
+/// at their reactor's next timeout.
+pub fn wake_all(runtime: &RuntimeHandle) {
+    for core in runtime.cores() {
+        let _ = runtime.send(core, |_| {});
     }
 }
 

@@ -89,6 +89,7 @@ pub(super) fn export_remove(target: &Arc<Target>, mut params: Params, reply: Rep
         let export_name = params.string("export_name")?;
         params.finish()?;
         target.nbd.remove_export(&export_name)?;
+        crate::export::nbd::wake_all(&target.runtime);
         Ok(json!(true))
     })
 }
