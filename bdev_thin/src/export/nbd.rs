@@ -335,17 +335,11 @@ impl NbdServer {
             .collect()
     }
 
-    /// The `nbd` subsystem's entries for `framework_get_config` / `save_config`: the server
-    /// start (if running) and every export, as the method calls that recreate them.
+    /// The `nbd` subsystem's entries for `framework_get_config` / `save_config`: every export,
+    /// then the server start (if running), as the method calls that recreate them. Exports come
+    /// first so a restored daemon accepts clients only once their exports exist.
     pub fn config_entries(&self) -> Vec<Value> {
         let mut entries = Vec::new();
-        if let Some(run) = lock(&self.running).as_ref() {
-            let port = if run.port == 0 { run.local_address.port() } else { run.port };
-            entries.push(json!({
-                "method": "nbd_server_start",
-                "params": {"listen_address": run.listen_address, "port": port}
-            }));
-        }
         for export in lock(&self.shared.exports).iter() {
             entries.push(json!({
                 "method": "nbd_export_add",
@@ -354,6 +348,13 @@ impl NbdServer {
                     "export_name": export.name,
                     "read_only": export.read_only
                 }
+            }));
+        }
+        if let Some(run) = lock(&self.running).as_ref() {
+            let port = if run.port == 0 { run.local_address.port() } else { run.port };
+            entries.push(json!({
+                "method": "nbd_server_start",
+                "params": {"listen_address": run.listen_address, "port": port}
             }));
         }
         entries
