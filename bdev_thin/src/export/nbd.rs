@@ -420,6 +420,9 @@ impl Poller for ListenerPoller {
         let mut accepted = 0;
         while accepted < limits::NBD_ACCEPTS_PER_POLL_MAX {
             let Some(listener) = self.listener.as_ref() else { break };
+            if !crate::sys::is_readable(listener.as_raw_fd()) {
+                break;
+            }
             match listener.accept() {
                 Ok((stream, _peer)) => {
                     accepted += 1;
@@ -1590,6 +1593,8 @@ impl Poller for Connection {
             work += self.process_input();
             if let Some(tx) = self.io.as_mut() {
                 work += tx.submit_pending();
+                // Devices that finish at submission (malloc) reply in this same turn.
+                work += tx.reap();
             }
         }
         if self.closing != Some(Close::Abrupt) {
