@@ -574,11 +574,24 @@ struct Checked {
     num_blocks: u64,
 }
 
-impl Transmission {
-    fn open(export: Arc<Export>) -> Result<Transmission, NbdError> {
-        let bdev = Arc::clone(export.descriptor.bdev());
-        let channel =
-            bdev.open_channel().map_err(|_| NbdError::ExportNotFound(export.name.clone()))?;
+/// What a client learns of an export at negotiation, and the IO geometry that follows from it.
+struct Description {
+    block_size_bytes: u64,
+    size_bytes: u64,
+    data_chunk_blocks: u64,
+    zeroes_chunk_blocks: u64,
+    unmap_chunk_blocks: u64,
+    payload_max_bytes: usize,
+    transmission_flags: u16,
+    /// (minimum, preferred, maximum): the bdev's block size (512 if it is not a power of two,
+    /// as the protocol demands one), its preferred IO size, the payload bound.
+    block_sizes: (u32, u32, u32),
+}
+
+impl Description {
+    fn of(export: &Export) -> Description {
+        let bdev = export.descriptor.bdev();
+        let device = bdev.device();
         let info = bdev.info();
         let block_size_bytes = u64::from(info.block_size_bytes.max(1));
         let data_chunk_blocks = (limits::IO_BYTES_MAX as u64 / block_size_bytes).max(1);
@@ -593,36 +606,9 @@ impl Transmission {
             data_chunk_blocks * block_size_bytes * limits::NBD_IOS_PER_REQUEST_MAX as u64;
         let payload_max_bytes = (limits::NBD_PAYLOAD_BYTES_MAX as u64).min(per_request);
         let payload_max_bytes = payload_max_bytes / block_size_bytes * block_size_bytes;
-        let slot_count = limits::NBD_REQUESTS_PER_CONNECTION_MAX;
-        Ok(Transmission {
-            export,
-            channel,
-            block_size_bytes,
-            size_bytes: info.num_blocks.saturating_mul(block_size_bytes),
-            data_chunk_blocks,
-            zeroes_chunk_blocks,
-            unmap_chunk_blocks,
-            payload_max_bytes: payload_max_bytes as usize,
-            arena: Arena::new(limits::NBD_CONNECTION_BUFFER_BYTES, slot_count),
-            slots: (0..slot_count).map(|_| Slot::default()).collect(),
-            free_slots: (0..slot_count as u16).rev().collect(),
-            submit_queue: VecDeque::with_capacity(slot_count),
-            reply_queue: VecDeque::with_capacity(slot_count),
-            reply_sent_bytes: 0,
-            device_in_flight: 0,
-            completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
-        })
-    }
 
-    fn bdev(&self) -> &Arc<Bdev> {
-        self.export.descriptor.bdev()
-    }
-
-    /// The transmission flags of the export.
-    fn transmission_flags(&self) -> u16 {
-        let device = self.bdev().device();
         let mut flags = wire::TFLAG_HAS_FLAGS | wire::TFLAG_SEND_FUA;
-        if self.export.read_only {
+        if export.read_only {
             flags |= wire::TFLAG_READ_ONLY;
         }
         if device.supports(IoKind::Flush) {
@@ -634,17 +620,53 @@ impl Transmission {
         if device.supports(IoKind::WriteZeroes) {
             flags |= wire::TFLAG_SEND_WRITE_ZEROES;
         }
-        flags
-    }
 
-    /// (minimum, preferred, maximum) block sizes: the bdev's block size (512 if it is not a
-    /// power of two, as the protocol demands one), its preferred IO size, the payload bound.
-    fn block_sizes(&self) -> (u32, u32, u32) {
-        let block = u32::try_from(self.block_size_bytes).unwrap_or(512);
+        let block = u32::try_from(block_size_bytes).unwrap_or(512);
         let minimum = if block.is_power_of_two() { block } else { 512 };
-        let preferred = self.bdev().device().preferred_io_bytes().max(minimum).next_power_of_two();
-        let maximum = u32::try_from(self.payload_max_bytes).unwrap_or(u32::MAX);
-        (minimum, preferred, maximum.max(preferred))
+        let preferred = device.preferred_io_bytes().max(minimum).next_power_of_two();
+        let maximum = u32::try_from(payload_max_bytes).unwrap_or(u32::MAX).max(preferred);
+        Description {
+            block_size_bytes,
+            size_bytes: info.num_blocks.saturating_mul(block_size_bytes),
+            data_chunk_blocks,
+            zeroes_chunk_blocks,
+            unmap_chunk_blocks,
+            payload_max_bytes: payload_max_bytes as usize,
+            transmission_flags: flags,
+            block_sizes: (minimum, preferred, maximum),
+        }
+    }
+}
+
+impl Transmission {
+    /// Opens a channel of the export's bdev on the calling core and sizes the slots and arena.
+    fn open(export: Arc<Export>) -> Result<(Transmission, Description), NbdError> {
+        let description = Description::of(&export);
+        let channel = export
+            .descriptor
+            .bdev()
+            .open_channel()
+            .map_err(|_| NbdError::ExportNotFound(export.name.clone()))?;
+        let slot_count = limits::NBD_REQUESTS_PER_CONNECTION_MAX;
+        let tx = Transmission {
+            export,
+            channel,
+            block_size_bytes: description.block_size_bytes,
+            size_bytes: description.size_bytes,
+            data_chunk_blocks: description.data_chunk_blocks,
+            zeroes_chunk_blocks: description.zeroes_chunk_blocks,
+            unmap_chunk_blocks: description.unmap_chunk_blocks,
+            payload_max_bytes: description.payload_max_bytes,
+            arena: Arena::new(limits::NBD_CONNECTION_BUFFER_BYTES, slot_count),
+            slots: (0..slot_count).map(|_| Slot::default()).collect(),
+            free_slots: (0..slot_count as u16).rev().collect(),
+            submit_queue: VecDeque::with_capacity(slot_count),
+            reply_queue: VecDeque::with_capacity(slot_count),
+            reply_sent_bytes: 0,
+            device_in_flight: 0,
+            completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
+        };
+        Ok((tx, description))
     }
 
     /// Checks a request's byte range; `beyond_end` is the errno for a range past the end.
@@ -1164,7 +1186,9 @@ impl Connection {
                     return;
                 };
                 match self.start_transmission(export) {
-                    Some((size, flags)) => {
+                    Some(description) => {
+                        let (size, flags) =
+                            (description.size_bytes, description.transmission_flags);
                         self.handshake_out.extend_from_slice(&size.to_be_bytes());
                         self.handshake_out.extend_from_slice(&flags.to_be_bytes());
                         if !self.no_zeroes {
@@ -1226,24 +1250,18 @@ impl Connection {
         };
         let export_name = export.name.clone();
         let described = if option == wire::OPT_GO {
-            self.start_transmission(export).map(|(size, flags)| {
-                let sizes = self.io.as_ref().map(Transmission::block_sizes);
-                (size, flags, sizes)
-            })
+            self.start_transmission(export)
         } else {
-            // INFO: describe without opening a channel.
-            Transmission::open(export)
-                .ok()
-                .map(|tx| (tx.size_bytes, tx.transmission_flags(), Some(tx.block_sizes())))
+            Some(Description::of(&export)) // INFO: no channel needed
         };
-        let Some((size, flags, sizes)) = described else {
+        let Some(description) = described else {
             let message = format!("export {export_name} cannot be opened");
             return self.option_reply(option, wire::REP_ERR_UNKNOWN, message.as_bytes());
         };
         let mut info = [0u8; 14];
         info[..2].copy_from_slice(&wire::INFO_EXPORT.to_be_bytes());
-        info[2..10].copy_from_slice(&size.to_be_bytes());
-        info[10..12].copy_from_slice(&flags.to_be_bytes());
+        info[2..10].copy_from_slice(&description.size_bytes.to_be_bytes());
+        info[10..12].copy_from_slice(&description.transmission_flags.to_be_bytes());
         self.option_reply(option, wire::REP_INFO, &info[..12]);
         if want_name {
             let mut entry = Vec::with_capacity(2 + export_name.len());
@@ -1251,7 +1269,8 @@ impl Connection {
             entry.extend_from_slice(export_name.as_bytes());
             self.option_reply(option, wire::REP_INFO, &entry);
         }
-        if want_block_size && let Some((minimum, preferred, maximum)) = sizes {
+        if want_block_size {
+            let (minimum, preferred, maximum) = description.block_sizes;
             info[..2].copy_from_slice(&wire::INFO_BLOCK_SIZE.to_be_bytes());
             info[2..6].copy_from_slice(&minimum.to_be_bytes());
             info[6..10].copy_from_slice(&preferred.to_be_bytes());
@@ -1261,15 +1280,13 @@ impl Connection {
         self.option_reply(option, wire::REP_ACK, &[]);
     }
 
-    /// Opens the export's channel on this core and enters transmission. Returns the export's
-    /// size and transmission flags.
-    fn start_transmission(&mut self, export: Arc<Export>) -> Option<(u64, u16)> {
-        let tx = Transmission::open(export).ok()?;
+    /// Opens the export's channel on this core and enters transmission.
+    fn start_transmission(&mut self, export: Arc<Export>) -> Option<Description> {
+        let (tx, description) = Transmission::open(export).ok()?;
         tx.export.connection_count.fetch_add(1, Ordering::Relaxed);
-        let described = (tx.size_bytes, tx.transmission_flags());
         self.io = Some(tx);
         self.input = Input::RequestHeader;
-        Some(described)
+        Some(description)
     }
 
     fn step_request(&mut self) -> Step {
