@@ -79,6 +79,10 @@ pub const NBD_REQUESTS_PER_POLL_MAX: usize = 64;
 /// Buffers handed to one `writev` of NBD replies (headers and read data).
 pub const NBD_REPLY_IOVECS_MAX: usize = 64;
 
+/// Loop turns between two looks at the NBD listener socket: accepting is rare, and a busy
+/// reactor turns thousands of times per millisecond, so new clients still wait only microseconds.
+pub const NBD_LISTENER_TURNS_PER_CHECK: u32 = 64;
+
 /// Connections the NBD listener accepts per poll.
 pub const NBD_ACCEPTS_PER_POLL_MAX: usize = 16;
 

@@ -248,6 +248,7 @@ impl NbdServer {
             runtime: runtime.clone(),
             cores: runtime.cores(),
             next_core: 0,
+            turn_count: 0,
         };
         runtime
             .add_poller(runtime.first_core(), Box::new(poller))
@@ -377,6 +378,7 @@ struct ListenerPoller {
     runtime: RuntimeHandle,
     cores: Vec<CoreId>,
     next_core: usize,
+    turn_count: u32,
 }
 
 impl ListenerPoller {
@@ -415,6 +417,10 @@ impl Poller for ListenerPoller {
     fn poll(&mut self) -> PollStatus {
         if self.run.stop.load(Ordering::Relaxed) {
             self.close();
+            return PollStatus::Idle;
+        }
+        self.turn_count = self.turn_count.wrapping_add(1);
+        if !self.turn_count.is_multiple_of(limits::NBD_LISTENER_TURNS_PER_CHECK) {
             return PollStatus::Idle;
         }
         let mut accepted = 0;
