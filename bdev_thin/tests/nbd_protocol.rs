@@ -269,6 +269,26 @@ fn negotiation_lists_describes_and_refuses() {
 }
 
 #[test]
+fn export_name_option_and_the_default_export() {
+    let daemon = daemon();
+    // The old EXPORT_NAME option: size and flags, then transmission (no zeroes: negotiated).
+    let mut client = Client::connect(daemon.address);
+    client.send_option(1, b"disk");
+    let mut answer = [0u8; 10];
+    client.stream.read_exact(&mut answer).unwrap();
+    assert_eq!(u64::from_be_bytes(answer[..8].try_into().unwrap()), 64 << 20);
+    assert_eq!(client.write(0, 4096, &pattern(4096, 5)), 0);
+    assert_eq!(client.read(4096, 4096).unwrap(), pattern(4096, 5));
+    // An unknown name has no error reply in EXPORT_NAME: the server closes.
+    let mut unknown = Client::connect(daemon.address);
+    unknown.send_option(1, b"nope");
+    assert!(unknown.is_closed_by_server());
+    // "" is the default export: the first one.
+    let mut default = Client::go(daemon.address, "");
+    assert_eq!(default.read(4096, 4096).unwrap(), pattern(4096, 5));
+}
+
+#[test]
 fn commands_round_trip_and_bad_requests_get_errors() {
     let daemon = daemon();
     let mut client = Client::go(daemon.address, "disk");
