@@ -399,6 +399,7 @@ fn fio_nbd_verify_and_trim_jobs() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        "--verify_state_save=0", // no state file in the working tree
     ];
     let stdout = run_ok("fio", &[&common[..], &verify[..]].concat());
     let report = fio_report(&stdout);
