@@ -41,11 +41,27 @@ fn have_tools(test: &str, tools: &[&str]) -> bool {
     false
 }
 
-fn scratch_dir(test: &str) -> PathBuf {
+/// A scratch directory, removed when dropped (declare it first: it then outlives the daemon).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(test: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("thin_tgt_nbd_{}_{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn free_port() -> u16 {
