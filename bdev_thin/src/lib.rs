@@ -8,6 +8,7 @@
 //!   pollers, bounded rings, parking in one `epoll_wait` when idle.
 //! - [`backend`] holds the base devices (`malloc`, `null`, `uring`).
 //! - [`bdev`] is the registry of named devices, per-core channels and `bdev_get_iostat`.
+//! - [`export`] serves bdevs to other processes: the NBD server over TCP.
 //! - [`testing`] (feature `testing`) is the deterministic stepping host and its simulated device.
 //!
 //! Modules allowed `unsafe` (the workspace denies it everywhere else), each block with a
@@ -19,6 +20,7 @@
 pub mod backend;
 pub mod bdev;
 pub mod config;
+pub mod export;
 pub mod host;
 pub mod limits;
 pub mod rpc;

@@ -1,6 +1,7 @@
 //! The few Linux calls std does not offer: epoll and eventfd (reactor parking), flock (exclusive
-//! base devices) and the block-device size ioctls. Each wrapper checks its arguments and turns
-//! the C result into an `io::Result`; nothing here runs per IO.
+//! base devices), the block-device size ioctls and a readiness check (the NBD listener). Each
+//! wrapper checks its arguments and turns the C result into an `io::Result`; nothing here runs
+//! per IO.
 //!
 //! This module is one of the few allowed `unsafe`: every block is one libc call on a descriptor
 //! the wrapper owns or borrows.
@@ -119,6 +120,15 @@ impl Epoll {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `fd` is readable now (a zero-timeout `poll`). A listener asks this before
+/// `accept`, which allocates a socket even when it then fails with EAGAIN.
+pub fn is_readable(fd: RawFd) -> bool {
+    let mut entry = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: the pointer names one live pollfd and the count is 1; timeout 0 never blocks.
+    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
+    ready > 0 && entry.revents != 0
 }
 
 /// Takes an exclusive, non-blocking `flock` on `fd`: a second daemon on the same file fails

@@ -14,6 +14,8 @@ pub struct Target {
     pools: std::sync::Mutex<Vec<Arc<ThinPool>>>,
     /// Pools being opened by examine, and who waits for them (`bdev_wait_for_examine`).
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
+    /// The NBD server and its exports (`nbd_*` methods).
+    pub nbd: crate::export::nbd::NbdServer,
     initialized: AtomicBool,
 }
 
@@ -24,6 +26,7 @@ impl Target {
             bdevs: BdevRegistry::new(),
             pools: std::sync::Mutex::new(Vec::new()),
             examines: std::sync::Mutex::new((0, Vec::new())),
+            nbd: crate::export::nbd::NbdServer::default(),
             initialized: AtomicBool::new(false),
         })
     }

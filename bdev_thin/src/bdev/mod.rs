@@ -42,6 +42,16 @@ impl Device {
         }
     }
 
+    /// The IO size the device serves best, in bytes: what exports advertise as preferred (NBD's
+    /// preferred block size). Base devices: a page or their block size if larger; a thin
+    /// volume: its pool's data block size.
+    pub fn preferred_io_bytes(&self) -> u32 {
+        match self {
+            Device::Base(d) => d.info().block_size_bytes.max(4096),
+            Device::Thin(d) => d.pool.layout.data_block_bytes,
+        }
+    }
+
     pub fn product_name(&self) -> &'static str {
         match self {
             Device::Base(d) => d.product_name(),

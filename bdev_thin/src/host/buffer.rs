@@ -280,6 +280,11 @@ impl SgList {
         }
     }
 
+    /// Takes the segments out, first to last (pools that keep buffers apart put them back).
+    pub fn into_segments(self) -> impl Iterator<Item = IoBuffer> {
+        self.segments.into_iter()
+    }
+
     /// Sets every byte to `value`.
     pub fn fill(&mut self, value: u8) {
         for segment in &mut self.segments {

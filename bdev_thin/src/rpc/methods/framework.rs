@@ -24,10 +24,15 @@ pub struct Subsystem {
     pub config: fn(&Arc<Target>) -> Option<Vec<Value>>,
 }
 
-/// Every subsystem, in init order. The NBD export adds
-/// `Subsystem { name: "nbd", depends_on: &["bdev"], config: … }` here.
-pub static SUBSYSTEMS: &[Subsystem] =
-    &[Subsystem { name: "bdev", depends_on: &[], config: super::bdev::subsystem_config }];
+/// Every subsystem, in init order.
+pub static SUBSYSTEMS: &[Subsystem] = &[
+    Subsystem { name: "bdev", depends_on: &[], config: super::bdev::subsystem_config },
+    Subsystem { name: "nbd", depends_on: &["bdev"], config: nbd_config },
+];
+
+fn nbd_config(target: &Arc<Target>) -> Option<Vec<Value>> {
+    Some(super::nbd::config_entries(target))
+}
 
 pub(super) fn get_subsystems(_target: &Arc<Target>, params: Params, reply: Reply) {
     reply_with(reply, || {

@@ -3,6 +3,7 @@
 
 mod bdev;
 pub mod framework;
+pub mod nbd;
 mod thin;
 
 use std::sync::Arc;
@@ -56,7 +57,14 @@ pub static METHODS: &[Method] = &[
     method("bdev_thin_pool_delete", thin::pool_delete),
     method("bdev_thin_get_pools", thin::get_pools),
     method("bdev_thin_get_volumes", thin::get_volumes),
-    // NBD (`nbd_*`) joins here from `nbd.rs`: one line per method.
+    method("nbd_server_start", nbd::server_start),
+    method("nbd_server_stop", nbd::server_stop),
+    method("nbd_export_add", nbd::export_add),
+    method("nbd_export_remove", nbd::export_remove),
+    method("nbd_get_exports", nbd::get_exports),
+    method("nbd_start_disk", nbd::kernel_disk),
+    method("nbd_stop_disk", nbd::kernel_disk),
+    method("nbd_get_disks", nbd::get_disks),
     // Option setters of SPDK modules: listed so saved configs pass the client's method check,
     // served by `call` before this table is consulted.
     method("bdev_set_options", unreachable_setter),
