@@ -16,6 +16,9 @@ step "mutation tests (each safety mechanism switched off must be caught)"
 cargo test -p bdev_thin --release --features mutations --test thin_pool
 step "recovery in real processes: SIGKILL at commit crash points, then verify_only and thinctl check"
 cargo test -p perf --release --features mutations --test recovery
+step "loom models: the reactor's park protocol and the grace period's entry protocol"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p bdev_thin --lib \
+    -- runtime::park thin::grace
 step "benches build"
 cargo bench --workspace --no-run
 step "docs build"
