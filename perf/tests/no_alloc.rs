@@ -100,6 +100,150 @@ fn a_steady_loop_allocates_nothing() {
     assert_eq!(count, 0, "null: {count} allocations over {ios} IOs");
 }
 
+/// A thin volume's steady loop allocates nothing either: mapped reads and overwrites go
+/// through the channel's fast path, unmapped reads are zero-filled, and the owner (polled in
+/// the same loop, idle) allocates nothing per poll.
+#[test]
+fn a_steady_thin_loop_allocates_nothing() {
+    use bdev_thin::host::{BlockDevice, NoopWaker};
+    use bdev_thin::testing::SteppingHost;
+    use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
+    use bdev_thin::thin::metadata::{Layout, PoolMetadata, PoolRecord};
+    use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings};
+    use bdev_thin::thin::pool::PoolShared;
+    use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, VolumeId};
+
+    let device = BaseDevice::Malloc(Arc::new(MallocDevice::new(4096, 65536).unwrap()));
+    let bytes = 65536 * 4096;
+    let layout = Layout::on_data_device(bytes, 65536, bytes).unwrap();
+    let record = PoolRecord {
+        uuid: [9; 16],
+        name: "pool0".into(),
+        discard: DiscardMode::Passdown,
+        zero_new_blocks: true,
+        out_of_space: OutOfSpaceMode::Error,
+        no_space_timeout_s: 60,
+        low_water_mark: 0,
+        commit_interval_ms: 1000,
+        needs_check: false,
+        data_bdev_uuid: [0; 16],
+    };
+    let settings = OwnerSettings {
+        discard: DiscardMode::Passdown,
+        zero_new_blocks: true,
+        out_of_space: OutOfSpaceMode::Error,
+        no_space_timeout_s: 60,
+        low_water_mark: 0,
+        commit_interval_ms: 1000,
+        mutations: bdev_thin::thin::mutations::Mutations::NONE,
+    };
+    let meta = PoolMetadata::format(layout, record).unwrap();
+    let shared = PoolShared::new(NoopWaker);
+    let control = Arc::new(crossbeam_queue::ArrayQueue::new(4));
+    let host = SteppingHost::new();
+    let mut owner =
+        Owner::new(host, Arc::clone(&shared), Arc::clone(&control), meta, &device, settings)
+            .unwrap();
+    let created = Arc::new(std::sync::Mutex::new(None));
+    let answer = Arc::clone(&created);
+    let op = ControlOp::CreateVolume {
+        uuid: [1; 16],
+        name: "vol0".into(),
+        size_bytes: 64 << 20,
+        done: Box::new(move |r| *answer.lock().unwrap() = Some(r)),
+    };
+    assert!(control.push(op).is_ok());
+    let volume: VolumeId = loop {
+        owner.poll();
+        if let Some(result) = created.lock().unwrap().take() {
+            break result.unwrap();
+        }
+    };
+    let geometry = ChannelGeometry {
+        lba_bytes: 4096,
+        lbas_per_block: 16,
+        data_offset_lbas: layout.data_offset_bytes / 4096,
+    };
+    let view = shared.view(volume).unwrap();
+    let lbas = view.size_lbas();
+    for (workload, provision_first) in [
+        (Workload::RandRead, false),
+        (Workload::RandWrite, true),
+        (Workload::RandRead, true),
+        (Workload::RandRw, true),
+    ] {
+        let channel = VolumeChannel::open(
+            Arc::clone(&shared),
+            Arc::clone(&view),
+            &device,
+            geometry,
+            NoopWaker,
+        )
+        .unwrap();
+        let spec = JobSpec {
+            index: 0,
+            bdev_name: "vol0".into(),
+            bdev_uuid: uuid::Uuid::from_u128(8),
+            core: 0,
+            workload: if provision_first { Workload::Write } else { workload },
+            rwmixread: 70,
+            queue_depth: 64,
+            io_size_bytes: 4096,
+            block_size_bytes: 4096,
+            time_s: 3600,
+            prefill: false,
+            pattern: None,
+            first_block: 0,
+            num_blocks: lbas,
+        };
+        let mut job = Job::new(
+            spec.clone(),
+            channel,
+            bdev_thin::runtime::now_ns,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(JobProgress::default()),
+            Box::new(|_| {}),
+        );
+        if provision_first {
+            // Every block of the volume written once (provisioning allocates: not measured).
+            while job.ios() < lbas {
+                job.poll();
+                owner.poll();
+            }
+        }
+        drop(job);
+        let channel = VolumeChannel::open(
+            Arc::clone(&shared),
+            Arc::clone(&view),
+            &device,
+            geometry,
+            NoopWaker,
+        )
+        .unwrap();
+        let mut job = Job::new(
+            JobSpec { workload, ..spec },
+            channel,
+            bdev_thin::runtime::now_ns,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(JobProgress::default()),
+            Box::new(|_| {}),
+        );
+        while job.ios() < 20_000 {
+            job.poll();
+            owner.poll();
+        }
+        let before = allocations();
+        let ios_before = job.ios();
+        while job.ios() < ios_before + 100_000 {
+            job.poll();
+            owner.poll();
+        }
+        let count = allocations() - before;
+        assert_eq!(count, 0, "thin {workload:?}: {count} allocations over 100000 IOs");
+        let _ = device.info();
+    }
+}
+
 /// The counter itself works: a loop that does allocate is seen.
 #[test]
 fn the_counter_sees_allocations() {
