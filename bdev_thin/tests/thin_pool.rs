@@ -588,3 +588,51 @@ fn queue_mode_holds_writes_until_the_pool_grows() {
         assert_eq!(done.status, IoStatus::Success);
     }
 }
+
+#[test]
+fn concurrent_writes_to_one_new_block_provision_it_once() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    // Two channels, as two cores, each writing half of block 3 before either completes.
+    let mut a = rig.channel(volume);
+    let mut b = rig.channel(volume);
+    let half = |byte: u8, first: u64| {
+        let mut buffer = IoBuffer::new((BLOCK / 2) as usize);
+        buffer.as_mut_slice().fill(byte);
+        IoRequest::new(IoKind::Write, 3 * LBAS_PER_BLOCK + first, LBAS_PER_BLOCK / 2, 0)
+            .with_buffers(SgList::single(buffer))
+    };
+    a.submit(half(0xaa, 0)).unwrap();
+    b.submit(half(0xbb, LBAS_PER_BLOCK / 2)).unwrap();
+    let done_a = rig.wait(&mut a, 200).expect("a completes");
+    let done_b = rig.wait(&mut b, 200).expect("b completes");
+    assert_eq!((done_a.status, done_b.status), (IoStatus::Success, IoStatus::Success));
+    assert_eq!(rig.owner.metadata().used_data_blocks(), 1, "one block for both writes");
+    let back = bytes_of(&rig.run(&mut a, read(3)));
+    assert!(back[..(BLOCK / 2) as usize].iter().all(|&x| x == 0xaa));
+    assert!(back[(BLOCK / 2) as usize..].iter().all(|&x| x == 0xbb));
+    rig.check();
+}
+
+#[test]
+fn write_zeroes_over_a_shared_partial_block_keeps_the_snapshots_data() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let origin = rig.create_volume("origin", 8);
+    let mut co = rig.channel(origin);
+    assert_eq!(rig.run(&mut co, write(2, 0x5c)).status, IoStatus::Success);
+    let snap = rig.snapshot(origin, "snap");
+    let mut cs = rig.channel(snap);
+    // Zero the second half of block 2 in the origin: a partial edge of a shared block.
+    let zeroes = IoRequest::new(
+        IoKind::WriteZeroes,
+        2 * LBAS_PER_BLOCK + LBAS_PER_BLOCK / 2,
+        LBAS_PER_BLOCK / 2,
+        0,
+    );
+    assert_eq!(rig.run(&mut co, zeroes).status, IoStatus::Success);
+    let origin_back = bytes_of(&rig.run(&mut co, read(2)));
+    assert!(origin_back[..(BLOCK / 2) as usize].iter().all(|&x| x == 0x5c));
+    assert!(origin_back[(BLOCK / 2) as usize..].iter().all(|&x| x == 0));
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(2))), vec![0x5c; BLOCK as usize]);
+    rig.check();
+}

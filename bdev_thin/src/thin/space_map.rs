@@ -224,3 +224,114 @@ mod tests {
         assert_eq!(map.allocate(&model), Err(NoBlock::Exhausted));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    struct Model {
+        open: Vec<u32>,
+        committed: Vec<u32>,
+    }
+
+    impl Counts for Model {
+        fn open_count(&self, block: DataBlock) -> u32 {
+            self.open[block.0 as usize]
+        }
+        fn committed_count(&self, block: DataBlock) -> u32 {
+            self.committed[block.0 as usize]
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Allocate,
+        Map(usize),
+        Free(usize),
+        Commit,
+        Hold(usize),
+        Release(usize),
+        Advance,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Allocate),
+            (0..16usize).prop_map(Step::Map),
+            (0..16usize).prop_map(Step::Free),
+            Just(Step::Commit),
+            (0..16usize).prop_map(Step::Hold),
+            (0..16usize).prop_map(Step::Release),
+            Just(Step::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of counts, holds, reservations and grace: the allocator hands out
+        /// only blocks free in both transactions, unheld, unreserved and out of grace, and
+        /// says "pending" exactly when such a block will come back.
+        #[test]
+        fn allocation_follows_the_rule(steps in prop::collection::vec(step(), 1..200)) {
+            let mut model = Model { open: vec![0; 16], committed: vec![0; 16] };
+            let mut map = SpaceMap::new(16);
+            let mut epoch = 0u64;
+            let mut reserved: Vec<usize> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Allocate => match map.allocate(&model) {
+                        Ok(block) => {
+                            let b = block.0 as usize;
+                            prop_assert_eq!(model.open[b], 0);
+                            prop_assert_eq!(model.committed[b], 0);
+                            prop_assert!(!map.is_held(block) && !reserved.contains(&b));
+                            reserved.push(b);
+                        }
+                        Err(reason) => {
+                            let free_open = (0..16).any(|b| model.open[b] == 0);
+                            match reason {
+                                NoBlock::Exhausted => prop_assert!(!free_open),
+                                NoBlock::Pending { .. } => prop_assert!(free_open),
+                            }
+                        }
+                    },
+                    Step::Map(i) => {
+                        if let Some(pos) = reserved.iter().position(|&b| b == i % 16) {
+                            let b = reserved.remove(pos);
+                            model.open[b] += 1;
+                            map.unreserve(DataBlock(b as u64));
+                        }
+                    }
+                    Step::Free(i) => {
+                        let b = i % 16;
+                        if model.open[b] > 0 {
+                            model.open[b] -= 1;
+                            if model.open[b] == 0 {
+                                map.enter_grace(DataBlock(b as u64), epoch);
+                            }
+                        }
+                    }
+                    Step::Commit => model.committed.clone_from(&model.open),
+                    Step::Hold(i) => {
+                        let b = DataBlock((i % 16) as u64);
+                        let free = model.open[i % 16] == 0 && !reserved.contains(&(i % 16));
+                        if free && !map.is_held(b) {
+                            map.hold(b);
+                        }
+                    }
+                    Step::Release(i) => {
+                        let b = DataBlock((i % 16) as u64);
+                        if map.is_held(b) {
+                            map.release_hold(b);
+                        }
+                    }
+                    Step::Advance => {
+                        epoch += 1;
+                        map.end_grace(|e| e + 2 <= epoch);
+                    }
+                }
+                prop_assert_eq!(map.reserved_count() as usize, reserved.len());
+            }
+        }
+    }
+}
