@@ -8,13 +8,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bdev_thin::host::{PollStatus, Poller};
+use bdev_thin::backend::UringDevice;
+use bdev_thin::backend::uring::UringChannel;
+use bdev_thin::host::{
+    BlockDevice, DeviceChannel, IoBuffer, IoFlags, IoKind, IoRequest, IoStatus, PollStatus, Poller,
+    SgList,
+};
 use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
 
 const BOUND: Duration = Duration::from_secs(20);
 
+/// One reactor that parks after 200 µs idle and then sleeps until something wakes it: no
+/// periodic wake-up, so a lost wake-up hangs the test until `BOUND` fails it.
 fn options(park: bool) -> RuntimeOptions {
-    RuntimeOptions { mask: CoreMask(1), park, pin: false, idle_before_park_us: 200 }
+    RuntimeOptions {
+        mask: CoreMask(1),
+        park,
+        pin: false,
+        idle_before_park_us: 200,
+        park_timeout_ms: -1,
+    }
 }
 
 /// Waits (bounded) until `condition` holds; the bound turns a hang into a failure.
@@ -72,6 +85,85 @@ fn a_parked_reactor_serves_the_next_message_and_socket() {
     (&ours).write_all(b"ping").unwrap();
     assert_eq!(receiver.recv_timeout(BOUND).unwrap(), b"ping", "socket readiness wakes it");
     runtime.stop();
+}
+
+/// Issues one 1 MiB FUA write per trigger and reports its status. It reports itself idle while
+/// the write is in flight, so the reactor parks on the ring's eventfd, and it counts the parks
+/// that happened with the write still in flight (the case under test).
+struct Writer {
+    channel: UringChannel,
+    triggers: mpsc::Receiver<()>,
+    done: mpsc::Sender<IoStatus>,
+    parked_in_flight: Arc<AtomicU64>,
+    buffers: Option<SgList>,
+}
+
+impl Poller for Writer {
+    fn poll(&mut self) -> PollStatus {
+        if let (Some(buffers), Ok(())) = (self.buffers.as_ref(), self.triggers.try_recv()) {
+            let blocks = buffers.len_bytes() as u64 / 512;
+            let request = IoRequest::new(IoKind::Write, 0, blocks, 1)
+                .with_buffers(self.buffers.take().expect("checked above"))
+                .with_flags(IoFlags::FUA);
+            assert!(self.channel.submit(request).is_ok(), "an empty channel takes one IO");
+        }
+        let (buffers, done) = (&mut self.buffers, &self.done);
+        self.channel.poll(&mut |completion| {
+            *buffers = Some(completion.request.buffers);
+            let _ = done.send(completion.status);
+        });
+        PollStatus::Idle
+    }
+
+    fn prepare_park(&mut self) -> bool {
+        let in_flight = self.channel.in_flight() > 0;
+        let may_park = self.channel.prepare_park();
+        if may_park && in_flight {
+            self.parked_in_flight.fetch_add(1, Ordering::SeqCst);
+        }
+        may_park
+    }
+}
+
+#[test]
+fn a_parked_reactor_serves_the_next_io() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("park_io_{}.img", std::process::id()));
+    std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+    let device = Arc::new(UringDevice::open(&path, None).unwrap());
+    // Park as soon as a turn finds nothing to do, so the reactor sleeps while the write runs.
+    let runtime =
+        Runtime::start(RuntimeOptions { idle_before_park_us: 0, ..options(true) }).unwrap();
+    let handle = runtime.handle();
+    let (trigger, triggers) = mpsc::channel();
+    let (done, statuses) = mpsc::channel();
+    let parked_in_flight = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&parked_in_flight);
+    let mut buffer = IoBuffer::new(1 << 20);
+    buffer.as_mut_slice().fill(0x3c);
+    let buffers = Some(SgList::single(buffer));
+    handle
+        .send(0, move |ctx| {
+            // The channel registers its eventfd with the reactor that opens it.
+            let channel = device.open_channel().unwrap();
+            let writer = Writer { channel, triggers, done, parked_in_flight: counter, buffers };
+            ctx.add_local_poller(Box::new(writer));
+        })
+        .unwrap();
+    // Each round: trigger a write (the empty event wakes the reactor), then the completion
+    // alone must wake the parked reactor. Rounds go on until one parked mid-IO (the first
+    // almost always does: a FUA write to disk takes far longer than reaching the park).
+    let mut rounds = 0;
+    while parked_in_flight.load(Ordering::SeqCst) == 0 && rounds < 200 {
+        trigger.send(()).unwrap();
+        handle.send(0, |_| {}).unwrap();
+        let status = statuses.recv_timeout(BOUND).expect("the completion wakes the reactor");
+        assert_eq!(status, IoStatus::Success);
+        rounds += 1;
+    }
+    assert!(parked_in_flight.load(Ordering::SeqCst) > 0, "never parked with IO in flight");
+    runtime.stop();
+    let _ = std::fs::remove_file(&path);
 }
 
 struct Ticker(Arc<AtomicU64>);

@@ -102,6 +102,17 @@ fn bad_configs_give_one_line_errors() {
             ),
             "md_size: separate metadata is not supported",
         ),
+        (
+            write_config(
+                dir.path(),
+                "nofile.json",
+                &entry(
+                    "bdev_uring_create",
+                    serde_json::json!({"name": "U0", "filename": "/nonexistent/disk.img"}),
+                ),
+            ),
+            "config: bdev_uring_create: filename: No such file or directory",
+        ),
     ];
     for (config, expected) in cases {
         let output = run(perf()
@@ -204,6 +215,8 @@ fn unsupported_workloads_are_skipped_as_bdevperf_does() {
 #[test]
 fn jobs_are_placed_as_bdevperf_places_them() {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!ci, "CI=true and this machine has one core: placement needs two");
         eprintln!("\n*** SKIPPED: placement on two cores needs two cores ***\n");
         return;
     }
@@ -245,6 +258,8 @@ fn jobs_are_placed_as_bdevperf_places_them() {
     assert_eq!(masks, vec!["0x1", "0x2"], "-C: every core, -T: that bdev only");
 }
 
+const URING_UUID: &str = "8b1d7c36-7c8b-4a4b-9a84-2f0f4d3b0a11";
+
 /// Prefill with pattern 1, a second prefill with pattern 2 killed midway, then every block must
 /// hold pattern 1 or 2; a pattern never written (3) must fail on every block.
 #[test]
@@ -258,16 +273,28 @@ fn prefill_kill_and_verify_only_prove_durability() {
             "name": "Uring0",
             "filename": image.display().to_string(),
             "block_size": 4096,
-            "uuid": "8b1d7c36-7c8b-4a4b-9a84-2f0f4d3b0a11"
+            "uuid": URING_UUID
         }),
     );
     let config = write_config(dir.path(), "uring.json", &bdev);
     let base = |c: &mut Command| {
-        c.arg("-c").arg(&config).args(["-q", "8", "-o", "16k"]);
+        c.arg("-c").arg(&config);
     };
     let mut first = perf();
     base(&mut first);
-    let output = run(first.args(["-w", "write", "-t", "0", "--prefill", "--pattern", "1"]));
+    let output = run(first.args([
+        "-q",
+        "8",
+        "-o",
+        "16k",
+        "-w",
+        "write",
+        "-t",
+        "0",
+        "--prefill",
+        "--pattern",
+        "1",
+    ]));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     // The second prefill is killed once it has run a while (wherever it is, the check holds).
@@ -278,26 +305,131 @@ fn prefill_kill_and_verify_only_prove_durability() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    // Kill it once its first write landed (block 0 holds pattern 2), so the check below sees a
+    // device that the killed run had begun to overwrite.
+    let uuid = uuid::Uuid::parse_str(URING_UUID).unwrap();
     let start = Instant::now();
-    while image.metadata().unwrap().modified().unwrap().elapsed().unwrap_or_default()
-        > Duration::from_millis(50)
-        && start.elapsed() < Duration::from_secs(10)
-    {
+    loop {
+        let mut block = vec![0u8; 4096];
+        let mut file = std::fs::File::open(&image).unwrap();
+        std::io::Read::read_exact(&mut file, &mut block).unwrap();
+        if perf::pattern::block_matches(&block, perf::pattern::block_key(&uuid, 0, 2)) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the second prefill ended before writing block 0: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "block 0 never got pattern 2");
         std::thread::yield_now();
     }
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let mut check = perf();
-    base(&mut check);
-    let output = run(check.args(["-w", "verify_only", "-t", "0", "--pattern", "1,2"]));
+    // The killed process's rings release the file (and its exclusive lock) asynchronously, and
+    // a new opener is refused until they have: retry while the lock is held, with a bound.
+    let start = Instant::now();
+    let output = loop {
+        let mut check = perf();
+        base(&mut check);
+        let output = run(check.args([
+            "-q",
+            "8",
+            "-o",
+            "16k",
+            "-w",
+            "verify_only",
+            "-t",
+            "0",
+            "--pattern",
+            "1,2",
+        ]));
+        let busy = String::from_utf8_lossy(&output.stderr).contains("lock held");
+        if !busy || start.elapsed() > Duration::from_secs(30) {
+            break output;
+        }
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "every block holds pattern 1 or 2: {stdout}");
+    assert!(
+        output.status.success(),
+        "every block holds pattern 1 or 2: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let mut wrong = perf();
     base(&mut wrong);
-    let output = run(wrong.args(["-w", "verify_only", "-t", "0", "--pattern", "3"]));
+    let output =
+        run(wrong.args(["-q", "8", "-o", "16k", "-w", "verify_only", "-t", "0", "--pattern", "3"]));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "pattern 3 was never written: {stdout}");
     assert!(stdout.contains("16384 blocks match none of the patterns"), "{stdout}");
+}
+
+/// The README's first command, exactly as written there, runs and prints the table.
+#[test]
+fn the_readme_demo_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let command = readme
+        .lines()
+        .find(|line| line.contains("cargo run --release --bin perf --"))
+        .expect("the README shows the demo command");
+    let args: Vec<&str> = command.split(" -- ").nth(1).unwrap().split_whitespace().collect();
+    let output = run(perf().current_dir(root).args(&args));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("Job: Malloc0"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.trim_start().starts_with("Total")), "{stdout}");
+}
+
+/// SIGINT ends a long run early: in-flight IO drains, the table is printed, exit 0.
+#[test]
+fn sigint_stops_a_run_and_prints_the_table() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "malloc.json", &malloc("Malloc0"));
+    let mut child = perf()
+        .arg("-c")
+        .arg(&config)
+        .args(["-q", "16", "-o", "4k", "-w", "randread", "-t", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let bound = Duration::from_secs(30);
+    // The first progress line comes after the first second of IO.
+    let first = lines.recv_timeout(bound).unwrap();
+    assert!(first.starts_with("Running I/O"), "{first}");
+    let progress = lines.recv_timeout(bound).unwrap();
+    assert!(progress.contains("IOPS"), "{progress}");
+    let pid = i32::try_from(child.0.id()).unwrap();
+    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < bound, "perf did not stop on SIGINT");
+        std::thread::yield_now();
+    };
+    let rest: Vec<String> = lines.iter().collect();
+    let text = rest.join("\n");
+    assert!(status.success(), "exit {status}: {text}");
+    assert!(text.contains("Received shutdown signal"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("Total")), "{text}");
 }

@@ -95,6 +95,10 @@ pub struct RuntimeOptions {
     /// Pin each reactor to its core. Off only where the core may not exist (tests).
     pub pin: bool,
     pub idle_before_park_us: u64,
+    /// Longest a parked reactor sleeps with no timer due, in milliseconds (`-1`: no bound).
+    /// Tests raise it past their own bounds, so a wake-up that is lost fails them instead of
+    /// being covered by the periodic wake.
+    pub park_timeout_ms: i32,
 }
 
 impl Default for RuntimeOptions {
@@ -104,6 +108,7 @@ impl Default for RuntimeOptions {
             park: true,
             pin: true,
             idle_before_park_us: limits::REACTOR_IDLE_BEFORE_PARK_US,
+            park_timeout_ms: limits::REACTOR_PARK_TIMEOUT_MS,
         }
     }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{Reply, reply_with};
 use crate::backend::{BaseDevice, MallocDevice, NullDevice, UringDevice};
 use crate::bdev::{Bdev, Device, IoStatSnapshot};
-use crate::host::IoKind;
+use crate::host::{DeviceError, IoKind};
 use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
@@ -121,7 +121,16 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = UringDevice::open(Path::new(&filename), block_size)?;
+        let device = UringDevice::open(Path::new(&filename), block_size).map_err(|e| {
+            // Name the parameter, as every config error does.
+            let parameter = match &e {
+                DeviceError::Invalid(message) if message.starts_with("block_size") => "block_size",
+                _ => "filename",
+            };
+            let mut error = RpcError::from(e);
+            error.message = format!("{parameter}: {}", error.message);
+            error
+        })?;
         register(target, name, uuid, BaseDevice::Uring(Arc::new(device)))
     })
 }
