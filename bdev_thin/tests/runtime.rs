@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use bdev_thin::backend::UringDevice;
 use bdev_thin::backend::uring::UringChannel;
 use bdev_thin::host::{
-    BlockDevice, DeviceChannel, IoBuffer, IoFlags, IoKind, IoRequest, IoStatus, PollStatus, Poller,
-    SgList,
+    BlockDevice, DeviceChannel, IoKind, IoRequest, IoStatus, PollStatus, Poller,
 };
 use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
 
@@ -87,29 +86,25 @@ fn a_parked_reactor_serves_the_next_message_and_socket() {
     runtime.stop();
 }
 
-/// Issues one 1 MiB FUA write per trigger and reports its status. It reports itself idle while
-/// the write is in flight, so the reactor parks on the ring's eventfd, and it counts the parks
-/// that happened with the write still in flight (the case under test).
-struct Writer {
+/// Issues one flush per trigger and reports its status. It reports itself idle while the flush
+/// is in flight, so the reactor parks, and it counts the parks that happened with the flush
+/// still in flight (the case under test). A flush is an fsync, which io_uring runs in a kernel
+/// worker thread: its completion reaches a sleeping reactor only through the ring's eventfd.
+struct Flusher {
     channel: UringChannel,
     triggers: mpsc::Receiver<()>,
     done: mpsc::Sender<IoStatus>,
     parked_in_flight: Arc<AtomicU64>,
-    buffers: Option<SgList>,
 }
 
-impl Poller for Writer {
+impl Poller for Flusher {
     fn poll(&mut self) -> PollStatus {
-        if let (Some(buffers), Ok(())) = (self.buffers.as_ref(), self.triggers.try_recv()) {
-            let blocks = buffers.len_bytes() as u64 / 512;
-            let request = IoRequest::new(IoKind::Write, 0, blocks, 1)
-                .with_buffers(self.buffers.take().expect("checked above"))
-                .with_flags(IoFlags::FUA);
-            assert!(self.channel.submit(request).is_ok(), "an empty channel takes one IO");
+        if self.triggers.try_recv().is_ok() {
+            let flush = IoRequest::new(IoKind::Flush, 0, 0, 1);
+            assert!(self.channel.submit(flush).is_ok(), "an empty channel takes one IO");
         }
-        let (buffers, done) = (&mut self.buffers, &self.done);
+        let done = &self.done;
         self.channel.poll(&mut |completion| {
-            *buffers = Some(completion.request.buffers);
             let _ = done.send(completion.status);
         });
         PollStatus::Idle
@@ -129,9 +124,10 @@ impl Poller for Writer {
 fn a_parked_reactor_serves_the_next_io() {
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("park_io_{}.img", std::process::id()));
-    std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(4 << 20).unwrap();
     let device = Arc::new(UringDevice::open(&path, None).unwrap());
-    // Park as soon as a turn finds nothing to do, so the reactor sleeps while the write runs.
+    // Park as soon as a turn finds nothing to do, so the reactor sleeps while the flush runs.
     let runtime =
         Runtime::start(RuntimeOptions { idle_before_park_us: 0, ..options(true) }).unwrap();
     let handle = runtime.handle();
@@ -139,22 +135,22 @@ fn a_parked_reactor_serves_the_next_io() {
     let (done, statuses) = mpsc::channel();
     let parked_in_flight = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&parked_in_flight);
-    let mut buffer = IoBuffer::new(1 << 20);
-    buffer.as_mut_slice().fill(0x3c);
-    let buffers = Some(SgList::single(buffer));
     handle
         .send(0, move |ctx| {
             // The channel registers its eventfd with the reactor that opens it.
             let channel = device.open_channel().unwrap();
-            let writer = Writer { channel, triggers, done, parked_in_flight: counter, buffers };
-            ctx.add_local_poller(Box::new(writer));
+            let flusher = Flusher { channel, triggers, done, parked_in_flight: counter };
+            ctx.add_local_poller(Box::new(flusher));
         })
         .unwrap();
-    // Each round: trigger a write (the empty event wakes the reactor), then the completion
-    // alone must wake the parked reactor. Rounds go on until one parked mid-IO (the first
-    // almost always does: a FUA write to disk takes far longer than reaching the park).
+    // Each round: dirty 4 MiB of page cache through another descriptor so the fsync has work,
+    // trigger a flush (the empty event wakes the reactor), then the completion alone must wake
+    // the parked reactor. Rounds go on until one parked mid-flush (the first almost always
+    // does: writing 4 MiB back takes far longer than reaching the park).
+    let dirty = vec![0x3cu8; 4 << 20];
     let mut rounds = 0;
-    while parked_in_flight.load(Ordering::SeqCst) == 0 && rounds < 200 {
+    while parked_in_flight.load(Ordering::SeqCst) == 0 && rounds < 100 {
+        std::os::unix::fs::FileExt::write_all_at(&file, &dirty, 0).unwrap();
         trigger.send(()).unwrap();
         handle.send(0, |_| {}).unwrap();
         let status = statuses.recv_timeout(BOUND).expect("the completion wakes the reactor");
