@@ -20,6 +20,9 @@ config() { # name json-entries
 }
 
 echo "machine: $(nproc) cores, $(uname -r), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+# The machine is shared: the load says how much CPU the busy-polling side could get.
+echo "start: $(uptime)"
+trap 'echo "end: $(uptime)"; rm -rf "$work"' EXIT
 
 # 1. null: perf --no-park vs fio's null engine, 4 KiB randread QD128, one core.
 null=$(config null '{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":262144,"block_size":4096}}')
@@ -42,15 +45,25 @@ image="$work/uring.img"
 dd if=/dev/urandom of="$image" bs=1M count=1024 conv=fsync status=none
 uring=$(config uring "{\"method\":\"bdev_uring_create\",\"params\":{\"name\":\"Uring0\",\"filename\":\"$image\"}}")
 median() { sort -g | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
-ps=(); fs=()
+# Each run also reports its CPU time over its wall time: a busy-polling reactor that the
+# scheduler shares with other work gets less than 100 %, and its IOPS follow.
+timed() { # command... -> its stdout in $work/out, "cpu% " appended to $work/cpu
+    local TIMEFORMAT='%U %S %R'
+    { time "$@" >"$work/out" 2>/dev/null; } 2>"$work/time"
+    awk '{printf "%.0f%% ", ($1 + $2) / $3 * 100}' "$work/time" >>"$work/cpu"
+}
+ps=(); fs=(); : >"$work/cpu"
 for _ in 1 2 3; do
-    ps+=("$($PERF -c "$uring" -q 64 -o 4k -w randread -t "$SECONDS_PER_RUN" --no-park | iops_perf)")
-    fs+=("$(fio --name=uring --filename="$image" --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
-        --iodepth=64 --time_based --runtime="$SECONDS_PER_RUN" --cpus_allowed=0 | iops_fio)")
+    timed $PERF -c "$uring" -q 64 -o 4k -w randread -t "$SECONDS_PER_RUN" --no-park
+    ps+=("$(iops_perf <"$work/out")")
+    timed fio --name=uring --filename="$image" --ioengine=io_uring --direct=1 --rw=randread \
+        --bs=4k --iodepth=64 --time_based --runtime="$SECONDS_PER_RUN" --cpus_allowed=0
+    fs+=("$(iops_fio <"$work/out")")
 done
 p=$(printf '%s\n' "${ps[@]}" | median); f=$(printf '%s\n' "${fs[@]}" | median)
 echo "uring O_DIRECT randread QD64 1 core (median of 3 alternating): perf $p IOPS, fio $f IOPS, ratio $(ratio "$p" "$f")"
 echo "  runs: perf ${ps[*]}; fio ${fs[*]}"
+echo "  CPU/wall of each run, alternating perf, fio: $(cat "$work/cpu")"
 
 # 4. An idle daemon on two cores: CPU used over the run, parking vs --no-park.
 cpu_of() { # pid -> utime+stime in clock ticks
