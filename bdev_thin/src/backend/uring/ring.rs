@@ -46,6 +46,10 @@ impl Ring {
     /// A ring for the one file `fd`, registered as fixed file 0 so no IO pays for looking the
     /// descriptor up.
     pub(crate) fn new(entries: u32, slots: usize, fd: RawFd) -> io::Result<Ring> {
+        // COOP_TASKRUN: the kernel posts completions at our next syscall instead of
+        // interrupting the reactor (an IPI, a VM exit here) for each one; TASKRUN_FLAG tells a
+        // polling reactor that such work waits (`has_task_work`). A parked reactor is still
+        // woken: the notification wakes interruptible sleepers such as `epoll_wait`.
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
