@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use bdev_thin::backend::UringDevice;
 use bdev_thin::backend::uring::UringChannel;
 use bdev_thin::host::{
-    BlockDevice, DeviceChannel, IoKind, IoRequest, IoStatus, PollStatus, Poller,
+    BlockDevice, DeviceChannel, Host, IoKind, IoRequest, IoStatus, MessageRing, NoopWaker,
+    PollStatus, Poller,
 };
-use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
+use bdev_thin::runtime::{CoreMask, ReactorWaker, Runtime, RuntimeOptions};
 
 const BOUND: Duration = Duration::from_secs(20);
 
@@ -78,9 +79,9 @@ fn a_parked_reactor_serves_the_next_message_and_socket() {
     let (ours, theirs) = UnixStream::pair().unwrap();
     theirs.set_nonblocking(true).unwrap();
     let (sender, receiver) = mpsc::channel();
-    handle.add_poller(0, Box::new(SocketReader { socket: theirs, sender })).unwrap();
-    let before = parks(&runtime);
-    wait_until("the reactor to park again", || parks(&runtime) > before);
+    let reader = SocketReader { socket: theirs, sender };
+    bdev_thin::runtime::call_on(&handle, 0, move |ctx| ctx.add_poller(Box::new(reader))).unwrap();
+    wait_until("the reactor to park again", || handle.is_parked(0));
     (&ours).write_all(b"ping").unwrap();
     assert_eq!(receiver.recv_timeout(BOUND).unwrap(), b"ping", "socket readiness wakes it");
     runtime.stop();
@@ -235,4 +236,49 @@ fn a_mask_naming_a_missing_core_is_refused() {
             .err()
             .expect("core 63 does not exist here");
     assert!(error.to_string().contains("core 63"), "{error}");
+}
+
+/// Drains a message ring on its reactor and reports what it pops.
+struct RingReader {
+    ring: Arc<MessageRing<u64, ReactorWaker>>,
+    sender: mpsc::Sender<u64>,
+}
+
+impl Poller for RingReader {
+    fn poll(&mut self) -> PollStatus {
+        let mut busy = false;
+        while let Some(message) = self.ring.pop() {
+            let _ = self.sender.send(message);
+            busy = true;
+        }
+        PollStatus::busy_if(busy)
+    }
+
+    fn prepare_park(&mut self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+/// The cross-core path: a push into a bounded ring from another thread wakes the parked
+/// reactor that drains it; a full ring hands the message back instead of blocking or growing.
+#[test]
+fn a_ring_push_wakes_its_parked_reactor_and_a_full_ring_pushes_back() {
+    let runtime = Runtime::start(options(true)).unwrap();
+    let handle = runtime.handle();
+    let ring = Arc::new(MessageRing::new(2, handle.waker(0)));
+    let (sender, received) = mpsc::channel();
+    let reader = RingReader { ring: Arc::clone(&ring), sender };
+    bdev_thin::runtime::call_on(&handle, 0, move |ctx| ctx.add_poller(Box::new(reader))).unwrap();
+    for message in 1..=3u64 {
+        wait_until("the reactor to park", || handle.is_parked(0));
+        ring.push(message).unwrap();
+        assert_eq!(received.recv_timeout(BOUND).unwrap(), message, "the push woke it");
+    }
+    runtime.stop();
+
+    let full = MessageRing::new(2, NoopWaker);
+    full.push(1u64).unwrap();
+    full.push(2).unwrap();
+    assert_eq!(full.push(3), Err(3), "back-pressure hands the message back");
+    assert_eq!((full.pop(), full.pop(), full.pop()), (Some(1), Some(2), None));
 }

@@ -433,3 +433,62 @@ fn sigint_stops_a_run_and_prints_the_table() {
     assert!(text.contains("Received shutdown signal"), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("Total")), "{text}");
 }
+
+/// A config as SPDK's `save_config` writes it loads: option setters are accepted and ignored
+/// with a log line, subsystems we do not have are skipped with a warning, and the create call
+/// with every parameter SPDK saves works.
+#[test]
+fn a_config_saved_by_spdk_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("saved.json");
+    std::fs::write(
+        &config,
+        r#"{
+  "subsystems": [
+    {"subsystem": "iobuf", "config": [
+      {"method": "iobuf_set_options",
+       "params": {"small_pool_count": 8192, "large_pool_count": 1024,
+                  "small_bufsize": 8192, "large_bufsize": 135168}}]},
+    {"subsystem": "sock", "config": [
+      {"method": "sock_set_default_impl", "params": {"impl_name": "posix"}}]},
+    {"subsystem": "accel", "config": null},
+    {"subsystem": "bdev", "config": [
+      {"method": "bdev_set_options",
+       "params": {"bdev_io_pool_size": 65535, "bdev_io_cache_size": 256,
+                  "bdev_auto_examine": true, "iobuf_small_cache_size": 128,
+                  "iobuf_large_cache_size": 16}},
+      {"method": "bdev_nvme_set_options",
+       "params": {"action_on_timeout": "none", "timeout_us": 0, "keep_alive_timeout_ms": 10000}},
+      {"method": "bdev_nvme_set_hotplug", "params": {"period_us": 100000, "enable": false}},
+      {"method": "bdev_malloc_create",
+       "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512,
+                  "physical_block_size": 512, "uuid": "0b7a3a4e-3f5e-4d8f-9f53-0d7c6c2b1a10",
+                  "optimal_io_boundary": 0, "md_size": 0, "dif_type": 0,
+                  "dif_is_head_of_md": false, "dif_pi_format": 0}},
+      {"method": "bdev_wait_for_examine"}]},
+    {"subsystem": "nvmf", "config": [
+      {"method": "nvmf_set_config", "params": {"discovery_filter": "match_any",
+                                               "admin_cmd_passthru": {"identify_ctrlr": false}}},
+      {"method": "nvmf_set_max_subsystems", "params": {"max_subsystems": 1024}},
+      {"method": "nvmf_set_crdt", "params": {"crdt1": 0, "crdt2": 0, "crdt3": 0}}]},
+    {"subsystem": "nbd", "config": []}
+  ]
+}"#,
+    )
+    .unwrap();
+    let output =
+        run(perf().arg("-c").arg(&config).args(["-q", "4", "-o", "4k", "-w", "read", "-t", "1"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Job: Malloc0"), "{stdout}");
+    for logged in [
+        "skipping 1 entries of subsystem iobuf",
+        "skipping 1 entries of subsystem sock",
+        "bdev_set_options: accepted and ignored",
+        "bdev_nvme_set_hotplug: accepted and ignored",
+        "nvmf_set_crdt: accepted and ignored",
+    ] {
+        assert!(stderr.contains(logged), "'{logged}' in: {stderr}");
+    }
+}

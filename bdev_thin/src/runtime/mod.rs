@@ -285,6 +285,12 @@ impl RuntimeHandle {
         self.shared.stop.load(Ordering::Relaxed)
     }
 
+    /// Whether `core`'s reactor has published that it parks: from then on a push into one of
+    /// its rings must wake it (tests wait for this before pushing).
+    pub fn is_parked(&self, core: CoreId) -> bool {
+        self.shared.reactor(core).is_some_and(|r| r.waker.is_parked())
+    }
+
     /// (core, busy polls, idle polls, parks) of every reactor.
     pub fn stats(&self) -> Vec<(CoreId, u64, u64, u64)> {
         self.shared

@@ -81,6 +81,11 @@ impl ReactorWaker {
         fence(Ordering::SeqCst);
     }
 
+    /// Whether the reactor has published that it parks (it may still be re-checking).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.state.parked.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn unpark(&self) {
         self.state.parked.store(false, Ordering::Relaxed);
         if let Some(signal) = &self.state.signal {
