@@ -12,6 +12,8 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (release: the perf and durability tests move real data)"
 cargo test --workspace --release
+step "loom models (own target dir: --cfg loom rebuilds every crate)"
+RUSTFLAGS="--cfg loom" cargo test -p bdev_thin --lib --release --target-dir target/loom runtime::park
 step "benches build"
 cargo bench --workspace --no-run
 step "docs build"

@@ -73,6 +73,12 @@ impl ReactorWaker {
         self.state.signal.as_ref()
     }
 
+    /// Under loom the signal is a modelled flag: there is no descriptor to watch.
+    #[cfg(loom)]
+    pub(crate) fn eventfd(&self) -> Option<&crate::sys::EventFd> {
+        None
+    }
+
     /// The reactor's side, step 1: publish that it is about to sleep. The caller must then
     /// re-check every work source, and call [`ReactorWaker::unpark`] after it slept or if it
     /// found work.
