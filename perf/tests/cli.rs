@@ -113,6 +113,17 @@ fn bad_configs_give_one_line_errors() {
             ),
             "config: bdev_uring_create: filename: No such file or directory",
         ),
+        (
+            write_config(
+                dir.path(),
+                "huge.json",
+                &entry(
+                    "bdev_malloc_create",
+                    serde_json::json!({"num_blocks": 100_000_000_000u64, "block_size": 4096}),
+                ),
+            ),
+            "config: bdev_malloc_create: num_blocks: ",
+        ),
     ];
     for (config, expected) in cases {
         let output = run(perf()

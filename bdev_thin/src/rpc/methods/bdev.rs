@@ -45,6 +45,15 @@ fn accept_layout_hints(params: &mut Params, keys: &[&str]) -> Result<(), RpcErro
     Ok(())
 }
 
+/// A device refusing its parameters says which one first ("num_blocks: ..."): pass it on as
+/// SPDK's invalid-params error, so the config's one line names method and parameter.
+fn parameter_error(error: DeviceError) -> RpcError {
+    match error {
+        DeviceError::Invalid(message) => RpcError::invalid_params(message),
+        other => RpcError::from(other),
+    }
+}
+
 fn register(
     target: &Arc<Target>,
     name: String,
@@ -78,7 +87,7 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = MallocDevice::new(block_size, num_blocks)?;
+        let device = MallocDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Malloc(Arc::new(device)))
     })
 }
@@ -106,7 +115,7 @@ pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = NullDevice::new(block_size, num_blocks)?;
+        let device = NullDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Null(Arc::new(device)))
     })
 }
