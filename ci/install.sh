@@ -14,6 +14,8 @@ command -v nbdkit >/dev/null || need_apt+=(nbdkit)
 if ((${#need_apt[@]})) && [[ " ${need_apt[*]} " != *" qemu-utils "* ]]; then
     need_apt+=(qemu-utils)
 fi
+# The daemon tests signal with kill(1), not bash's builtin: procps ships /bin/kill.
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need_apt+=(procps)
 if ((${#need_apt[@]})); then
     echo "ci/install.sh: installing ${need_apt[*]}"
     apt-get update -qq
@@ -35,3 +37,9 @@ if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then
     .venv/bin/pip install --quiet --disable-pip-version-check 'spdk==26.9'
 fi
 .venv/bin/spdk-rpc --help >/dev/null
+# Rust itself cannot come from Debian (bookworm's rustc 1.63 predates edition 2024): the image
+# must bring cargo >= 1.85. Say so plainly instead of failing later in the middle of a build.
+if ! command -v cargo >/dev/null; then
+    echo "ci/install.sh: cargo (Rust >= 1.85) is not on PATH; install it before .ci/run" >&2
+    exit 1
+fi

@@ -54,8 +54,13 @@ fn call(target: &Arc<Target>, method: &str, params: Value) -> Result<Value, RpcE
 /// A runtime on two reactors (connections are dealt to both), a 64 MiB malloc bdev exported
 /// as `disk`, a 1 MiB one exported read-only as `ro`, and the server on a free port.
 fn daemon() -> Daemon {
-    let options =
-        RuntimeOptions { mask: CoreMask(0x3), park: true, pin: false, idle_before_park_us: 200 };
+    let options = RuntimeOptions {
+        mask: CoreMask(0x3),
+        park: true,
+        pin: false,
+        idle_before_park_us: 200,
+        ..Default::default()
+    };
     let runtime = Runtime::start(options).expect("reactors start");
     let target = Target::new(runtime.handle());
     let malloc = json!({"name": "Malloc0", "num_blocks": 131072, "block_size": 512});

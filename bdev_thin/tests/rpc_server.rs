@@ -41,6 +41,7 @@ fn two_cores() -> Runtime {
         park: true,
         pin: false,
         idle_before_park_us: 200,
+        ..Default::default()
     })
     .unwrap()
 }

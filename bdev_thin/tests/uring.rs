@@ -196,4 +196,13 @@ fn a_loop_device() {
     assert!(matches!(UringDevice::open(&loop_device.device, None), Err(DeviceError::Busy { .. })));
     let backing = loop_device.backing.clone();
     exercise(&device, move || allocated_bytes(&backing));
+
+    // Rescan picks up a grown device: grow the backing file, tell the loop driver, rescan.
+    let blocks = device.info().num_blocks;
+    let file = std::fs::OpenOptions::new().write(true).open(&loop_device.backing).unwrap();
+    file.set_len(32 << 20).unwrap();
+    let status = Command::new("losetup").arg("-c").arg(&loop_device.device).status().unwrap();
+    assert!(status.success(), "losetup -c");
+    assert_eq!(device.rescan().unwrap(), blocks * 2, "the grown loop device");
+    assert_eq!(device.info().num_blocks, blocks * 2);
 }

@@ -1,5 +1,5 @@
 //! A steady perf loop allocates nothing per IO: a counting global allocator counts this thread's
-//! allocations while a job keeps 64 IOs in flight against malloc and null bdevs.
+//! allocations while a job keeps 64 IOs in flight against malloc, null and uring bdevs.
 //!
 //! This test file is allowed `unsafe`: a global allocator must be an `unsafe impl`.
 #![allow(unsafe_code)]
@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use bdev_thin::backend::{BaseDevice, MallocDevice, NullDevice};
+use bdev_thin::backend::{BaseDevice, MallocDevice, NullDevice, UringDevice};
 use bdev_thin::bdev::{Bdev, Device};
 use bdev_thin::host::Poller;
 use perf::{Job, JobProgress, JobSpec, Workload};
@@ -46,7 +46,7 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-fn steady_loop_allocations(device: BaseDevice, workload: Workload) -> (u64, u64) {
+fn steady_loop_allocations(device: BaseDevice, workload: Workload, ios: u64) -> (u64, u64) {
     let info = {
         use bdev_thin::host::BlockDevice;
         device.info()
@@ -77,12 +77,12 @@ fn steady_loop_allocations(device: BaseDevice, workload: Workload) -> (u64, u64)
         Arc::new(JobProgress::default()),
         Box::new(|_| {}),
     );
-    while job.ios() < 20_000 {
+    while job.ios() < ios / 10 {
         job.poll();
     }
     let before = allocations();
     let ios_before = job.ios();
-    while job.ios() < ios_before + 200_000 {
+    while job.ios() < ios_before + ios {
         job.poll();
     }
     (allocations() - before, job.ios() - ios_before)
@@ -92,12 +92,25 @@ fn steady_loop_allocations(device: BaseDevice, workload: Workload) -> (u64, u64)
 fn a_steady_loop_allocates_nothing() {
     for workload in [Workload::RandRead, Workload::RandWrite, Workload::RandRw, Workload::Verify] {
         let malloc = BaseDevice::Malloc(Arc::new(MallocDevice::new(4096, 16384).unwrap()));
-        let (count, ios) = steady_loop_allocations(malloc, workload);
+        let (count, ios) = steady_loop_allocations(malloc, workload, 200_000);
         assert_eq!(count, 0, "malloc {workload:?}: {count} allocations over {ios} IOs");
     }
     let null = BaseDevice::Null(Arc::new(NullDevice::new(4096, 1 << 20).unwrap()));
-    let (count, ios) = steady_loop_allocations(null, Workload::RandRead);
+    let (count, ios) = steady_loop_allocations(null, Workload::RandRead, 200_000);
     assert_eq!(count, 0, "null: {count} allocations over {ios} IOs");
+
+    // uring: the kernel does the IO; the ring, its slots and the job allocate nothing per IO.
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("no_alloc_{}.img", std::process::id()));
+    // Written out, not sparse: overwrites then need no block allocation in the filesystem.
+    std::fs::write(&path, vec![0u8; 16 << 20]).unwrap();
+    let uring = BaseDevice::Uring(Arc::new(UringDevice::open(&path, Some(4096)).unwrap()));
+    for workload in [Workload::RandRead, Workload::RandWrite] {
+        let (count, ios) = steady_loop_allocations(uring.clone(), workload, 5_000);
+        assert_eq!(count, 0, "uring {workload:?}: {count} allocations over {ios} IOs");
+    }
+    drop(uring);
+    let _ = std::fs::remove_file(&path);
 }
 
 /// A thin volume's steady loop allocates nothing either: mapped reads and overwrites go

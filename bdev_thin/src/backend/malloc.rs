@@ -25,16 +25,30 @@ impl MallocDevice {
     pub fn new(block_size_bytes: u32, num_blocks: u64) -> Result<MallocDevice, DeviceError> {
         if block_size_bytes < 512 || !block_size_bytes.is_multiple_of(512) {
             return Err(DeviceError::Invalid(format!(
-                "block_size {block_size_bytes} is not a multiple of 512"
+                "block_size: {block_size_bytes} is not a multiple of 512"
             )));
         }
         if num_blocks == 0 {
-            return Err(DeviceError::Invalid("num_blocks must be greater than 0".into()));
+            return Err(DeviceError::Invalid("num_blocks: must be greater than 0".into()));
         }
+        let too_big = || {
+            DeviceError::Invalid(format!(
+                "num_blocks: {num_blocks} blocks of {block_size_bytes} bytes do not fit in memory"
+            ))
+        };
         let bytes = num_blocks
             .checked_mul(u64::from(block_size_bytes))
             .and_then(|b| usize::try_from(b).ok())
-            .ok_or_else(|| DeviceError::Invalid("size overflows memory".into()))?;
+            .ok_or_else(too_big)?;
+        // A size from a config or an RPC must fail as an error, not abort the process: refuse
+        // more than the memory available now, and probe the allocation (address space only, no
+        // page is touched) before the real one, which zero-fills.
+        if available_memory_bytes().is_some_and(|total| bytes as u64 > total) {
+            return Err(too_big());
+        }
+        let mut probe: Vec<AtomicU64> = Vec::new();
+        probe.try_reserve_exact(bytes / 8).map_err(|_| too_big())?;
+        drop(probe);
         let words: Arc<[AtomicU64]> = (0..bytes / 8).map(|_| AtomicU64::new(0)).collect();
         Ok(MallocDevice { block_size_bytes, num_blocks, words })
     }
@@ -56,6 +70,14 @@ impl MallocDevice {
         }
         Ok(())
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo` (memory usable without swapping), if it can be read.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl BlockDevice for MallocDevice {

@@ -95,6 +95,10 @@ pub struct RuntimeOptions {
     /// Pin each reactor to its core. Off only where the core may not exist (tests).
     pub pin: bool,
     pub idle_before_park_us: u64,
+    /// Longest a parked reactor sleeps with no timer due, in milliseconds (`-1`: no bound).
+    /// Tests raise it past their own bounds, so a wake-up that is lost fails them instead of
+    /// being covered by the periodic wake.
+    pub park_timeout_ms: i32,
 }
 
 impl Default for RuntimeOptions {
@@ -104,6 +108,7 @@ impl Default for RuntimeOptions {
             park: true,
             pin: true,
             idle_before_park_us: limits::REACTOR_IDLE_BEFORE_PARK_US,
+            park_timeout_ms: limits::REACTOR_PARK_TIMEOUT_MS,
         }
     }
 }
@@ -278,6 +283,12 @@ impl RuntimeHandle {
 
     pub fn is_stopping(&self) -> bool {
         self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether `core`'s reactor has published that it parks: from then on a push into one of
+    /// its rings must wake it (tests wait for this before pushing).
+    pub fn is_parked(&self, core: CoreId) -> bool {
+        self.shared.reactor(core).is_some_and(|r| r.waker.is_parked())
     }
 
     /// (core, busy polls, idle polls, parks) of every reactor.

@@ -73,7 +73,7 @@ impl ReactorWaker {
         self.state.signal.as_ref()
     }
 
-    /// Under loom there is no kernel object to watch.
+    /// Under loom the signal is a modelled flag: there is no descriptor to watch.
     #[cfg(loom)]
     pub(crate) fn eventfd(&self) -> Option<&crate::sys::EventFd> {
         None
@@ -85,6 +85,11 @@ impl ReactorWaker {
     pub(crate) fn begin_park(&self) {
         self.state.parked.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
+    }
+
+    /// Whether the reactor has published that it parks (it may still be re-checking).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.state.parked.load(Ordering::SeqCst)
     }
 
     pub(crate) fn unpark(&self) {

@@ -179,11 +179,13 @@ fn park(runtime: &RuntimeShared, me: &ReactorShared, ctx: &mut ReactorContext) {
             .filter_map(|slot| slot.timer.map(|(_, next)| next))
             .min()
             .unwrap_or(u64::MAX);
+        let bound_ms = runtime.options.park_timeout_ms;
         let timeout_ms = if next_timer_ns == u64::MAX {
-            limits::REACTOR_PARK_TIMEOUT_MS
+            bound_ms
         } else {
             let wait_ms = next_timer_ns.saturating_sub(now).div_ceil(1_000_000);
-            i32::try_from(wait_ms).unwrap_or(i32::MAX).min(limits::REACTOR_PARK_TIMEOUT_MS)
+            let wait_ms = i32::try_from(wait_ms).unwrap_or(i32::MAX);
+            if bound_ms < 0 { wait_ms } else { wait_ms.min(bound_ms) }
         };
         me.stats.parks.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = ctx.epoll.wait(timeout_ms) {

@@ -419,4 +419,40 @@ mod tests {
         assert_eq!(device.read_content(1, 1)[0], 1, "the flushed version survives");
         assert!(!device.is_written(2), "the unflushed write is lost");
     }
+
+    #[test]
+    fn completions_are_held_reordered_and_failed_as_the_test_says() {
+        let device = SimDevice::new(512, 16);
+        let mut channel = device.open_channel().unwrap();
+        let mut done = Vec::new();
+        // A held write waits while a later one completes first.
+        device.hold(|io| io.kind == IoKind::Write && io.offset_blocks == 5);
+        write(&mut channel, 5, 0x55);
+        write(&mut channel, 6, 0x66);
+        channel.poll(&mut |c| done.push((c.request.offset_blocks, c.status)));
+        assert_eq!(done, vec![(6, IoStatus::Success)], "reordered around the held write");
+        assert!(!device.is_written(5) && device.is_written(6));
+        // The test fails the held write: it completes with the errno and never takes effect.
+        let held = device.pending()[0].id;
+        device.fail(held, libc::EIO);
+        done.clear();
+        channel.poll(&mut |c| done.push((c.request.offset_blocks, c.status)));
+        assert_eq!(done, vec![(5, IoStatus::Failed(libc::EIO))]);
+        assert!(!device.is_written(5));
+        device.release_hold();
+        // A fault rule fails the next matching IO only.
+        device.add_fault(SimFault {
+            kind: IoKind::Write,
+            blocks: (8, 9),
+            errno: libc::ENOSPC,
+            remaining: 1,
+        });
+        write(&mut channel, 9, 1);
+        write(&mut channel, 9, 2);
+        done.clear();
+        channel.poll(&mut |c| done.push((c.request.offset_blocks, c.status)));
+        assert_eq!(done, vec![(9, IoStatus::Failed(libc::ENOSPC)), (9, IoStatus::Success)]);
+        assert_eq!(device.read_content(9, 1)[0], 2);
+        assert_eq!(channel.in_flight(), 0);
+    }
 }

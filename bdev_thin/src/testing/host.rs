@@ -111,3 +111,63 @@ impl Stepper {
         panic!("still busy after {rounds_max} rounds");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts its polls and the core it saw; busy for its first `busy_polls` polls.
+    struct Probe {
+        host: SteppingHost,
+        polls: Arc<AtomicUsize>,
+        seen_core: Arc<AtomicU32>,
+        busy_polls: usize,
+    }
+
+    impl Poller for Probe {
+        fn poll(&mut self) -> PollStatus {
+            self.seen_core.store(self.host.current_core(), Ordering::SeqCst);
+            let polls = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            PollStatus::busy_if(polls <= self.busy_polls)
+        }
+    }
+
+    fn probe(host: &SteppingHost, busy_polls: usize) -> (Probe, Arc<AtomicUsize>, Arc<AtomicU32>) {
+        let (polls, seen_core) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU32::new(99)));
+        let probe = Probe {
+            host: host.clone(),
+            polls: Arc::clone(&polls),
+            seen_core: Arc::clone(&seen_core),
+            busy_polls,
+        };
+        (probe, polls, seen_core)
+    }
+
+    #[test]
+    fn the_test_chooses_which_poller_runs_and_what_time_it_is() {
+        let host = SteppingHost::new();
+        let mut stepper = Stepper::new(host.clone());
+        let (a, a_polls, a_core) = probe(&host, 3);
+        let (b, b_polls, b_core) = probe(&host, 0);
+        stepper.add(0, Box::new(a));
+        stepper.add(1, Box::new(b));
+        assert_eq!(stepper.poll_core(1), PollStatus::Idle);
+        assert_eq!((a_polls.load(Ordering::SeqCst), b_polls.load(Ordering::SeqCst)), (0, 1));
+        assert_eq!(b_core.load(Ordering::SeqCst), 1, "a poller runs as its core");
+        assert_eq!(stepper.run_until_idle(10), 4, "three busy rounds, then an idle one");
+        assert_eq!(a_core.load(Ordering::SeqCst), 0);
+        assert_eq!(host.now_ns(), 0, "time moves only when the test says");
+        host.advance_ms(2);
+        assert_eq!(host.now_ns(), 2_000_000);
+    }
+
+    #[test]
+    #[should_panic(expected = "still busy")]
+    fn a_livelock_fails_instead_of_hanging() {
+        let host = SteppingHost::new();
+        let mut stepper = Stepper::new(host.clone());
+        stepper.add(0, Box::new(probe(&host, usize::MAX).0));
+        stepper.run_until_idle(5);
+    }
+}

@@ -46,8 +46,16 @@ impl Ring {
     /// A ring for the one file `fd`, registered as fixed file 0 so no IO pays for looking the
     /// descriptor up.
     pub(crate) fn new(entries: u32, slots: usize, fd: RawFd) -> io::Result<Ring> {
-        let uring =
-            IoUring::builder().setup_single_issuer().setup_cqsize(entries * 2).build(entries)?;
+        // COOP_TASKRUN: the kernel posts completions at our next syscall instead of
+        // interrupting the reactor (an IPI, a VM exit here) for each one; TASKRUN_FLAG tells a
+        // polling reactor that such work waits (`has_task_work`). A parked reactor is still
+        // woken: the notification wakes interruptible sleepers such as `epoll_wait`.
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_cqsize(entries * 2)
+            .build(entries)?;
         uring.submitter().register_files(&[fd])?;
         let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         Ok(Ring { uring, iovecs: vec![[empty; limits::IO_SEGMENTS_MAX]; slots].into_boxed_slice() })

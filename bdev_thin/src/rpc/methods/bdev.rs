@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{Reply, reply_with};
 use crate::backend::{BaseDevice, MallocDevice, NullDevice, UringDevice};
 use crate::bdev::{Bdev, Device, IoStatSnapshot};
-use crate::host::IoKind;
+use crate::host::{DeviceError, IoKind};
 use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
@@ -43,6 +43,15 @@ fn accept_layout_hints(params: &mut Params, keys: &[&str]) -> Result<(), RpcErro
         }
     }
     Ok(())
+}
+
+/// A device refusing its parameters says which one first ("num_blocks: ..."): pass it on as
+/// SPDK's invalid-params error, so the config's one line names method and parameter.
+fn parameter_error(error: DeviceError) -> RpcError {
+    match error {
+        DeviceError::Invalid(message) => RpcError::invalid_params(message),
+        other => RpcError::from(other),
+    }
 }
 
 fn register(
@@ -79,7 +88,7 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = MallocDevice::new(block_size, num_blocks)?;
+        let device = MallocDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Malloc(Arc::new(device)))
     })
 }
@@ -107,7 +116,7 @@ pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = NullDevice::new(block_size, num_blocks)?;
+        let device = NullDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Null(Arc::new(device)))
     })
 }
@@ -122,7 +131,16 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
-        let device = UringDevice::open(Path::new(&filename), block_size)?;
+        let device = UringDevice::open(Path::new(&filename), block_size).map_err(|e| {
+            // Name the parameter, as every config error does.
+            let parameter = match &e {
+                DeviceError::Invalid(message) if message.starts_with("block_size") => "block_size",
+                _ => "filename",
+            };
+            let mut error = RpcError::from(e);
+            error.message = format!("{parameter}: {}", error.message);
+            error
+        })?;
         register(target, name, uuid, BaseDevice::Uring(Arc::new(device)))
     })
 }
