@@ -37,7 +37,7 @@ fio_nbd() { # uri rw extra...
 
 echo "machine: $(nproc) cores, $(uname -r), commit $(git rev-parse --short HEAD 2>/dev/null || echo none), load average $(cut -d" " -f1-3 /proc/loadavg)"
 
-# (b) thin_tgt exporting a 1 GiB malloc bdev (4 KiB blocks), reactor on core 0, --no-park.
+# (b) thin_tgt exporting a 1 GiB malloc bdev (4 KiB blocks), reactor on core 0.
 port_ours=$(free_port)
 cat > "$work/malloc.json" <<JSON
 {"subsystems":[
