@@ -2,7 +2,10 @@
 //! `spdk.rpc.client.JSONRPCClient`), installed by `ci/install.sh` in the repository's `.venv/`:
 //! base bdevs created and listed in SPDK's schema, `save_config` then a restart with `-c` (and
 //! the client's own `load_config`) bringing back the same bdevs and UUIDs, a Python session with
-//! errors and a batch, and our CLI plugin `python/bdev_thin_rpc.py`.
+//! errors and a batch, and our CLI plugin `python/bdev_thin_rpc.py`. With pools: made with the
+//! plugin and with `JSONRPCClient`, listed in SPDK's schema, saved (no `bdev_thin_*` call in the
+//! file), written between runs, and back by examine after a restart with the same UUIDs, sizes
+//! and mapped blocks; `thinctl check` passes after the final stop.
 //!
 //! Without the client the tests print a loud SKIPPED; with `CI=true` they fail instead.
 
@@ -225,8 +228,7 @@ fn the_plugin_loads_and_its_requests_reach_the_daemon() {
         spdk.ok(&["--plugin", "bdev_thin_rpc", method, "-h"]);
     }
 
-    // The request arrives with API.md's parameter names. Until the thin pool is merged the
-    // daemon answers -32601; after, -19 (no such bdev): the request shape is checked either way.
+    // The request arrives with API.md's parameter names; the daemon answers -19 (no such bdev).
     let output = spdk.run(&[
         "--plugin",
         "bdev_thin_rpc",
@@ -250,18 +252,243 @@ fn the_plugin_loads_and_its_requests_reach_the_daemon() {
     assert_eq!(request["discard"], "no_passdown");
     assert_eq!(request["zero_new_blocks"], false);
     assert!(request.get("out_of_space").is_none(), "unset flags are not sent: {request}");
-    let code = error["code"].as_i64().unwrap();
-    assert!(code == -32601 || code == -19, "{error}");
-    if code == -32601 {
-        assert_eq!(error["message"], "Method not found: bdev_thin_pool_create");
-    }
+    assert_eq!(error["code"], -19, "{error}");
 
     let output = spdk.run(&["--plugin", "bdev_thin_rpc", "bdev_thin_get_pools", "-l", "pool0"]);
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    if !output.status.success() {
-        let (request, error) = request_and_error(&text);
-        assert_eq!(request["method"], "bdev_thin_get_pools");
-        assert_eq!(request["pool_name"], "pool0");
-        assert!(error["code"] == -32601 || error["code"] == -19, "{error}");
+    assert!(!output.status.success());
+    let (request, error) = request_and_error(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(request["method"], "bdev_thin_get_pools");
+    assert_eq!(request["pool_name"], "pool0");
+    assert_eq!(error["code"], -19, "{error}");
+    assert!(spdk.thin(&["bdev_thin_get_pools"]).as_array().unwrap().is_empty());
+}
+
+impl Spdk {
+    /// `spdk-rpc --plugin bdev_thin_rpc ARGS`, which must succeed; returns stdout as JSON.
+    fn thin(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.thin_text(args)).expect("JSON output")
+    }
+
+    /// The same, for commands that print a bare string (a UUID), trimmed.
+    fn thin_text(&self, args: &[&str]) -> String {
+        let mut all = vec!["--plugin", "bdev_thin_rpc"];
+        all.extend_from_slice(args);
+        self.ok(&all).trim().to_string()
+    }
+}
+
+/// The entries of `value` (an array of objects) sorted by `key`.
+fn sorted_by(value: &Value, key: &str) -> Vec<Value> {
+    let mut items = value.as_array().expect("an array").clone();
+    items.sort_by(|a, b| a[key].as_str().cmp(&b[key].as_str()));
+    items
+}
+
+/// A pool as listed, without what writes and commits change.
+fn pool_identity(pool: &Value) -> Value {
+    let mut pool = pool.clone();
+    let object = pool.as_object_mut().expect("a pool object");
+    for key in ["transaction_id", "used_data_blocks", "free_data_blocks", "metadata_used_bytes"] {
+        assert!(object.remove(key).is_some(), "{key} listed");
+    }
+    pool
+}
+
+/// The thin volumes of `bdev_get_bdevs`, as (name, uuid, aliases, sizes, pool), sorted.
+fn thin_bdevs(bdevs: &Value) -> Vec<Value> {
+    let mut out: Vec<Value> = bdevs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["driver_specific"].get("thin").is_some())
+        .map(|b| {
+            json!([
+                b["name"],
+                b["uuid"],
+                b["aliases"],
+                b["block_size"],
+                b["num_blocks"],
+                b["driver_specific"]["thin"]["pool_uuid"]
+            ])
+        })
+        .collect();
+    out.sort_by_key(Value::to_string);
+    out
+}
+
+#[test]
+fn pools_volumes_and_snapshots_come_back_by_examine_after_save_config() {
+    let Some(bin) = client_bin() else { return };
+    let dir = Scratch::new("spdk_pools");
+    let image0 = dir.path("pool0.img");
+    let image1 = dir.path("pool1.img");
+    std::fs::File::create(&image0).unwrap().set_len(256 << 20).unwrap();
+    std::fs::File::create(&image1).unwrap().set_len(64 << 20).unwrap();
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let spdk = Spdk { bin, socket: daemon.socket.clone() };
+
+    // With the CLI and the plugin: pool0 on Uring0, two volumes and a snapshot.
+    assert_eq!(
+        spdk.ok(&["bdev_uring_create", image0.to_str().unwrap(), "Uring0", "4096"]).trim(),
+        "Uring0"
+    );
+    let pool0 = spdk.thin_text(&["bdev_thin_pool_create", "Uring0", "pool0", "-d", "65536"]);
+    let vol0 = spdk.thin_text(&["bdev_thin_create", "vol0", "64", "-l", "pool0"]);
+    let vol1 = spdk.thin_text(&["bdev_thin_create", "vol1", "32", "-u", &pool0]);
+    let snap0 = spdk.thin_text(&["bdev_thin_snapshot", "pool0/vol0", "snap0"]);
+    for uuid in [&pool0, &vol0, &vol1, &snap0] {
+        assert!(uuid::Uuid::parse_str(uuid).is_ok(), "a UUID: {uuid}");
+    }
+    let one = spdk.thin(&["bdev_thin_get_volumes", "-b", "pool0/snap0"]);
+    assert_eq!(one[0]["uuid"], snap0.as_str());
+    assert_eq!(one[0]["origin"], "pool0/vol0");
+    assert_eq!(one[0]["num_blocks"], 16384);
+    let listed = spdk.thin(&["bdev_thin_get_volumes", "-l", "pool0"]);
+    let aliases: Vec<&str> =
+        listed.as_array().unwrap().iter().filter_map(|v| v["alias"].as_str()).collect();
+    assert_eq!(aliases, ["pool0/vol0", "pool0/vol1", "pool0/snap0"]);
+    assert_eq!(listed[0]["name"], vol0.as_str());
+    assert_eq!(listed[1]["name"], vol1.as_str());
+    assert_eq!(listed[1]["num_blocks"], 8192);
+    let pools = spdk.thin(&["bdev_thin_get_pools", "-l", "pool0"]);
+    assert_eq!(pools[0]["uuid"], pool0.as_str());
+    assert_eq!(pools[0]["base_bdev"], "Uring0");
+    assert_eq!(pools[0]["data_block_size"], 65536);
+    assert_eq!(pools[0]["mode"], "write");
+
+    // With JSONRPCClient: pool1 on Uring1, two volumes, a snapshot, and the errors.
+    let output = spdk
+        .command("python3")
+        .arg(Path::new(ROOT).join("tests/python/pool_session.py"))
+        .arg(&daemon.socket)
+        .arg(&image1)
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "pool_session.py failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("a JSON summary");
+    assert_eq!(seen["uring"], "Uring1");
+    assert_eq!(seen["get_pools"][0]["uuid"], seen["pool"]);
+    assert_eq!(seen["get_pools"][0]["data_block_size"], 32768);
+    assert_eq!(seen["get_pools"][0]["discard"], "no_passdown");
+    assert_eq!(seen["get_volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(seen["get_bdevs"][0]["aliases"], json!(["pool1/snapA"]));
+    assert_eq!(seen["get_bdevs"][0]["name"], seen["snapshot"]);
+    assert!(seen["errors"][2].as_str().unwrap().contains("size_in_mib"), "{}", seen["errors"]);
+
+    // bdev_get_bdevs in SPDK's schema: volumes named by UUID with the alias pool/volume.
+    let bdevs = spdk.json(&["bdev_get_bdevs"]);
+    let uring = spdk.json(&["bdev_get_bdevs", "-b", "Uring0"]);
+    assert_eq!(uring[0]["claimed"], true, "the pool claims its bdev");
+    assert_eq!(uring[0]["claim_type"], "exclusive_write");
+    let thin = thin_bdevs(&bdevs);
+    assert_eq!(thin.len(), 6, "{bdevs}");
+    for bdev in bdevs.as_array().unwrap() {
+        let mut bdev = bdev.clone();
+        let object = bdev.as_object_mut().unwrap();
+        // SPDK adds claim_type after claimed on a claimed bdev.
+        if object["claimed"] == true {
+            assert!(object.shift_remove("claim_type").is_some(), "claim_type: {bdev}");
+        }
+        if object["driver_specific"].get("thin").is_some() {
+            // A volume is named by its UUID; its only alias is pool/volume.
+            assert_eq!(object["name"], object["uuid"]);
+            object["aliases"] = json!([object["uuid"]]);
+        }
+        assert_spdk_bdev_schema(&bdev);
+    }
+    let by_alias = spdk.json(&["bdev_get_bdevs", "-b", "pool0/vol0"]);
+    assert_eq!(by_alias[0]["name"], vol0.as_str());
+    assert_eq!(by_alias[0]["uuid"], vol0.as_str());
+    assert_eq!(by_alias[0]["aliases"], json!(["pool0/vol0"]));
+    assert_eq!(by_alias[0]["num_blocks"], 16384);
+    assert_eq!(by_alias[0]["driver_specific"]["thin"]["pool_name"], "pool0");
+    assert_eq!(by_alias[0]["driver_specific"]["thin"]["pool_uuid"], pool0.as_str());
+
+    // save_config holds the base bdevs and bdev_wait_for_examine, no bdev_thin_* call.
+    let saved_text = spdk.ok(&["save_config"]);
+    let saved_path = dir.path("saved.json");
+    std::fs::write(&saved_path, &saved_text).unwrap();
+    let saved: Value = serde_json::from_str(&saved_text).unwrap();
+    let methods: Vec<&str> = saved["subsystems"][0]["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["method"].as_str())
+        .collect();
+    assert!(!saved_text.contains("bdev_thin"), "{saved_text}");
+    assert_eq!(methods.iter().filter(|m| **m == "bdev_uring_create").count(), 2, "{methods:?}");
+    assert_eq!(methods.last(), Some(&"bdev_wait_for_examine"));
+    let pools_before = sorted_by(&spdk.thin(&["bdev_thin_get_pools"]), "name");
+    let volumes_before = sorted_by(&spdk.thin(&["bdev_thin_get_volumes"]), "alias");
+    assert_eq!(pools_before.len(), 2);
+    assert_eq!(volumes_before.len(), 6);
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+
+    // Data written between the runs (pools found by examine on the saved config): vol0 gets 4
+    // data blocks, the snapshot 1 of its own, volB 2 (32 KiB blocks of 8 LBAs).
+    let written = common::writer::write_volumes(
+        &saved_path,
+        &[("pool0/vol0", &[0, 16, 32, 4096]), ("pool0/snap0", &[0]), ("pool1/volB", &[0, 8])],
+    );
+    let written = sorted_by(&written, "alias");
+    let mapped: Vec<(String, u64)> = written
+        .iter()
+        .map(|v| (v["alias"].as_str().unwrap().to_string(), v["mapped_blocks"].as_u64().unwrap()))
+        .collect();
+    let expected = [
+        ("pool0/snap0", 1),
+        ("pool0/vol0", 4),
+        ("pool0/vol1", 0),
+        ("pool1/snapA", 0),
+        ("pool1/volA", 0),
+        ("pool1/volB", 2),
+    ];
+    assert_eq!(mapped, expected.map(|(a, n)| (a.to_string(), n)));
+    for (before, after) in volumes_before.iter().zip(&written) {
+        let mut before = before.clone();
+        before["mapped_blocks"] = after["mapped_blocks"].clone();
+        assert_eq!(&before, after, "only mapped_blocks changed");
+    }
+
+    // Restart with the saved config: the same pools, volumes, snapshots, UUIDs, sizes and
+    // mapped blocks, found by examine, with nothing replayed twice.
+    let mut daemon = Daemon::start(&dir.0, &["-c", saved_path.to_str().unwrap()]);
+    let log = daemon.log_text();
+    assert!(!log.contains("already exists"), "{log}");
+    assert!(log.contains("examine Uring0: found pool pool0"), "{log}");
+    assert!(log.contains("examine Uring1: found pool pool1"), "{log}");
+    let volumes_after = sorted_by(&spdk.thin(&["bdev_thin_get_volumes"]), "alias");
+    assert_eq!(volumes_after, written);
+    let pools_after = sorted_by(&spdk.thin(&["bdev_thin_get_pools"]), "name");
+    assert_eq!(pools_after.len(), 2);
+    for (before, after) in pools_before.iter().zip(&pools_after) {
+        assert_eq!(pool_identity(before), pool_identity(after));
+    }
+    assert_eq!(pools_after[0]["used_data_blocks"], 5);
+    assert_eq!(pools_after[1]["used_data_blocks"], 2);
+    assert_eq!(thin_bdevs(&spdk.json(&["bdev_get_bdevs"])), thin);
+    // Saving again gives the same file: it replays as often as needed.
+    assert_eq!(spdk.ok(&["save_config"]), saved_text);
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+
+    // Offline, after the final stop, both pools check clean.
+    for image in [&image0, &image1] {
+        let check = Command::new(env!("CARGO_BIN_EXE_thinctl"))
+            .arg("check")
+            .arg(image)
+            .output()
+            .expect("thinctl");
+        assert!(
+            check.status.success(),
+            "thinctl check {}:\n{}{}",
+            image.display(),
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
     }
 }

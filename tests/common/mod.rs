@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod writer;
+
 /// Longest any wait in these tests may take before it is a failure.
 pub const BOUND: Duration = Duration::from_secs(30);
 

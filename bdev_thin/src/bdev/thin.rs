@@ -119,20 +119,42 @@ impl BlockDevice for ThinVolumeDevice {
 }
 
 /// The owner as a reactor poller on the pool's home core.
+///
+/// A stopping reactor calls `begin_stop`, then keeps polling until `is_drained`: the owner is
+/// asked for a commit, and the poller reports drained only once it was polled after that ask
+/// (the commit starts in a poll), nothing is in flight, and the metadata is clean (or cannot be
+/// written: a `read_only` or `fail` pool). Changes made while that commit ran ask for another.
 pub struct OwnerPoller {
     owner: Owner<BaseDevice, RuntimeHandle>,
     stopping: bool,
+    /// Polled at least once since `begin_stop` asked for the commit.
+    polled_since_stop: bool,
 }
 
 impl OwnerPoller {
     pub fn new(owner: Owner<BaseDevice, RuntimeHandle>) -> OwnerPoller {
-        OwnerPoller { owner, stopping: false }
+        OwnerPoller { owner, stopping: false, polled_since_stop: false }
+    }
+
+    /// Whether the metadata still holds changes a commit could write.
+    fn has_uncommitted(&self) -> bool {
+        use crate::thin::types::PoolMode;
+        self.owner.metadata().is_dirty()
+            && !matches!(self.owner.mode(), PoolMode::ReadOnly | PoolMode::Fail)
     }
 }
 
 impl Poller for OwnerPoller {
     fn poll(&mut self) -> PollStatus {
-        self.owner.poll()
+        let status = self.owner.poll();
+        if self.stopping {
+            self.polled_since_stop = true;
+            if self.owner.is_drained() && self.has_uncommitted() {
+                self.owner.request_commit();
+                return PollStatus::Busy;
+            }
+        }
+        status
     }
 
     fn name(&self) -> &str {
@@ -141,11 +163,17 @@ impl Poller for OwnerPoller {
 
     fn begin_stop(&mut self) {
         self.stopping = true;
+        self.polled_since_stop = false;
         self.owner.request_commit();
     }
 
     fn is_drained(&self) -> bool {
-        self.owner.is_drained()
+        if self.owner.is_finished() {
+            return true;
+        }
+        (!self.stopping || self.polled_since_stop)
+            && self.owner.is_drained()
+            && !self.has_uncommitted()
     }
 
     fn prepare_park(&mut self) -> bool {
