@@ -26,6 +26,7 @@ fn runtime(mask: u64) -> Runtime {
         park: true,
         pin: false,
         idle_before_park_us: 200,
+        ..Default::default()
     })
     .expect("runtime")
 }

@@ -76,6 +76,7 @@ pub fn write_volumes(config: &Path, writes: &[(&str, &[u64])]) -> Value {
         park: true,
         pin: false,
         idle_before_park_us: 200,
+        ..Default::default()
     })
     .expect("runtime");
     let target = Target::new(runtime.handle());
