@@ -12,6 +12,8 @@ pub struct Target {
     pub runtime: RuntimeHandle,
     pub bdevs: Arc<BdevRegistry>,
     pools: std::sync::Mutex<Vec<Arc<ThinPool>>>,
+    /// Metadata bdevs found by examine whose data bdev has not appeared: (data UUID, name).
+    waiting_metadata: std::sync::Mutex<Vec<(uuid::Uuid, String)>>,
     /// Pools being opened by examine, and who waits for them (`bdev_wait_for_examine`).
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     /// The NBD server and its exports (`nbd_*` methods).
@@ -26,6 +28,7 @@ impl Target {
             bdevs: BdevRegistry::new(),
             pools: std::sync::Mutex::new(Vec::new()),
             examines: std::sync::Mutex::new((0, Vec::new())),
+            waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
             initialized: AtomicBool::new(false),
         })
@@ -42,6 +45,23 @@ impl Target {
 
     pub fn add_pool(&self, pool: Arc<ThinPool>) {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
+    }
+
+    /// Remembers a metadata bdev until its data bdev (by UUID) appears.
+    pub fn wait_for_data_bdev(&self, data_uuid: uuid::Uuid, metadata_bdev: String) {
+        let mut waiting = self.waiting_metadata.lock().unwrap_or_else(|p| p.into_inner());
+        if !waiting.iter().any(|(_, name)| *name == metadata_bdev) {
+            waiting.push((data_uuid, metadata_bdev));
+        }
+    }
+
+    /// The metadata bdevs that waited for the data bdev `data_uuid`.
+    pub fn take_waiting_metadata(&self, data_uuid: uuid::Uuid) -> Vec<String> {
+        let mut waiting = self.waiting_metadata.lock().unwrap_or_else(|p| p.into_inner());
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut *waiting).into_iter().partition(|(uuid, _)| *uuid == data_uuid);
+        *waiting = rest;
+        ready.into_iter().map(|(_, name)| name).collect()
     }
 
     pub fn begin_examine(&self) {

@@ -26,6 +26,9 @@ pub struct ThinPool {
     pub name: String,
     pub uuid: Uuid,
     pub base_bdev: String,
+    /// The metadata bdev, when the metadata region is not at the start of the base bdev.
+    pub metadata_bdev: Option<String>,
+    pub metadata_device: Option<BaseDevice>,
     pub home_core: u32,
     pub shared: Arc<PoolShared<ReactorWaker>>,
     pub control: Arc<ArrayQueue<ControlOp>>,

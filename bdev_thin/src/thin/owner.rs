@@ -281,6 +281,10 @@ pub struct Owner<D: BlockDevice, H: Host> {
     grace: GraceKeeper,
     settings: OwnerSettings,
     data: D::Channel,
+    /// The metadata device's channel when the region is on its own device.
+    metadata_channel: Option<D::Channel>,
+    metadata_lba_bytes: u64,
+    metadata_backlog: VecDeque<IoRequest>,
     lba_bytes: u64,
     lbas_per_block: u64,
     data_offset_lbas: u64,
@@ -339,6 +343,29 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         device: &D,
         settings: OwnerSettings,
     ) -> Result<Owner<D, H>, crate::host::DeviceError> {
+        Self::with_metadata_device(host, shared, control, meta, device, None, settings)
+    }
+
+    /// As [`Owner::new`], with the metadata region on its own device (`metadata_device`):
+    /// metadata blocks and their flushes go there, the data flush that opens every commit
+    /// goes to the data device.
+    pub fn with_metadata_device(
+        host: H,
+        shared: Arc<PoolShared<H::Waker>>,
+        control: Arc<crossbeam_queue::ArrayQueue<ControlOp>>,
+        meta: PoolMetadata,
+        device: &D,
+        metadata_device: Option<&D>,
+        settings: OwnerSettings,
+    ) -> Result<Owner<D, H>, crate::host::DeviceError> {
+        let metadata_channel = match metadata_device {
+            Some(device) => Some(device.open_channel()?),
+            None => None,
+        };
+        let metadata_lba_bytes = metadata_device
+            .map_or(u64::from(device.info().block_size_bytes), |d| {
+                u64::from(d.info().block_size_bytes)
+            });
         let info = device.info();
         let layout = *meta.layout();
         let lba_bytes = u64::from(info.block_size_bytes);
@@ -355,6 +382,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             grace,
             settings,
             data: device.open_channel()?,
+            metadata_channel,
+            metadata_lba_bytes,
+            metadata_backlog: VecDeque::new(),
             lba_bytes,
             lbas_per_block,
             data_offset_lbas: layout.data_offset_bytes / lba_bytes,
@@ -505,6 +535,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// a quiesce): then its reactor must not park.
     pub fn has_waiters(&self) -> bool {
         !self.backlog.is_empty()
+            || !self.metadata_backlog.is_empty()
             || !self.view_builds.is_empty()
             || self.commit_stage != CommitStage::Idle
             || self.commit_wanted
@@ -530,9 +561,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.commit_wanted = true;
     }
 
-    /// See [`crate::host::DeviceChannel::prepare_park`]: arms the data channel's wake-ups.
+    /// See [`crate::host::DeviceChannel::prepare_park`]: arms the channels' wake-ups.
     pub fn prepare_park(&mut self) -> bool {
-        self.data.prepare_park()
+        let metadata = self.metadata_channel.as_mut().is_none_or(|c| c.prepare_park());
+        metadata && self.data.prepare_park()
     }
 
     /// IO of the owner's own still in flight (drain before stopping).
@@ -908,7 +940,36 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
     }
 
+    /// Submits metadata IO (commit blocks, superblocks, their flushes) to the metadata
+    /// device, which is the data device unless the pool has its own.
+    fn submit_metadata(&mut self, request: IoRequest) {
+        let Some(channel) = self.metadata_channel.as_mut() else {
+            return self.submit(request);
+        };
+        if !self.metadata_backlog.is_empty() {
+            self.metadata_backlog.push_back(request);
+            return;
+        }
+        if let Err(request) = channel.submit(request) {
+            self.metadata_backlog.push_back(request);
+        }
+    }
+
     fn drain_backlog(&mut self) -> bool {
+        let mut moved = false;
+        if let Some(channel) = self.metadata_channel.as_mut() {
+            while let Some(request) = self.metadata_backlog.pop_front() {
+                if let Err(request) = channel.submit(request) {
+                    self.metadata_backlog.push_front(request);
+                    break;
+                }
+                moved = true;
+            }
+        }
+        moved | self.drain_data_backlog()
+    }
+
+    fn drain_data_backlog(&mut self) -> bool {
         let mut moved = false;
         while let Some(request) = self.backlog.pop_front() {
             if let Err(request) = self.data.submit(request) {
@@ -974,7 +1035,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     fn poll_device(&mut self) -> bool {
         let mut completed = std::mem::take(&mut self.completed);
         let data = &mut self.data;
-        let count = data.poll(&mut |completion| completed.push(completion));
+        let mut count = data.poll(&mut |completion| completed.push(completion));
+        if let Some(channel) = self.metadata_channel.as_mut()
+            && channel.in_flight() > 0
+        {
+            count += channel.poll(&mut |completion| completed.push(completion));
+        }
         for completion in completed.drain(..) {
             self.complete_device(completion);
         }
@@ -1648,7 +1714,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
             }
             ControlOp::DeletePool { done } => {
-                let busy = self.ops.iter().any(Option::is_some) || self.data.in_flight() > 0;
+                let busy = self.ops.iter().any(Option::is_some) || !self.is_drained();
                 if busy || self.commit_stage != CommitStage::Idle {
                     self.pending_control.push_back(ControlOp::DeletePool { done });
                     return;
@@ -1662,7 +1728,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 self.commit_stage = CommitStage::Invalidating { in_flight: blocks.len() };
                 for (block, bytes) in blocks {
                     let request = self.meta_write(block, &bytes);
-                    self.submit(request);
+                    self.submit_metadata(request);
                 }
             }
             ControlOp::Grow { data_blocks, done } => {
@@ -1751,13 +1817,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn metadata_lba(&self, block: super::types::MetaBlock) -> u64 {
-        block.0 * super::metadata::METADATA_BLOCK_BYTES as u64 / self.lba_bytes
+        block.0 * super::metadata::METADATA_BLOCK_BYTES as u64 / self.metadata_lba_bytes
     }
 
     fn meta_write(&self, block: super::types::MetaBlock, bytes: &[u8]) -> IoRequest {
         let mut buffer = IoBuffer::new(bytes.len());
         buffer.as_mut_slice().copy_from_slice(bytes);
-        let lbas = bytes.len() as u64 / self.lba_bytes;
+        let lbas = bytes.len() as u64 / self.metadata_lba_bytes;
         IoRequest::new(IoKind::Write, self.metadata_lba(block), lbas, TAG_COMMIT)
             .with_buffers(SgList::single(buffer))
     }
@@ -1784,11 +1850,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 self.commit_plan = Some(plan);
                 if requests.is_empty() {
                     self.commit_stage = CommitStage::FlushingMetadata;
-                    self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+                    self.submit_metadata(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
                 } else {
                     self.commit_stage = CommitStage::WritingBlocks { in_flight: requests.len() };
                     for request in requests {
-                        self.submit(request);
+                        self.submit_metadata(request);
                     }
                 }
             }
@@ -1802,7 +1868,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
                 mutations::crash_point("commit_blocks_written");
                 self.commit_stage = CommitStage::FlushingMetadata;
-                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+                self.submit_metadata(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
             CommitStage::FlushingMetadata => {
                 if self.commit_failed {
@@ -1814,7 +1880,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 mutations::crash_point("commit_before_superblock");
                 let request = self.meta_write(plan.superblock.0, &plan.superblock.1);
                 self.commit_stage = CommitStage::WritingSuperblock;
-                self.submit(request);
+                self.submit_metadata(request);
             }
             CommitStage::WritingSuperblock => {
                 if self.commit_failed {
@@ -1822,7 +1888,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
                 mutations::crash_point("commit_superblock_written");
                 self.commit_stage = CommitStage::FlushingSuperblock;
-                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+                self.submit_metadata(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
             CommitStage::FlushingSuperblock => self.finish_commit(),
             CommitStage::Invalidating { in_flight } => {
@@ -1831,7 +1897,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     return;
                 }
                 self.commit_stage = CommitStage::FlushingInvalidation;
-                self.submit(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+                self.submit_metadata(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
             }
             CommitStage::FlushingInvalidation => {
                 // The pool is gone from the device: stop serving for good.
@@ -1966,6 +2032,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     pub fn is_drained(&self) -> bool {
         self.data.in_flight() == 0
             && self.backlog.is_empty()
+            && self.metadata_backlog.is_empty()
+            && self.metadata_channel.as_ref().is_none_or(|c| c.in_flight() == 0)
             && self.commit_stage == CommitStage::Idle
             && self.ops.iter().all(Option::is_none)
     }

@@ -71,12 +71,7 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
         let bdev_name = params.string("bdev_name")?;
         let pool_name = params.string("pool_name")?;
         check_name("pool_name", &pool_name)?;
-        if params.optional_string("metadata_bdev_name")?.is_some() {
-            return Err(RpcError::errno(
-                libc::ENOTSUP,
-                "metadata_bdev_name: a separate metadata bdev is not supported yet",
-            ));
-        }
+        let metadata_bdev_name = params.optional_string("metadata_bdev_name")?;
         let block_bytes =
             params.optional_u64("data_block_size")?.unwrap_or(DATA_BLOCK_BYTES_DEFAULT);
         if !block_bytes.is_power_of_two()
@@ -137,9 +132,31 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
             None => device_bytes.saturating_mul(4),
         }
         .max(device_bytes);
+        let metadata = match &metadata_bdev_name {
+            None => None,
+            Some(name) => {
+                let metadata_bdev = target.bdevs.get(name)?;
+                let Device::Base(metadata_device) = metadata_bdev.device().clone() else {
+                    return Err(RpcError::errno(libc::EINVAL, format!("{name} is a thin volume")));
+                };
+                if !metadata_device.stores_data() || Arc::ptr_eq(&metadata_bdev, &bdev) {
+                    return Err(RpcError::invalid_params(format!(
+                        "metadata_bdev_name: {name} must be another bdev that stores data"
+                    )));
+                }
+                Some((metadata_bdev, metadata_device))
+            }
+        };
         // Fits: data_block_size was checked to be at most 1 GiB.
-        let layout = Layout::on_data_device(device_bytes, block_bytes as u32, max_bytes)
-            .map_err(|e| RpcError::errno(libc::ENOSPC, format!("{bdev_name}: {e}")))?;
+        let layout = match &metadata {
+            None => Layout::on_data_device(device_bytes, block_bytes as u32, max_bytes),
+            Some((_, metadata_device)) => {
+                let info = metadata_device.info();
+                let metadata_bytes = info.num_blocks * u64::from(info.block_size_bytes);
+                Layout::separate(metadata_bytes, device_bytes, block_bytes as u32, max_bytes)
+            }
+        }
+        .map_err(|e| RpcError::errno(libc::ENOSPC, format!("{bdev_name}: {e}")))?;
         let uuid = Uuid::new_v4();
         let record = PoolRecord {
             uuid: *uuid.as_bytes(),
@@ -151,12 +168,20 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
             low_water_mark,
             commit_interval_ms,
             needs_check: false,
-            data_bdev_uuid: [0; 16],
+            // With a metadata bdev, examine pairs it with its data bdev by this UUID.
+            data_bdev_uuid: if metadata.is_some() { *bdev.uuid().as_bytes() } else { [0; 16] },
         };
         let meta = PoolMetadata::format(layout, record.clone())
             .map_err(|e| RpcError::errno(libc::EINVAL, e))?;
         bdev.try_claim("bdev_thin")?;
-        let pool = new_pool(target, &bdev, device, layout, record, uuid);
+        if let Some((metadata_bdev, _)) = &metadata
+            && let Err(e) = metadata_bdev.try_claim("bdev_thin")
+        {
+            bdev.release_claim();
+            return Err(e.into());
+        }
+        let metadata = metadata.map(|(b, d)| (b.name().to_string(), d));
+        let pool = new_pool(target, &bdev, device, metadata, layout, record, uuid);
         Ok((pool, meta, bdev))
     })();
     let (pool, meta, bdev) = match prepared {
@@ -170,6 +195,7 @@ fn new_pool(
     target: &Arc<Target>,
     bdev: &Arc<Bdev>,
     device: BaseDevice,
+    metadata: Option<(String, BaseDevice)>,
     layout: Layout,
     record: PoolRecord,
     uuid: Uuid,
@@ -182,6 +208,8 @@ fn new_pool(
         name: record.name.clone(),
         uuid,
         base_bdev: bdev.name().to_string(),
+        metadata_bdev: metadata.as_ref().map(|(name, _)| name.clone()),
+        metadata_device: metadata.map(|(_, device)| device),
         home_core,
         shared: PoolShared::new(target.runtime.waker(home_core)),
         control: control_ring(),
@@ -202,10 +230,22 @@ fn new_pool(
 /// there, the pool and every volume come back. Reads synchronously (control plane); the pool
 /// starts asynchronously and `bdev_wait_for_examine` waits for it.
 pub(crate) fn examine(target: &Arc<Target>, bdev: &Arc<Bdev>) {
+    // This bdev may be the data bdev a waiting metadata bdev needs.
+    for waiting in target.take_waiting_metadata(bdev.uuid()) {
+        if let Ok(metadata_bdev) = target.bdevs.get(&waiting) {
+            examine_metadata(target, &metadata_bdev);
+        }
+    }
+    examine_metadata(target, bdev);
+}
+
+/// Looks for a superblock on `bdev`: metadata at its start, of a pool on it or, with a
+/// separate metadata bdev, of a pool whose data bdev is named by UUID in the superblock.
+fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
     let Device::Base(device) = bdev.device().clone() else {
         return;
     };
-    if !device.stores_data() {
+    if !device.stores_data() || bdev.claim().is_some() {
         return;
     }
     let block_bytes = crate::thin::metadata::METADATA_BLOCK_BYTES as u64;
@@ -224,12 +264,41 @@ pub(crate) fn examine(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         eprintln!("examine {}: pool {} already exists; not opened", bdev.name(), record.name);
         return;
     }
-    if let Err(e) = bdev.try_claim("bdev_thin") {
-        eprintln!("examine {}: {e}", bdev.name());
+    // With separate metadata, `bdev` holds the metadata and the data bdev comes by UUID.
+    let (data_bdev, data_device, metadata) = if layout.metadata_separate {
+        let data_uuid = Uuid::from_bytes(record.data_bdev_uuid);
+        let found = target.bdevs.get(&data_uuid.to_string()).ok().and_then(|data_bdev| {
+            match data_bdev.device().clone() {
+                Device::Base(data_device) => Some((data_bdev, data_device)),
+                Device::Thin(_) => None,
+            }
+        });
+        let Some((data_bdev, data_device)) = found else {
+            eprintln!(
+                "examine {}: metadata of pool {}; waiting for its data bdev {data_uuid}",
+                bdev.name(),
+                record.name
+            );
+            target.wait_for_data_bdev(data_uuid, bdev.name().to_string());
+            return;
+        };
+        if let Err(e) = bdev.try_claim("bdev_thin") {
+            eprintln!("examine {}: {e}", bdev.name());
+            return;
+        }
+        (data_bdev, data_device, Some((bdev.name().to_string(), device)))
+    } else {
+        (Arc::clone(bdev), device, None)
+    };
+    if let Err(e) = data_bdev.try_claim("bdev_thin") {
+        eprintln!("examine {}: {e}", data_bdev.name());
+        if metadata.is_some() {
+            bdev.release_claim();
+        }
         return;
     }
     let uuid = Uuid::from_bytes(record.uuid);
-    let pool = new_pool(target, bdev, device, layout, record, uuid);
+    let pool = new_pool(target, &data_bdev, data_device, metadata, layout, record, uuid);
     eprintln!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name);
     target.begin_examine();
     let ended = Arc::clone(target);
@@ -238,7 +307,7 @@ pub(crate) fn examine(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         target,
         pool,
         meta,
-        Arc::clone(bdev),
+        data_bdev,
         Box::new(move |result| {
             if let Err(e) = result {
                 eprintln!("examine {name}: {}", e.message);
@@ -263,12 +332,13 @@ fn start_pool(
     let home = pool.home_core;
     let sent = target.runtime.send(home, move |ctx| {
         let settings = owner_settings(&pool.record);
-        let owner = Owner::new(
+        let owner = Owner::with_metadata_device(
             target_for_owner.runtime.clone(),
             Arc::clone(&pool.shared),
             Arc::clone(&pool.control),
             meta,
             &pool.device,
+            pool.metadata_device.as_ref(),
             settings,
         );
         match owner {
@@ -527,6 +597,11 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
             if let Ok(base) = target.bdevs.get(&deleted.base_bdev) {
                 base.release_claim();
             }
+            if let Some(metadata) = &deleted.metadata_bdev
+                && let Ok(metadata) = target.bdevs.get(metadata)
+            {
+                metadata.release_claim();
+            }
             reply(result.map(|()| json!(true)).map_err(pool_error))
         }),
     });
@@ -585,7 +660,7 @@ fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
         "uuid": pool.uuid.to_string(),
         "name": pool.name,
         "base_bdev": pool.base_bdev,
-        "metadata_bdev": pool.base_bdev,
+        "metadata_bdev": pool.metadata_bdev.as_deref().unwrap_or(&pool.base_bdev),
         "data_block_size": block,
         "total_data_blocks": d.data_blocks,
         "used_data_blocks": d.used_data_blocks,
