@@ -463,9 +463,34 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
         if !self.parked.is_empty() {
             self.retry_parked();
         }
+        // Earlier completions first, so the frontend sees them in order.
+        let mut count = self.ready.len();
+        while let Some(completion) = self.ready.pop_front() {
+            complete(completion);
+        }
         if self.data.in_flight() > 0 {
             let mut completed = std::mem::take(&mut self.completed);
-            self.data.poll(&mut |completion| completed.push(completion));
+            // The fast path's completions go straight to the frontend (offset and tag
+            // restored, epoch left); split pieces are joined after the device poll.
+            let Self { data, slots, shared, free_slots, .. } = self;
+            data.poll(&mut |mut completion| {
+                let (index, piece) = untoken(completion.request.tag);
+                match slots.get_mut(index) {
+                    Some(slot) if piece == SINGLE_DEVICE && slot.busy => {
+                        if let Some(ticket) = slot.ticket.take() {
+                            shared.epochs.leave(ticket);
+                        }
+                        completion.request.offset_blocks = slot.original_offset;
+                        completion.request.tag = slot.original_tag;
+                        slot.busy = false;
+                        slot.status = IoStatus::Success;
+                        free_slots.push(index);
+                        count += 1;
+                        complete(completion);
+                    }
+                    _ => completed.push(completion),
+                }
+            });
             for completion in completed.drain(..) {
                 self.piece_done(completion, true);
             }
@@ -476,7 +501,7 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
             request.tag = reply.token;
             self.piece_done(IoCompletion { request, status: reply.status }, false);
         }
-        let count = self.ready.len();
+        count += self.ready.len();
         while let Some(completion) = self.ready.pop_front() {
             complete(completion);
         }
