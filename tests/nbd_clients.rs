@@ -433,3 +433,79 @@ fn fio_nbd_verify_and_trim_jobs() {
     // malloc zeroes what is trimmed: nothing of the verify job's data is left.
     qemu_io(&format!("nbd://127.0.0.1:{port}/disk"), &["read -P 0 0 16M"]);
 }
+
+/// One JSON-RPC call to the daemon's socket; the `result`.
+fn rpc_call(socket: &Path, method: &str) -> serde_json::Value {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("the RPC socket");
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let request = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    stream.write_all(request.to_string().as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk).expect("a reply");
+        assert!(read > 0, "the daemon closed the socket");
+        bytes.extend_from_slice(&chunk[..read]);
+        if let Ok(reply) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            return reply["result"].clone();
+        }
+    }
+}
+
+/// fio's trim job on a thin volume, `bs` = the pool's data block size, aligned: every block
+/// the verify job provisioned comes back to the pool, each one passed down to the file (a hole
+/// punched), and the pool checks clean after shutdown.
+#[test]
+fn fio_trim_on_a_thin_volume_returns_the_space() {
+    if !have_tools("fio (thin)", &["fio"]) {
+        return;
+    }
+    let dir = scratch_dir("fio_thin");
+    let image = dir.join("pool.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let port = free_port();
+    let bdevs = [
+        serde_json::json!({"method": "bdev_uring_create",
+            "params": {"name": "Uring0", "filename": image.display().to_string()}})
+        .to_string(),
+        serde_json::json!({"method": "bdev_thin_pool_create",
+            "params": {"bdev_name": "Uring0", "pool_name": "pool0", "data_block_size": 65536}})
+        .to_string(),
+        serde_json::json!({"method": "bdev_thin_create",
+            "params": {"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 16}})
+        .to_string(),
+    ];
+    let config = write_config(&dir, &bdevs, port, &[export("pool0/vol0", "vol0", false)]);
+    let daemon = Daemon::start(&dir, &config, port);
+    let uri = format!("--uri=nbd://127.0.0.1:{port}/vol0");
+    let common = ["--ioengine=nbd", &uri, "--size=16m", "--runtime=60", "--output-format=json"];
+    let verify = [
+        "--name=verify",
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+    ];
+    let report = fio_report(&run_ok("fio", &[&common[..], &verify[..]].concat()));
+    assert_eq!(report["jobs"][0]["error"], 0);
+    let socket = dir.join("spdk.sock");
+    let before = rpc_call(&socket, "bdev_thin_get_pools");
+    assert_eq!(before[0]["used_data_blocks"], 256, "16 MiB of 64 KiB blocks: {before}");
+    let trim = ["--name=trim", "--rw=trim", "--bs=64k", "--iodepth=8"];
+    let report = fio_report(&run_ok("fio", &[&common[..], &trim[..]].concat()));
+    assert_eq!(report["jobs"][0]["error"], 0);
+    assert_eq!(report["jobs"][0]["trim"]["io_bytes"], 16 << 20);
+    let after = rpc_call(&socket, "bdev_thin_get_pools");
+    assert_eq!(after[0]["used_data_blocks"], 0, "every block returned: {after}");
+    assert_eq!(after[0]["held_data_blocks"], 0, "no hold left: {after}");
+    let passdowns = after[0]["passdowns_completed"].as_u64().unwrap_or(0);
+    assert!(passdowns > 0 && after[0]["passdowns_failed"] == 0, "passed down: {after}");
+    daemon.terminate();
+    let check = Command::new(env!("CARGO_BIN_EXE_thinctl")).arg("check").arg(&image).output();
+    let check = check.unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
