@@ -12,10 +12,10 @@ step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (release: the perf and durability tests move real data)"
 cargo test --workspace --release
-step "mutation tests (each safety mechanism switched off must be caught)"
-cargo test -p bdev_thin --release --features mutations --test thin_pool
-step "recovery in real processes: SIGKILL at commit crash points, then verify_only and thinctl check"
-cargo test -p perf --release --features mutations --test recovery
+step "mutation tests (each safety mechanism switched off must be caught) and recovery in real
+processes (SIGKILL at commit crash points, then verify_only and thinctl check): one build"
+cargo test --release -p bdev_thin -p perf --features bdev_thin/mutations,perf/mutations \
+    --test thin_pool --test recovery
 step "loom models: the reactor's park protocol and the grace period's entry protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p bdev_thin --lib \
     -- runtime::park thin::grace
