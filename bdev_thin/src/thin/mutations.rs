@@ -21,6 +21,17 @@ pub enum Mutation {
     NoDataFlushBeforeCommit = 4,
 }
 
+impl Mutation {
+    /// Every mutation, in switch order.
+    pub const ALL: [Mutation; 5] = [
+        Mutation::NoHold,
+        Mutation::HoldDroppedAtIssue,
+        Mutation::NoGrace,
+        Mutation::GraceCountsPolls,
+        Mutation::NoDataFlushBeforeCommit,
+    ];
+}
+
 /// The switched-on mutations of one pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mutations {

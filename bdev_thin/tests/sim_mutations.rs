@@ -1,0 +1,57 @@
+//! Proof that the simulator can fail (issue 13): each mutation of `thin::mutations` switches
+//! off one safety mechanism, and the CI seed list must catch every one of them, by a failed
+//! invariant or a panic inside the pool. Run with `--features mutations`.
+#![cfg(feature = "mutations")]
+
+use bdev_thin::testing::sim::{self, SimConfig};
+use bdev_thin::thin::mutations::{Mutation, Mutations};
+
+/// Seeds tried per mutation, in order, until one catches it.
+const SEEDS: u64 = 300;
+
+/// The first seed that catches `mutation`, if any.
+fn first_catch(mutation: Mutation) -> Option<(u64, String)> {
+    for seed in 0..SEEDS {
+        let config =
+            SimConfig { mutations: Mutations::NONE.with(mutation), ..SimConfig::new(seed) };
+        let outcome = std::panic::catch_unwind(|| sim::run(config));
+        match outcome {
+            Ok(Ok(_)) => {}
+            Ok(Err(failure)) => return Some((seed, failure.message)),
+            Err(_) => return Some((seed, "panic".into())),
+        }
+    }
+    None
+}
+
+fn assert_caught(mutation: Mutation) {
+    match first_catch(mutation) {
+        Some((seed, message)) => eprintln!("{mutation:?} caught by seed {seed}: {message}"),
+        None => panic!("{mutation:?} survived {SEEDS} seeds"),
+    }
+}
+
+#[test]
+fn no_hold_is_caught() {
+    assert_caught(Mutation::NoHold);
+}
+
+#[test]
+fn hold_dropped_at_issue_is_caught() {
+    assert_caught(Mutation::HoldDroppedAtIssue);
+}
+
+#[test]
+fn no_grace_is_caught() {
+    assert_caught(Mutation::NoGrace);
+}
+
+#[test]
+fn grace_counting_polls_is_caught() {
+    assert_caught(Mutation::GraceCountsPolls);
+}
+
+#[test]
+fn no_data_flush_before_commit_is_caught() {
+    assert_caught(Mutation::NoDataFlushBeforeCommit);
+}
