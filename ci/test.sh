@@ -14,6 +14,11 @@ step "cargo test (release: the perf and durability tests move real data)"
 cargo test --workspace --release
 step "mutation tests (each safety mechanism switched off must be caught)"
 cargo test -p bdev_thin --release --features mutations --test thin_pool
+step "simulator mutations: each caught by the CI seed list (issue 13)"
+cargo test -p bdev_thin --release --features mutations --test sim_mutations
+step "deterministic simulator: the CI seed list and every seed that ever failed (issue 13)"
+cargo run --release --quiet --bin thin_sim -- --ci
+cargo run --release --quiet --bin thin_sim -- --file bdev_thin/tests/regression_seeds.txt
 step "recovery in real processes: SIGKILL at commit crash points, then verify_only and thinctl check"
 cargo test -p perf --release --features mutations --test recovery
 step "benches build"

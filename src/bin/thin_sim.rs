@@ -19,6 +19,9 @@ struct Args {
     /// Replay this one seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the CI seed list.
+    #[arg(long)]
+    ci: bool,
     /// Run this many seeds (with --from).
     #[arg(long)]
     seeds: Option<u64>,
@@ -84,11 +87,9 @@ fn main() -> Result<()> {
     } else if let Some(path) = &args.file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        text.lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .map(|l| l.parse::<u64>().with_context(|| format!("bad seed {l:?}")))
-            .collect::<Result<_>>()?
+        sim::parse_seed_list(&text).map_err(anyhow::Error::msg)?
+    } else if args.ci {
+        sim::CI_SEEDS.collect()
     } else if let Some(count) = args.seeds {
         (args.from..args.from.saturating_add(count)).collect()
     } else {

@@ -34,9 +34,25 @@ const SECTOR: usize = LBA as usize;
 /// User IOs in flight at most (all channels).
 const IN_FLIGHT_MAX: usize = 48;
 const VOLUMES_MAX: usize = 6;
-const TRACE_LEN: usize = 4000;
+const TRACE_LEN: usize = 30;
 
 type Channel = VolumeChannel<SimDevice, NoopWaker>;
+
+/// The seeds CI runs (`ci/test.sh`, about 20 s in release on 2 cores) at the default steps;
+/// every mutation must fail one of them (`tests/sim_mutations.rs`).
+pub const CI_SEEDS: std::ops::Range<u64> = 0..1000;
+
+/// Seeds `cargo test` runs on its own (`tests/sim_seeds.rs`), a prefix of [`CI_SEEDS`].
+pub const QUICK_SEEDS: std::ops::Range<u64> = 0..100;
+
+/// The regression list: every seed that ever failed (`bdev_thin/tests/regression_seeds.txt`).
+pub fn parse_seed_list(text: &str) -> Result<Vec<u64>, String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse::<u64>().map_err(|e| format!("bad seed {l:?}: {e}")))
+        .collect()
+}
 
 /// SplitMix64: small, seeded, good enough to pick actions.
 #[derive(Clone, Debug)]
@@ -335,12 +351,33 @@ struct Vol {
 type Slot<T> = Arc<Mutex<Option<Result<T, PoolError>>>>;
 
 enum Control {
-    Create { blocks: u64, slot: Slot<VolumeId> },
-    Snapshot { origin: VolumeId, slot: Slot<VolumeId> },
-    Delete { volume: VolumeId, slot: Slot<()> },
-    Resize { volume: VolumeId, blocks: u64, slot: Slot<()> },
-    Grow { slot: Slot<()> },
-    Commit { issue: u64, slot: Slot<()> },
+    Create {
+        blocks: u64,
+        slot: Slot<VolumeId>,
+    },
+    /// `before`: the origin's versions when the snapshot was asked for, at `asked`.
+    Snapshot {
+        origin: VolumeId,
+        before: Vec<Vec<Entry>>,
+        asked: u64,
+        slot: Slot<VolumeId>,
+    },
+    Delete {
+        volume: VolumeId,
+        slot: Slot<()>,
+    },
+    Resize {
+        volume: VolumeId,
+        blocks: u64,
+        slot: Slot<()>,
+    },
+    Grow {
+        slot: Slot<()>,
+    },
+    Commit {
+        issue: u64,
+        slot: Slot<()>,
+    },
 }
 
 struct Sim {
@@ -368,6 +405,8 @@ struct Sim {
     meta_fail_per_mille: u64,
     crash_per_mille: u64,
     read_only_seen: bool,
+    aborted_at: u64,
+    crash_soon: bool,
     report: SimReport,
 }
 
@@ -477,6 +516,8 @@ impl Sim {
             meta_fail_per_mille: meta_fail,
             crash_per_mille: crash,
             read_only_seen: false,
+            aborted_at: 0,
+            crash_soon: false,
             report: SimReport::default(),
         })
     }
@@ -626,6 +667,7 @@ impl Sim {
         if !self.read_only_seen && self.owner.mode() == PoolMode::ReadOnly {
             self.read_only_seen = true;
             let now = self.tick();
+            self.aborted_at = now;
             trace(self.step, || "pool turned read-only: the transaction aborted".into());
             self.oracle.crash(now);
         }
@@ -655,7 +697,8 @@ impl Sim {
         trace(self.step, || format!("done #{id} {:?} {}: {status:?}", op.kind, op.volume));
         match op.kind {
             UserKind::Read => {
-                if status.is_success() {
+                // A read from before an abort may return what the aborted transaction mapped.
+                if status.is_success() && op.issue > self.aborted_at {
                     self.check_read(&op, &request)?;
                 }
             }
@@ -676,6 +719,8 @@ impl Sim {
             UserKind::Flush => {
                 if status.is_success() {
                     self.oracle.watermark = self.oracle.watermark.max(op.issue);
+                    // Right after a flush is the moment its promise matters most.
+                    self.crash_soon |= self.rng.chance(self.crash_per_mille * 60);
                 }
             }
         }
@@ -897,7 +942,9 @@ impl Sim {
                 if self.control.push(op).is_err() {
                     return;
                 }
-                Control::Snapshot { origin, slot }
+                let before = self.oracle.volumes.get(&origin).cloned().unwrap_or_default();
+                let asked = self.tick();
+                Control::Snapshot { origin, before, asked, slot }
             }
             5 if !idle.is_empty() && ids.len() > 1 => {
                 let volume = idle[self.rng.below(idle.len() as u64) as usize];
@@ -999,7 +1046,7 @@ impl Sim {
                     }
                 }
             },
-            Control::Snapshot { origin, slot } => match take(slot) {
+            Control::Snapshot { origin, before, asked, slot } => match take(slot) {
                 None => self.pending_control = Some(control),
                 Some(result) => {
                     trace(step, || format!("snapshot answered {result:?}"));
@@ -1007,18 +1054,17 @@ impl Sim {
                         let Some(sectors) = self.oracle.volumes.get(origin) else {
                             return fail(format!("snapshot of unknown {origin}"));
                         };
-                        let cloned: Vec<Vec<Entry>> = sectors
+                        // The snapshot holds the origin as it was at some instant between the
+                        // ask and the answer: the versions then, and maybe any written since
+                        // (which supersede nothing in the snapshot).
+                        let maybe = |e: &Entry| Entry { done: now, ok: false, ..*e };
+                        let cloned: Vec<Vec<Entry>> = before
                             .iter()
-                            .map(|entries| {
-                                entries
-                                    .iter()
-                                    .map(|e| {
-                                        if e.done == u64::MAX {
-                                            Entry { done: now, ok: false, ..*e }
-                                        } else {
-                                            *e
-                                        }
-                                    })
+                            .zip(sectors)
+                            .map(|(then, current)| {
+                                then.iter()
+                                    .map(|e| if e.done == u64::MAX { maybe(e) } else { *e })
+                                    .chain(current.iter().filter(|e| e.issue > *asked).map(maybe))
                                     .collect()
                             })
                             .collect();
@@ -1305,7 +1351,7 @@ impl Sim {
             }
         }
         self.verify_all("at the end")?;
-        self.report.read_only = self.owner.mode() != PoolMode::Write;
+        self.report.read_only = self.owner.mode() == PoolMode::ReadOnly;
         Ok(())
     }
 
@@ -1345,6 +1391,10 @@ impl Sim {
                         self.crash()?;
                     }
                 }
+            }
+            if self.crash_soon && self.pending_control.is_none() {
+                self.crash_soon = false;
+                self.crash()?;
             }
             self.check_control()?;
             if self.step.is_multiple_of(256) {

@@ -733,6 +733,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 return Ok(());
             }
         };
+        // A mapping older than the volume's last snapshot was shared since it was made: IO of
+        // the other volume that resolved it may still be in flight (a held read), so it is
+        // never overwritten in place even once exclusive. It is copied, and the old block goes
+        // through its grace period (I3; dm-thin's shared_read_ds). Found by thin_sim.
+        let snapshot_time = self.meta.volume(write.volume).map_or(0, |r| r.snapshot_time);
+        let mapping = mapping.map(|(m, shared)| (m, shared || m.time < snapshot_time));
         match mapping {
             Some((mapping, false)) => {
                 write.target = mapping.data_block;
@@ -1854,6 +1860,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 range.status = IoStatus::Failed(libc::EIO);
                 self.release_range_holds(index);
                 self.answer_range(index);
+            } else if let Some(Op::Range(range)) = self.ops[index].as_mut()
+                && range.stage == RangeStage::Children
+            {
+                // Its edge writes still run: its held blocks are mapped again by the abort and
+                // must never be passed down (found by thin_sim). It answers EIO, runs empty.
+                range.status = IoStatus::Failed(libc::EIO);
+                self.release_range_holds(index);
             }
         }
     }
