@@ -1397,8 +1397,10 @@ impl Sim {
                 self.crash()?;
             }
             self.check_control()?;
-            if self.step.is_multiple_of(256) {
+            if self.step.is_multiple_of(16) {
                 self.check_space()?;
+            }
+            if self.step.is_multiple_of(256) {
                 let oldest = self.ops.values().map(|op| op.issue).min().unwrap_or(self.now);
                 self.oracle.prune(oldest);
             }

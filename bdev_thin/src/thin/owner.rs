@@ -140,14 +140,15 @@ pub struct OwnerSettings {
     pub mutations: Mutations,
 }
 
-struct MetaCounts<'a>(&'a PoolMetadata);
+/// The counts the allocator sees; `.1` is mutation `ReuseFreedBeforeCommit`.
+struct MetaCounts<'a>(&'a PoolMetadata, bool);
 
 impl Counts for MetaCounts<'_> {
     fn open_count(&self, block: DataBlock) -> u32 {
         self.0.data_count(block)
     }
     fn committed_count(&self, block: DataBlock) -> u32 {
-        self.0.data_count_committed(block)
+        if self.1 { 0 } else { self.0.data_count_committed(block) }
     }
 }
 
@@ -386,6 +387,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             meta,
             shared,
         };
+        owner.meta.set_mutations(settings.mutations);
         owner.last_commit_ns = owner.host.now_ns();
         let ids: Vec<VolumeId> = owner.meta.volumes().map(|v| v.id).collect();
         for id in ids {
@@ -800,7 +802,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// Allocates a block for `write`. `Some(Some(block))`: got one. `Some(None)`: wait for
     /// pending blocks. `None`: the write was failed (out of space, error mode or timeout).
     fn allocate(&mut self, write: &mut BlockWrite) -> Option<Option<DataBlock>> {
-        let result = self.space.allocate(&MetaCounts(&self.meta));
+        let reuse = self.settings.mutations.is_on(Mutation::ReuseFreedBeforeCommit);
+        let result = self.space.allocate(&MetaCounts(&self.meta, reuse));
         match result {
             Ok(block) => {
                 self.no_space_since_ns = None;
@@ -1102,7 +1105,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return Err(message);
         }
         let (first, end) = self.block_span(&message);
-        if self.is_span_busy(message.volume, first, end) || self.free_ops.len() < 3 {
+        let ordered = !self.settings.mutations.is_on(Mutation::NoBlockOrder);
+        if (ordered && self.is_span_busy(message.volume, first, end)) || self.free_ops.len() < 3 {
             return Err(message);
         }
         if self.mode == PoolMode::ReadOnly || self.mode == PoolMode::Fail {
@@ -1140,6 +1144,15 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 match self.meta.remove(volume, VirtBlock(vblock)) {
                     Ok(Removed::Removed { mapping, now_free }) => {
                         view.unpublish(VirtBlock(vblock));
+                        let block = mapping.data_block;
+                        if !now_free
+                            && passdown
+                            && self.settings.mutations.is_on(Mutation::PassdownShared)
+                            && !self.space.is_held(block)
+                        {
+                            self.space.hold(block);
+                            held.push(block);
+                        }
                         if now_free {
                             if passdown && hold {
                                 self.space.hold(mapping.data_block);
@@ -1705,11 +1718,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     return self.finish_commit();
                 }
                 let plan = self.meta.begin_commit();
-                let requests: Vec<IoRequest> = plan
+                let mut requests: Vec<IoRequest> = plan
                     .blocks
                     .iter()
                     .map(|(block, bytes)| self.meta_write(*block, bytes))
                     .collect();
+                if self.settings.mutations.is_on(Mutation::SuperblockWithBlocks) {
+                    requests.insert(0, self.meta_write(plan.superblock.0, &plan.superblock.1));
+                }
                 self.commit_plan = Some(plan);
                 if requests.is_empty() {
                     self.commit_stage = CommitStage::FlushingMetadata;
