@@ -407,6 +407,9 @@ struct Sim {
     read_only_seen: bool,
     aborted_at: u64,
     crash_soon: bool,
+    /// Volumes a failed create (key None) or snapshot (key: the origin) may have left on the
+    /// device, with the versions they may hold.
+    maybe_volumes: BTreeMap<Option<VolumeId>, Vec<Vec<Entry>>>,
     report: SimReport,
 }
 
@@ -518,6 +521,7 @@ impl Sim {
             read_only_seen: false,
             aborted_at: 0,
             crash_soon: false,
+            maybe_volumes: BTreeMap::new(),
             report: SimReport::default(),
         })
     }
@@ -1038,6 +1042,10 @@ impl Sim {
                 None => self.pending_control = Some(control),
                 Some(result) => {
                     trace(step, || format!("create answered {result:?}"));
+                    if result.is_err() {
+                        // A failed commit may still be durable: it may exist after a crash.
+                        self.maybe_volumes.insert(None, Vec::new());
+                    }
                     if let Ok(id) = result {
                         let sectors =
                             vec![vec![BASE_ZERO]; (blocks * self.lbas_per_block) as usize];
@@ -1050,7 +1058,7 @@ impl Sim {
                 None => self.pending_control = Some(control),
                 Some(result) => {
                     trace(step, || format!("snapshot answered {result:?}"));
-                    if let Ok(id) = result {
+                    {
                         let Some(sectors) = self.oracle.volumes.get(origin) else {
                             return fail(format!("snapshot of unknown {origin}"));
                         };
@@ -1068,9 +1076,16 @@ impl Sim {
                                     .collect()
                             })
                             .collect();
-                        self.oracle.volumes.insert(id, cloned);
-                        let blocks = self.volumes[origin].blocks;
-                        self.add_volume(id, blocks)?;
+                        match result {
+                            Ok(id) => {
+                                self.oracle.volumes.insert(id, cloned);
+                                let blocks = self.volumes[origin].blocks;
+                                self.add_volume(id, blocks)?;
+                            }
+                            Err(_) => {
+                                self.maybe_volumes.insert(Some(*origin), cloned);
+                            }
+                        }
                     }
                 }
             },
@@ -1178,6 +1193,8 @@ impl Sim {
         self.control = Arc::new(ArrayQueue::new(16));
         let found: BTreeMap<VolumeId, u64> =
             meta.volumes().map(|r| (r.id, r.size_bytes / u64::from(self.block_bytes))).collect();
+        let origins: BTreeMap<VolumeId, Option<VolumeId>> =
+            meta.volumes().map(|r| (r.id, r.origin)).collect();
         self.owner = Owner::new(
             self.host.clone(),
             Arc::clone(&self.shared),
@@ -1194,15 +1211,30 @@ impl Sim {
                 return fail(format!("I5: acknowledged {id} is gone after the crash"));
             }
         }
+        let now = self.tick();
         for (id, blocks) in &found {
             if !self.oracle.volumes.contains_key(id) {
-                return fail(format!("I5: {id} exists after the crash but was never created"));
+                // Created or snapshotted by a commit that failed, yet reached the device.
+                let Some(lists) = self.maybe_volumes.get(&origins[id]) else {
+                    return fail(format!("I5: {id} exists after the crash but was never created"));
+                };
+                let lists = lists
+                    .iter()
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .map(|e| Entry { issue: now, done: now, ok: true, base: true, ..*e })
+                            .collect()
+                    })
+                    .collect();
+                self.oracle.volumes.insert(*id, lists);
             }
             self.resize_oracle(*id, *blocks);
             self.volumes.remove(id);
             self.add_volume(*id, *blocks)?;
         }
         self.oracle.volumes.retain(|id, _| found.contains_key(id));
+        self.maybe_volumes.clear();
         self.verify_all("after recovery")
     }
 
