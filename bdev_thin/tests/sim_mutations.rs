@@ -3,7 +3,8 @@
 //! invariant or a panic inside the pool. Run with `--features mutations`. Issue 13's list:
 //! (1) NoHold, (2) HoldDroppedAtIssue, (3) NoGrace, (4) GraceCountsPolls,
 //! (5) SuperblockWithBlocks, (6) PassdownShared, (7) ReuseFreedBeforeCommit,
-//! (8) NoDataFlushBeforeCommit, (9) NoBlockOrder, (12) MetaReuseBeforeCommit. (10) and (11)
+//! (8) NoDataFlushBeforeCommit, (9) NoBlockOrder, (12) MetaReuseBeforeCommit, and the bug the
+//! simulator found, InPlaceOnceExclusive. (10) and (11)
 //! have no switch: the owner breaks sharing of every mapping older than the volume's last
 //! snapshot (dm-thin's time rule), so neither a count taken before shadowing nor a count
 //! lowered since the commit is consulted on that path any more.
@@ -85,4 +86,9 @@ fn no_per_block_order_is_caught() {
 #[test]
 fn a_metadata_block_reused_before_its_free_commits_is_caught() {
     assert_caught(Mutation::MetaReuseBeforeCommit);
+}
+
+#[test]
+fn overwriting_in_place_once_exclusive_is_caught() {
+    assert_caught(Mutation::InPlaceOnceExclusive);
 }

@@ -29,11 +29,14 @@ pub enum Mutation {
     NoBlockOrder = 8,
     /// A metadata block freed in the open transaction is reused before it commits.
     MetaReuseBeforeCommit = 9,
+    /// A block shared since its mapping was made is overwritten in place once its count says
+    /// exclusive (the bug thin_sim found: a held read of the other volume sees the write).
+    InPlaceOnceExclusive = 10,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -44,6 +47,7 @@ impl Mutation {
         Mutation::ReuseFreedBeforeCommit,
         Mutation::NoBlockOrder,
         Mutation::MetaReuseBeforeCommit,
+        Mutation::InPlaceOnceExclusive,
     ];
 }
 

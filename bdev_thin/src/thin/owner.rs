@@ -739,7 +739,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         // the other volume that resolved it may still be in flight (a held read), so it is
         // never overwritten in place even once exclusive. It is copied, and the old block goes
         // through its grace period (I3; dm-thin's shared_read_ds). Found by thin_sim.
-        let snapshot_time = self.meta.volume(write.volume).map_or(0, |r| r.snapshot_time);
+        let mut snapshot_time = self.meta.volume(write.volume).map_or(0, |r| r.snapshot_time);
+        if self.settings.mutations.is_on(Mutation::InPlaceOnceExclusive) {
+            snapshot_time = 0;
+        }
         let mapping = mapping.map(|(m, shared)| (m, shared || m.time < snapshot_time));
         match mapping {
             Some((mapping, false)) => {
