@@ -151,10 +151,18 @@ thread_local! {
     static TRACE: RefCell<VecDeque<String>> = const { RefCell::new(VecDeque::new()) };
 }
 
+/// Trace lines kept: `TRACE_LEN`, or `THIN_SIM_TRACE` from the environment (debugging).
+fn trace_len() -> usize {
+    static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        std::env::var("THIN_SIM_TRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(TRACE_LEN)
+    })
+}
+
 fn trace(step: u64, line: impl FnOnce() -> String) {
     TRACE.with(|t| {
         let mut t = t.borrow_mut();
-        if t.len() == TRACE_LEN {
+        if t.len() >= trace_len() {
             t.pop_front();
         }
         t.push_back(format!("{step:>7} {}", line()));
@@ -261,8 +269,9 @@ impl Oracle {
         }
     }
 
-    /// A crash: each sector keeps the versions no durable write overwrote, all now durable.
-    fn crash(&mut self, now: u64) {
+    /// A crash (or, `aborted`, an abort): each sector keeps the versions no durable write
+    /// overwrote, all now durable, but for writes an abort leaves in flight.
+    fn crash(&mut self, now: u64, aborted: bool) {
         let watermark = self.watermark;
         for sectors in self.volumes.values_mut() {
             for entries in sectors.iter_mut() {
@@ -273,7 +282,13 @@ impl Oracle {
                             .iter()
                             .any(|u| u.ok && (u.base || u.done < watermark) && u.issue > v.done)
                     })
-                    .map(|v| Entry { issue: now, done: now, ok: true, base: true, ..*v })
+                    .map(|v| {
+                        if aborted && v.done == u64::MAX {
+                            *v
+                        } else {
+                            Entry { issue: now, done: now, ok: true, base: true, ..*v }
+                        }
+                    })
                     .collect();
                 *entries = kept;
             }
@@ -410,6 +425,8 @@ struct Sim {
     /// Volumes a failed create (key None) or snapshot (key: the origin) may have left on the
     /// device, with the versions they may hold.
     maybe_volumes: BTreeMap<Option<VolumeId>, Vec<Vec<Entry>>>,
+    /// Volumes a failed delete may have removed from the device.
+    maybe_deleted: Vec<VolumeId>,
     report: SimReport,
 }
 
@@ -522,6 +539,7 @@ impl Sim {
             aborted_at: 0,
             crash_soon: false,
             maybe_volumes: BTreeMap::new(),
+            maybe_deleted: Vec::new(),
             report: SimReport::default(),
         })
     }
@@ -673,7 +691,7 @@ impl Sim {
             let now = self.tick();
             self.aborted_at = now;
             trace(self.step, || "pool turned read-only: the transaction aborted".into());
-            self.oracle.crash(now);
+            self.oracle.crash(now, true);
         }
         self.check_passdowns()
     }
@@ -764,8 +782,13 @@ impl Sim {
                 let allowed: Vec<String> = Oracle::readable(entries, op.issue)
                     .map(|e| if e.zero { format!("zero#{}", e.id) } else { format!("#{}", e.id) })
                     .collect();
+                let all: Vec<String> = entries
+                    .iter()
+                    .map(|e| format!("#{} t{}..t{} ok {}", e.id, e.issue, e.done, e.ok))
+                    .collect();
                 return fail(format!(
-                    "I3: read of {} lba {lba} (issued at t{}) returned {got}; allowed {allowed:?}",
+                    "I3: read of {} lba {lba} (issued at t{}) returned {got}; allowed {allowed:?} \
+                     (versions {all:?})",
                     op.volume, op.issue
                 ));
             }
@@ -1093,6 +1116,10 @@ impl Sim {
                 None => self.pending_control = Some(control),
                 Some(result) => {
                     trace(step, || format!("delete answered {result:?}"));
+                    if result.is_err() {
+                        // A failed commit may still be durable: it may be gone after a crash.
+                        self.maybe_deleted.push(*volume);
+                    }
                     if result.is_ok() {
                         self.volumes.remove(volume);
                         self.oracle.volumes.remove(volume);
@@ -1171,7 +1198,7 @@ impl Sim {
             _ => rng.chance(500),
         });
         let now = self.tick();
-        self.oracle.crash(now);
+        self.oracle.crash(now, false);
         self.ops.clear();
         self.release_at.clear();
         for v in self.volumes.values_mut() {
@@ -1207,7 +1234,7 @@ impl Sim {
         self.read_only_seen = self.owner.mode() == PoolMode::ReadOnly;
         let known: Vec<VolumeId> = self.volumes.keys().copied().collect();
         for id in &known {
-            if !found.contains_key(id) {
+            if !found.contains_key(id) && !self.maybe_deleted.contains(id) {
                 return fail(format!("I5: acknowledged {id} is gone after the crash"));
             }
         }
@@ -1235,6 +1262,8 @@ impl Sim {
         }
         self.oracle.volumes.retain(|id, _| found.contains_key(id));
         self.maybe_volumes.clear();
+        self.maybe_deleted.clear();
+        self.volumes.retain(|id, _| found.contains_key(id));
         self.verify_all("after recovery")
     }
 

@@ -389,12 +389,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         };
         owner.meta.set_mutations(settings.mutations);
         owner.last_commit_ns = owner.host.now_ns();
+        if owner.meta.pool().needs_check {
+            owner.mode = PoolMode::ReadOnly;
+        }
         let ids: Vec<VolumeId> = owner.meta.volumes().map(|v| v.id).collect();
         for id in ids {
             owner.build_view(id);
-        }
-        if owner.meta.pool().needs_check {
-            owner.mode = PoolMode::ReadOnly;
         }
         owner.publish_counters();
         Ok(owner)
@@ -425,8 +425,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
         let view = Arc::new(VolumeView::new(id, size, capacity));
         view.set_size(size, record.size_bytes / self.lba_bytes);
+        // A read-only pool publishes nothing exclusive: every write goes to the owner, which
+        // refuses it (found by thin_sim: the fast path wrote on in a read-only pool).
+        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
         self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-            view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
+            let exclusive = writable && mapping.time >= record.snapshot_time;
+            view.publish(vblock, mapping.data_block, exclusive);
         });
         self.shared.publish_view(Arc::clone(&view));
         self.views.insert(id, view);
@@ -1891,6 +1895,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn rebuild_views(&mut self) {
+        // A volume deleted in the aborted transaction exists again (found by thin_sim).
+        let back: Vec<VolumeId> =
+            self.meta.volumes().map(|v| v.id).filter(|id| !self.views.contains_key(id)).collect();
+        for id in back {
+            self.build_view(id);
+        }
         let ids: Vec<VolumeId> = self.views.keys().copied().collect();
         for id in ids {
             if self.meta.volume(id).is_none() {
@@ -1905,8 +1915,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     old.unpublish(VirtBlock(vblock));
                 }
                 let record_time = self.meta.volume(id).map_or(0, |r| r.snapshot_time);
+                let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
                 self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                    old.publish(vblock, mapping.data_block, mapping.time >= record_time);
+                    let exclusive = writable && mapping.time >= record_time;
+                    old.publish(vblock, mapping.data_block, exclusive);
                 });
             }
         }
