@@ -267,6 +267,24 @@ impl SimDevice {
         self.state().content.get(&block).is_some_and(|d| d.iter().any(|&b| b != 0))
     }
 
+    /// Loses power like [`SimDevice::crash`], but the volatile cache wrote some blocks back
+    /// first: each block written since the last flush keeps its current content when
+    /// `keep(block)` says so (all, none, or some: torn writes at sector granularity).
+    pub fn crash_keeping(&self, keep: &mut dyn FnMut(u64) -> bool) {
+        let mut state = self.state();
+        state.pending.clear();
+        state.completed.clear();
+        for block in std::mem::take(&mut state.dirty) {
+            if keep(block) {
+                match state.content.get(&block).cloned() {
+                    Some(data) => state.durable.insert(block, data),
+                    None => state.durable.remove(&block),
+                };
+            }
+        }
+        state.content = state.durable.clone();
+    }
+
     /// Loses power: every IO in flight vanishes (completions included) and the content reverts
     /// to what was durable.
     pub fn crash(&self) {

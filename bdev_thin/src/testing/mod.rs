@@ -8,6 +8,7 @@
 
 mod device;
 mod host;
+pub mod sim;
 
 pub use device::{PendingIo, SimChannel, SimDevice, SimFault};
 pub use host::{Stepper, SteppingHost};

@@ -19,6 +19,36 @@ pub enum Mutation {
     GraceCountsPolls = 3,
     /// A commit does not flush the data device first.
     NoDataFlushBeforeCommit = 4,
+    /// The superblock is written with the rest of the commit instead of after its flush.
+    SuperblockWithBlocks = 5,
+    /// A block still mapped by another volume (shared) is passed down too.
+    PassdownShared = 6,
+    /// A data block freed in the open transaction is reused before the commit.
+    ReuseFreedBeforeCommit = 7,
+    /// No per-block order: an unmap or write_zeroes may overtake a provision or copy.
+    NoBlockOrder = 8,
+    /// A metadata block freed in the open transaction is reused before it commits.
+    MetaReuseBeforeCommit = 9,
+    /// A block shared since its mapping was made is overwritten in place once its count says
+    /// exclusive (the bug thin_sim found: a held read of the other volume sees the write).
+    InPlaceOnceExclusive = 10,
+}
+
+impl Mutation {
+    /// Every mutation, in switch order.
+    pub const ALL: [Mutation; 11] = [
+        Mutation::NoHold,
+        Mutation::HoldDroppedAtIssue,
+        Mutation::NoGrace,
+        Mutation::GraceCountsPolls,
+        Mutation::NoDataFlushBeforeCommit,
+        Mutation::SuperblockWithBlocks,
+        Mutation::PassdownShared,
+        Mutation::ReuseFreedBeforeCommit,
+        Mutation::NoBlockOrder,
+        Mutation::MetaReuseBeforeCommit,
+        Mutation::InPlaceOnceExclusive,
+    ];
 }
 
 /// The switched-on mutations of one pool.

@@ -140,14 +140,15 @@ pub struct OwnerSettings {
     pub mutations: Mutations,
 }
 
-struct MetaCounts<'a>(&'a PoolMetadata);
+/// The counts the allocator sees; `.1` is mutation `ReuseFreedBeforeCommit`.
+struct MetaCounts<'a>(&'a PoolMetadata, bool);
 
 impl Counts for MetaCounts<'_> {
     fn open_count(&self, block: DataBlock) -> u32 {
         self.0.data_count(block)
     }
     fn committed_count(&self, block: DataBlock) -> u32 {
-        self.0.data_count_committed(block)
+        if self.1 { 0 } else { self.0.data_count_committed(block) }
     }
 }
 
@@ -422,13 +423,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             meta,
             shared,
         };
+        owner.meta.set_mutations(settings.mutations);
         owner.last_commit_ns = owner.host.now_ns();
+        if owner.meta.pool().needs_check {
+            owner.mode = PoolMode::ReadOnly;
+        }
         let ids: Vec<VolumeId> = owner.meta.volumes().map(|v| v.id).collect();
         for id in ids {
             owner.build_view(id, false);
-        }
-        if owner.meta.pool().needs_check {
-            owner.mode = PoolMode::ReadOnly;
         }
         owner.publish_counters();
         Ok(owner)
@@ -461,12 +463,16 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
         let view = Arc::new(VolumeView::new(id, size, capacity));
         view.set_size(size, record.size_bytes / self.lba_bytes);
+        // A read-only pool publishes nothing exclusive: every write goes to the owner, which
+        // refuses it (found by thin_sim: the fast path wrote on in a read-only pool).
+        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
         if incremental {
             view.set_ready(0);
             self.view_builds.push_back((id, 0));
         } else {
             self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                view.publish(vblock, mapping.data_block, mapping.time >= record.snapshot_time);
+                let exclusive = writable && mapping.time >= record.snapshot_time;
+                view.publish(vblock, mapping.data_block, exclusive);
             });
         }
         self.shared.publish_view(Arc::clone(&view));
@@ -489,9 +495,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return true;
         };
         let snapshot_time = record.snapshot_time;
+        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
         let end = next.saturating_add(limits::VIEW_BUILD_BLOCKS_PER_POLL);
         self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
-            view.publish(vblock, m.data_block, m.time >= snapshot_time);
+            view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
         });
         if end >= view.capacity_vblocks() {
             view.set_ready(u64::MAX);
@@ -848,6 +855,15 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 return Ok(());
             }
         };
+        // A mapping older than the volume's last snapshot was shared since it was made: IO of
+        // the other volume that resolved it may still be in flight (a held read), so it is
+        // never overwritten in place even once exclusive. It is copied, and the old block goes
+        // through its grace period (I3; dm-thin's shared_read_ds). Found by thin_sim.
+        let mut snapshot_time = self.meta.volume(write.volume).map_or(0, |r| r.snapshot_time);
+        if self.settings.mutations.is_on(Mutation::InPlaceOnceExclusive) {
+            snapshot_time = 0;
+        }
+        let mapping = mapping.map(|(m, shared)| (m, shared || m.time < snapshot_time));
         match mapping {
             Some((mapping, false)) => {
                 write.target = mapping.data_block;
@@ -909,7 +925,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// Allocates a block for `write`. `Some(Some(block))`: got one. `Some(None)`: wait for
     /// pending blocks. `None`: the write was failed (out of space, error mode or timeout).
     fn allocate(&mut self, write: &mut BlockWrite) -> Option<Option<DataBlock>> {
-        let result = self.space.allocate(&MetaCounts(&self.meta));
+        let reuse = self.settings.mutations.is_on(Mutation::ReuseFreedBeforeCommit);
+        let result = self.space.allocate(&MetaCounts(&self.meta, reuse));
         match result {
             Ok(block) => {
                 self.no_space_since_ns = None;
@@ -1261,7 +1278,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return Err(message);
         }
         let (first, end) = self.block_span(&message);
-        if self.is_span_busy(message.volume, first, end) || self.free_ops.len() < 3 {
+        let ordered = !self.settings.mutations.is_on(Mutation::NoBlockOrder);
+        if (ordered && self.is_span_busy(message.volume, first, end)) || self.free_ops.len() < 3 {
             return Err(message);
         }
         if self.mode == PoolMode::ReadOnly || self.mode == PoolMode::Fail {
@@ -1299,6 +1317,15 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 match self.meta.remove(volume, VirtBlock(vblock)) {
                     Ok(Removed::Removed { mapping, now_free }) => {
                         view.unpublish(VirtBlock(vblock));
+                        let block = mapping.data_block;
+                        if !now_free
+                            && passdown
+                            && self.settings.mutations.is_on(Mutation::PassdownShared)
+                            && !self.space.is_held(block)
+                        {
+                            self.space.hold(block);
+                            held.push(block);
+                        }
                         if now_free {
                             if passdown && hold {
                                 self.space.hold(mapping.data_block);
@@ -1868,11 +1895,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     return self.finish_commit();
                 }
                 let plan = self.meta.begin_commit();
-                let requests: Vec<IoRequest> = plan
+                let mut requests: Vec<IoRequest> = plan
                     .blocks
                     .iter()
                     .map(|(block, bytes)| self.meta_write(*block, bytes))
                     .collect();
+                if self.settings.mutations.is_on(Mutation::SuperblockWithBlocks) {
+                    requests.insert(0, self.meta_write(plan.superblock.0, &plan.superblock.1));
+                }
                 self.commit_plan = Some(plan);
                 if requests.is_empty() {
                     self.commit_stage = CommitStage::FlushingMetadata;
@@ -2023,11 +2053,24 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 range.status = IoStatus::Failed(libc::EIO);
                 self.release_range_holds(index);
                 self.answer_range(index);
+            } else if let Some(Op::Range(range)) = self.ops[index].as_mut()
+                && range.stage == RangeStage::Children
+            {
+                // Its edge writes still run: its held blocks are mapped again by the abort and
+                // must never be passed down (found by thin_sim). It answers EIO, runs empty.
+                range.status = IoStatus::Failed(libc::EIO);
+                self.release_range_holds(index);
             }
         }
     }
 
     fn rebuild_views(&mut self) {
+        // A volume deleted in the aborted transaction exists again (found by thin_sim).
+        let back: Vec<VolumeId> =
+            self.meta.volumes().map(|v| v.id).filter(|id| !self.views.contains_key(id)).collect();
+        for id in back {
+            self.build_view(id, false);
+        }
         let ids: Vec<VolumeId> = self.views.keys().copied().collect();
         for id in ids {
             if self.meta.volume(id).is_none() {
@@ -2042,8 +2085,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     old.unpublish(VirtBlock(vblock));
                 }
                 let record_time = self.meta.volume(id).map_or(0, |r| r.snapshot_time);
+                let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
                 self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                    old.publish(vblock, mapping.data_block, mapping.time >= record_time);
+                    let exclusive = writable && mapping.time >= record_time;
+                    old.publish(vblock, mapping.data_block, exclusive);
                 });
             }
         }

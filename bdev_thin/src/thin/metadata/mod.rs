@@ -876,6 +876,12 @@ impl PoolMetadata {
         }
     }
 
+    /// Switches the metadata layer's mutations (feature `mutations`; no-op without).
+    pub fn set_mutations(&mut self, mutations: crate::thin::mutations::Mutations) {
+        use crate::thin::mutations::Mutation;
+        self.store.meta.reuse_uncommitted = mutations.is_on(Mutation::MetaReuseBeforeCommit);
+    }
+
     /// Persisted by the next commit (or an abort's rewrite).
     pub fn set_needs_check(&mut self) {
         self.top.pool.needs_check = true;

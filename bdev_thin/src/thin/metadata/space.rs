@@ -21,6 +21,8 @@ pub struct MetaSpace {
     /// Blocks free in both the committed and the open state.
     free_both: u64,
     cursor: u64,
+    /// Mutation `MetaReuseBeforeCommit`: blocks free only in the open state are reused.
+    pub reuse_uncommitted: bool,
 }
 
 impl MetaSpace {
@@ -36,6 +38,7 @@ impl MetaSpace {
             committed: HashMap::new(),
             free_both: blocks.saturating_sub(2),
             cursor: 2,
+            reuse_uncommitted: false,
         }
     }
 
@@ -97,7 +100,9 @@ impl MetaSpace {
             if candidate >= blocks {
                 candidate = 2;
             }
-            if self.is_free_both(candidate) {
+            if self.is_free_both(candidate)
+                || (self.reuse_uncommitted && self.count(candidate) == 0)
+            {
                 self.set(candidate, 1);
                 self.cursor = candidate + 1;
                 return Ok(candidate);

@@ -1,0 +1,177 @@
+//! thin_sim: the deterministic simulator of the thin pool (issue 13).
+//!
+//! `thin_sim --seed S` replays one seed; `thin_sim --seeds N --from S` runs N seeds from S
+//! (a soak, in chunks of any size) and prints steps/s and a summary; `--file PATH` runs the
+//! seeds listed in a file (one per line, `#` comments). A failing seed prints the seed, its
+//! replay command and the last steps of its trace, and exits 1. A panic inside the pool does
+//! the same through the panic hook.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bdev_thin::testing::sim::{self, SimConfig};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Deterministic simulator of the thin pool")]
+struct Args {
+    /// Replay this one seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run the CI seed list.
+    #[arg(long)]
+    ci: bool,
+    /// Run this many seeds (with --from).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// First seed of a soak.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Run the seeds listed in this file.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+    /// Steps per seed.
+    #[arg(long, default_value_t = 3000)]
+    steps: u64,
+    /// Data blocks at format (0: the seed picks).
+    #[arg(long, default_value_t = 0)]
+    data_blocks: u64,
+    /// Data block size in bytes (0: the seed picks 4, 8 or 16 KiB).
+    #[arg(long, default_value_t = 0)]
+    block_bytes: u32,
+    /// No crashes.
+    #[arg(long)]
+    no_crashes: bool,
+    /// No injected IO errors.
+    #[arg(long)]
+    no_faults: bool,
+    /// Keep going after a failing seed (a soak reports them all).
+    #[arg(long)]
+    keep_going: bool,
+    /// Switch on a mutation by name (builds with the `mutations` feature), e.g. NoGrace.
+    #[arg(long)]
+    mutation: Vec<String>,
+}
+
+#[cfg(feature = "mutations")]
+fn mutations(names: &[String]) -> Result<bdev_thin::thin::mutations::Mutations> {
+    use bdev_thin::thin::mutations::{Mutation, Mutations};
+    let mut all = Mutations::NONE;
+    for name in names {
+        let found = Mutation::ALL.iter().find(|m| format!("{m:?}").eq_ignore_ascii_case(name));
+        match found {
+            Some(m) => all = all.with(*m),
+            None => bail!("unknown mutation {name}; known: {:?}", Mutation::ALL),
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(not(feature = "mutations"))]
+fn mutations(names: &[String]) -> Result<bdev_thin::thin::mutations::Mutations> {
+    if !names.is_empty() {
+        bail!("--mutation needs a build with --features mutations");
+    }
+    Ok(bdev_thin::thin::mutations::Mutations::NONE)
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let seeds: Vec<u64> = if let Some(seed) = args.seed {
+        vec![seed]
+    } else if let Some(path) = &args.file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        sim::parse_seed_list(&text).map_err(anyhow::Error::msg)?
+    } else if args.ci {
+        sim::CI_SEEDS.collect()
+    } else if let Some(count) = args.seeds {
+        (args.from..args.from.saturating_add(count)).collect()
+    } else {
+        bail!("give --seed S, --seeds N [--from S], or --file PATH");
+    };
+    let steps = args.steps;
+    let mutations = mutations(&args.mutation)?;
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some((seed, steps)) = CURRENT.with(Cell::get) {
+            eprintln!("seed {seed} PANICKED: {info}");
+            eprintln!("replay: thin_sim --seed {seed} --steps {steps}");
+            eprintln!("last steps:");
+            for line in sim::last_trace() {
+                eprintln!("  {line}");
+            }
+        }
+        default_hook(info);
+    }));
+    let started = Instant::now();
+    let mut total_steps = 0u64;
+    let mut totals = sim::SimReport::default();
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        let config = SimConfig {
+            steps,
+            data_blocks: args.data_blocks,
+            block_bytes: args.block_bytes,
+            crashes: !args.no_crashes,
+            faults: !args.no_faults,
+            mutations,
+            ..SimConfig::new(seed)
+        };
+        CURRENT.with(|c| c.set(Some((seed, steps))));
+        match sim::run(config) {
+            Ok(report) => {
+                total_steps += report.steps;
+                totals.ios += report.ios;
+                totals.reads_checked += report.reads_checked;
+                totals.sectors_checked += report.sectors_checked;
+                totals.deallocates_checked += report.deallocates_checked;
+                totals.crashes += report.crashes;
+                totals.io_errors += report.io_errors;
+                if report.read_only {
+                    totals.steps += 1; // seeds that ended read-only
+                }
+                if seeds.len() == 1 {
+                    println!("seed {seed}: clean, {report:?}");
+                }
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                eprintln!("replay: thin_sim --seed {seed} --steps {steps}");
+                failed.push(seed);
+                if !args.keep_going {
+                    break;
+                }
+            }
+        }
+        CURRENT.with(|c| c.set(None));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{} seeds ({} failed) from {}, {} steps in {:.1} s = {:.0} steps/s; {} user IOs, {} \
+         reads checked ({} sectors), {} deallocate checks, {} crashes, {} injected IO errors, \
+         {} seeds ended read-only",
+        seeds.len(),
+        failed.len(),
+        seeds.first().copied().unwrap_or(0),
+        total_steps,
+        elapsed,
+        total_steps as f64 / elapsed.max(1e-9),
+        totals.ios,
+        totals.reads_checked,
+        totals.sectors_checked,
+        totals.deallocates_checked,
+        totals.crashes,
+        totals.io_errors,
+        totals.steps,
+    );
+    if !failed.is_empty() {
+        bail!("failing seeds: {failed:?}");
+    }
+    Ok(())
+}
