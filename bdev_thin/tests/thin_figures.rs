@@ -35,6 +35,7 @@ fn snapshot_of_fully_mapped(size_bytes: u64) -> (std::time::Duration, u64) {
         needs_check: false,
         data_bdev_uuid: [0; 16],
     };
+    let settings = OwnerSettings::from_record(&record, Mutations::NONE);
     let mut meta = PoolMetadata::format(layout, record).unwrap();
     let id = meta.create_volume([1; 16], "origin", size_bytes).unwrap();
     for vblock in 0..blocks {
@@ -44,15 +45,6 @@ fn snapshot_of_fully_mapped(size_bytes: u64) -> (std::time::Duration, u64) {
     let device = SimDevice::new(4096, device_bytes / 4096);
     let shared = PoolShared::new(NoopWaker);
     let control = Arc::new(ArrayQueue::new(4));
-    let settings = OwnerSettings {
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
-        mutations: Mutations::NONE,
-    };
     let mut owner = Owner::new(
         SteppingHost::new(),
         Arc::clone(&shared),

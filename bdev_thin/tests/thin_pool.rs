@@ -10,7 +10,7 @@ use bdev_thin::host::{
 };
 use bdev_thin::testing::{SimDevice, SteppingHost};
 use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
-use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, PoolRecord, check};
+use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
 use bdev_thin::thin::pool::PoolShared;
@@ -55,18 +55,7 @@ impl Rig {
             device_bytes = layout.data_offset_bytes + data_blocks * u64::from(BLOCK);
         };
         let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
-        let record = PoolRecord {
-            uuid: [7; 16],
-            name: "pool0".into(),
-            discard: settings.discard,
-            zero_new_blocks: settings.zero_new_blocks,
-            out_of_space: settings.out_of_space,
-            no_space_timeout_s: settings.no_space_timeout_s,
-            low_water_mark: settings.low_water_mark,
-            commit_interval_ms: settings.commit_interval_ms,
-            needs_check: false,
-            data_bdev_uuid: [0; 16],
-        };
+        let record = settings.to_record([7; 16], "pool0");
         let meta = PoolMetadata::format(layout, record).unwrap();
         let shared = PoolShared::new(NoopWaker);
         let control = Arc::new(ArrayQueue::new(16));

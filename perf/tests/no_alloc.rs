@@ -141,15 +141,7 @@ fn a_steady_thin_loop_allocates_nothing() {
         needs_check: false,
         data_bdev_uuid: [0; 16],
     };
-    let settings = OwnerSettings {
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
-        mutations: bdev_thin::thin::mutations::Mutations::NONE,
-    };
+    let settings = OwnerSettings::from_record(&record, bdev_thin::thin::mutations::Mutations::NONE);
     let meta = PoolMetadata::format(layout, record).unwrap();
     let shared = PoolShared::new(NoopWaker);
     let control = Arc::new(crossbeam_queue::ArrayQueue::new(4));

@@ -190,15 +190,7 @@ impl Poller for OwnerPoller {
 
 /// Settings of a pool, from its record.
 pub fn owner_settings(record: &PoolRecord) -> OwnerSettings {
-    OwnerSettings {
-        discard: record.discard,
-        zero_new_blocks: record.zero_new_blocks,
-        out_of_space: record.out_of_space,
-        no_space_timeout_s: record.no_space_timeout_s,
-        low_water_mark: record.low_water_mark,
-        commit_interval_ms: record.commit_interval_ms,
-        mutations: crate::thin::mutations::Mutations::NONE,
-    }
+    OwnerSettings::from_record(record, crate::thin::mutations::Mutations::NONE)
 }
 
 /// A new control ring.

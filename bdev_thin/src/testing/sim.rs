@@ -23,7 +23,7 @@ use crate::host::{
     DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, NoopWaker, SgList,
 };
 use crate::thin::channel::{ChannelGeometry, VolumeChannel};
-use crate::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, PoolRecord, check};
+use crate::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
 use crate::thin::mutations::Mutations;
 use crate::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
 use crate::thin::pool::PoolShared;
@@ -474,18 +474,7 @@ impl Sim {
             commit_interval_ms: rng.range(10, 2000) as u32,
             mutations: config.mutations,
         };
-        let record = PoolRecord {
-            uuid: [7; 16],
-            name: "simpool".into(),
-            discard: settings.discard,
-            zero_new_blocks: settings.zero_new_blocks,
-            out_of_space: settings.out_of_space,
-            no_space_timeout_s: settings.no_space_timeout_s,
-            low_water_mark: settings.low_water_mark,
-            commit_interval_ms: settings.commit_interval_ms,
-            needs_check: false,
-            data_bdev_uuid: [0; 16],
-        };
+        let record = settings.to_record([7; 16], "simpool");
         let meta = PoolMetadata::format(layout, record).map_err(|e| format!("format: {e}"))?;
         let shared = PoolShared::new(NoopWaker);
         let control = Arc::new(ArrayQueue::new(16));

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use super::discard::{self, PassdownRun};
 use super::grace::GraceKeeper;
-use super::metadata::{CommitPlan, MetadataError, PoolMetadata, Removed};
+use super::metadata::{CommitPlan, MetadataError, PoolMetadata, PoolRecord, Removed};
 use super::mutations::{self, Mutation, Mutations};
 use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolShared};
 use super::space_map::{Counts, NoBlock, SpaceMap};
@@ -141,6 +141,37 @@ pub struct OwnerSettings {
 }
 
 /// The counts the allocator sees; `.1` is mutation `ReuseFreedBeforeCommit`.
+impl OwnerSettings {
+    /// The settings a pool's record asks for.
+    pub fn from_record(record: &PoolRecord, mutations: Mutations) -> OwnerSettings {
+        OwnerSettings {
+            discard: record.discard,
+            zero_new_blocks: record.zero_new_blocks,
+            out_of_space: record.out_of_space,
+            no_space_timeout_s: record.no_space_timeout_s,
+            low_water_mark: record.low_water_mark,
+            commit_interval_ms: record.commit_interval_ms,
+            mutations,
+        }
+    }
+
+    /// A new pool's record carrying these settings.
+    pub fn to_record(&self, uuid: [u8; 16], name: &str) -> PoolRecord {
+        PoolRecord {
+            uuid,
+            name: name.to_string(),
+            discard: self.discard,
+            zero_new_blocks: self.zero_new_blocks,
+            out_of_space: self.out_of_space,
+            no_space_timeout_s: self.no_space_timeout_s,
+            low_water_mark: self.low_water_mark,
+            commit_interval_ms: self.commit_interval_ms,
+            needs_check: false,
+            data_bdev_uuid: [0; 16],
+        }
+    }
+}
+
 struct MetaCounts<'a>(&'a PoolMetadata, bool);
 
 impl Counts for MetaCounts<'_> {
