@@ -183,6 +183,14 @@ impl Counts for MetaCounts<'_> {
     }
 }
 
+/// What the allocator said to a write that needs a new block.
+enum Allocation {
+    Block(DataBlock),
+    /// Blocks will come back (held, in grace, freed but uncommitted, or the queue mode).
+    Wait,
+    Fail(IoStatus),
+}
+
 /// Who waits for a block write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -895,52 +903,47 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             snapshot_time = 0;
         }
         let mapping = mapping.map(|(m, shared)| (m, shared || m.time < snapshot_time));
-        match mapping {
+        // Where the payload goes: in place, or a new block (copying the shared one first when
+        // the payload does not cover the whole block).
+        let copy_from = match mapping {
             Some((mapping, false)) => {
                 write.target = mapping.data_block;
                 write.stage = WriteStage::Writing;
+                None
             }
-            Some((mapping, true)) => {
-                let needs_copy = !whole;
-                if needs_copy && self.copy_buffers.is_empty() {
-                    return Err(write);
-                }
-                let block = match self.allocate(&mut write) {
-                    Some(block) => block,
-                    None => return Ok(()),
-                };
-                let Some(block) = block else {
-                    return Err(write);
-                };
-                write.target = block;
-                write.fresh = true;
-                if needs_copy {
-                    write.copy_from = Some(mapping.data_block);
-                    write.copy_buffer = self.copy_buffers.pop();
-                    write.stage = WriteStage::Copying { chunk: 0, reading: true };
-                } else {
-                    write.stage = WriteStage::Writing;
-                }
+            Some((mapping, true)) => (!whole).then_some(mapping.data_block),
+            None if matches!(write.payload, Payload::Zeroes) && !write.keep_allocated => {
+                // An unmapped block already reads zeroes.
+                self.finish_write_early(write, IoStatus::Success);
+                return Ok(());
             }
-            None => {
-                if matches!(write.payload, Payload::Zeroes) && !write.keep_allocated {
-                    // An unmapped block already reads zeroes.
-                    self.finish_write_early(write, IoStatus::Success);
+            None => None,
+        };
+        let in_place = matches!(mapping, Some((_, false)));
+        if !in_place {
+            if copy_from.is_some() && self.copy_buffers.is_empty() {
+                return Err(write);
+            }
+            write.target = match self.allocate() {
+                Allocation::Block(block) => block,
+                Allocation::Wait => return Err(write),
+                Allocation::Fail(status) => {
+                    self.finish_write_early(write, status);
                     return Ok(());
                 }
-                let block = match self.allocate(&mut write) {
-                    Some(block) => block,
-                    None => return Ok(()),
-                };
-                let Some(block) = block else {
-                    return Err(write);
-                };
-                write.target = block;
-                write.fresh = true;
-                let zero_first = (!whole && self.settings.zero_new_blocks)
-                    || matches!(write.payload, Payload::Zeroes);
-                write.stage = if zero_first { WriteStage::Zeroing } else { WriteStage::Writing };
-            }
+            };
+            write.fresh = true;
+            write.stage = if let Some(source) = copy_from {
+                write.copy_from = Some(source);
+                write.copy_buffer = self.copy_buffers.pop();
+                WriteStage::Copying { chunk: 0, reading: true }
+            } else if (!whole && self.settings.zero_new_blocks)
+                || matches!(write.payload, Payload::Zeroes)
+            {
+                WriteStage::Zeroing
+            } else {
+                WriteStage::Writing
+            };
         }
         let key = (write.volume, write.vblock);
         let stage = write.stage;
@@ -953,9 +956,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         Ok(())
     }
 
-    /// Allocates a block for `write`. `Some(Some(block))`: got one. `Some(None)`: wait for
-    /// pending blocks. `None`: the write was failed (out of space, error mode or timeout).
-    fn allocate(&mut self, write: &mut BlockWrite) -> Option<Option<DataBlock>> {
+    /// Allocates a block (reserved until the mapping is inserted or the write fails), or says
+    /// to wait for pending blocks, or to fail (out of space in error mode, or the timeout).
+    fn allocate(&mut self) -> Allocation {
         let reuse = self.settings.mutations.is_on(Mutation::ReuseFreedBeforeCommit);
         let result = self.space.allocate(&MetaCounts(&self.meta, reuse));
         match result {
@@ -964,7 +967,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if self.mode == PoolMode::OutOfDataSpace {
                     self.mode = PoolMode::Write;
                 }
-                Some(Some(block))
+                Allocation::Block(block)
             }
             Err(reason) => {
                 let now = self.host.now_ns();
@@ -982,14 +985,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                         self.settings.out_of_space == OutOfSpaceMode::Queue && !timed_out
                     }
                 };
-                if wait {
-                    Some(None)
-                } else {
-                    let placeholder = BlockWrite { payload: Payload::Zeroes, ..write.shallow() };
-                    let write = std::mem::replace(write, placeholder);
-                    self.finish_write_early(write, IoStatus::NoSpace);
-                    None
-                }
+                if wait { Allocation::Wait } else { Allocation::Fail(IoStatus::NoSpace) }
             }
         }
     }
@@ -2138,27 +2134,5 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             && self.metadata_channel.as_ref().is_none_or(|c| c.in_flight() == 0)
             && self.commit_stage == CommitStage::Idle
             && self.ops.iter().all(Option::is_none)
-    }
-}
-
-impl BlockWrite {
-    /// A copy of the fields needed to answer, without the payload.
-    fn shallow(&self) -> BlockWrite {
-        BlockWrite {
-            volume: self.volume,
-            vblock: self.vblock,
-            origin: self.origin,
-            payload: Payload::Zeroes,
-            offset_lbas: self.offset_lbas,
-            count_lbas: self.count_lbas,
-            fua: self.fua,
-            stage: self.stage,
-            target: self.target,
-            copy_from: self.copy_from,
-            fresh: self.fresh,
-            copy_buffer: None,
-            status: self.status,
-            keep_allocated: self.keep_allocated,
-        }
     }
 }

@@ -179,9 +179,10 @@ impl SpaceMap {
 mod tests {
     use super::*;
 
-    struct Model {
-        open: Vec<u32>,
-        committed: Vec<u32>,
+    /// Reference counts of a model pool (shared with the proptests below).
+    pub(super) struct Model {
+        pub(super) open: Vec<u32>,
+        pub(super) committed: Vec<u32>,
     }
 
     impl Counts for Model {
@@ -227,22 +228,9 @@ mod tests {
 
 #[cfg(test)]
 mod proptests {
+    use super::tests::Model;
     use super::*;
     use proptest::prelude::*;
-
-    struct Model {
-        open: Vec<u32>,
-        committed: Vec<u32>,
-    }
-
-    impl Counts for Model {
-        fn open_count(&self, block: DataBlock) -> u32 {
-            self.open[block.0 as usize]
-        }
-        fn committed_count(&self, block: DataBlock) -> u32 {
-            self.committed[block.0 as usize]
-        }
-    }
 
     #[derive(Clone, Debug)]
     enum Step {
