@@ -97,14 +97,15 @@ pub struct InvalidConnectData {
 }
 
 impl ConnectData {
-    /// Decodes and checks the NQNs: each NUL-terminated within its 256-byte field, so at most
-    /// [`NQN_BYTES_MAX`] bytes of UTF-8.
+    /// Decodes and checks the NQNs: each NUL-terminated within its 256-byte field, UTF-8.
+    /// An empty host NQN is taken (SPDK's host sends one unless told otherwise, and SPDK's
+    /// target admits it); only an allow-any-host subsystem lets it in.
     pub fn decode(bytes: &[u8; CONNECT_DATA_BYTES]) -> Result<ConnectData, InvalidConnectData> {
         let nqn = |at: usize| -> Result<String, InvalidConnectData> {
             let field = &bytes[at..at + 256];
             let offset = InvalidConnectData { offset: at as u16 }; // < 1024
             let end = field.iter().position(|&b| b == 0).ok_or(offset)?;
-            if end == 0 || end > NQN_BYTES_MAX {
+            if end > NQN_BYTES_MAX {
                 return Err(offset);
             }
             String::from_utf8(field[..end].to_vec()).map_err(|_| offset)
@@ -276,9 +277,9 @@ mod tests {
         let mut unterminated = bytes;
         unterminated[512..768].fill(b'a');
         assert_eq!(ConnectData::decode(&unterminated), Err(InvalidConnectData { offset: 512 }));
-        let mut empty = bytes;
-        empty[256] = 0;
-        assert_eq!(ConnectData::decode(&empty), Err(InvalidConnectData { offset: 256 }));
+        let mut long = bytes;
+        long[512..512 + 230].fill(b'a');
+        assert_eq!(ConnectData::decode(&long), Err(InvalidConnectData { offset: 512 }));
     }
 
     #[test]

@@ -20,11 +20,13 @@ use crate::nvme::fabrics::{
 };
 
 fn invalid_command(offset: u16) -> Outcome {
+    eprintln!("nvmf: Connect refused: invalid parameter at command byte {offset}");
     let status = connect_status::INVALID_PARAMETERS;
     Outcome::Complete { status, dw0: connect_invalid_dw0(offset, false), dw1: 0, data_bytes: 0 }
 }
 
 fn invalid_data(offset: u16) -> Outcome {
+    eprintln!("nvmf: Connect refused: invalid parameter at data byte {offset}");
     let status = connect_status::INVALID_PARAMETERS;
     Outcome::Complete { status, dw0: connect_invalid_dw0(offset, true), dw1: 0, data_bytes: 0 }
 }
