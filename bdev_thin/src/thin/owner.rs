@@ -435,7 +435,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             free_ops: (0..limits::OWNER_OPS_MAX).rev().collect(),
             busy: HashMap::with_capacity(limits::OWNER_OPS_MAX),
             deferred: VecDeque::with_capacity(limits::POOL_INBOX_ENTRIES),
-            blocked_scratch: Vec::with_capacity(limits::OWNER_OPS_MAX),
+            blocked_scratch: Vec::with_capacity(limits::POOL_INBOX_ENTRIES),
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
             pending_control: VecDeque::new(),
@@ -463,6 +463,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             shared,
         };
         owner.meta.set_mutations(settings.mutations);
+        owner.shared.set_mutations(settings.mutations);
         owner.last_commit_ns = owner.host.now_ns();
         if owner.meta.pool().needs_check {
             owner.mode = PoolMode::ReadOnly;
@@ -669,7 +670,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         match target {
             Some(shared) if !shared.closed.load(Ordering::Relaxed) => {
                 if let Err(reply) = shared.replies.push(reply) {
-                    // The ring holds a channel's whole depth, so this is a bug; keep the reply.
+                    // The ring holds one reply per credit of the channel (each message holds
+                    // one), so this is a bug; keep the reply.
                     debug_assert!(false, "reply ring of channel {channel} full");
                     self.unsent.push_back((channel, reply));
                 }
@@ -722,7 +724,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     fn run_inbox(&mut self) -> bool {
         let mut handled = 0;
-        while handled < limits::OWNER_MESSAGES_PER_POLL_MAX && !self.free_ops.is_empty() {
+        // The deferred queue holds at most an inbox's worth: past it, requests wait in the
+        // inbox and then in their channels (back-pressure), so it never grows.
+        while handled < limits::OWNER_MESSAGES_PER_POLL_MAX
+            && !self.free_ops.is_empty()
+            && self.deferred.len() < limits::POOL_INBOX_ENTRIES
+        {
             let Some(message) = self.shared.inbox.pop() else {
                 break;
             };

@@ -4,9 +4,10 @@
 //! channels' own epoch counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::grace::{EpochClock, EpochCounters};
+use super::mutations::Mutations;
 use super::types::{PoolMode, VolumeId};
 use super::view::VolumeView;
 use crate::host::{IoRequest, IoStatus, MessageRing, Waker};
@@ -99,6 +100,8 @@ pub struct PoolShared<W: Waker> {
     channels_version: AtomicU64,
     views: Mutex<Vec<Arc<VolumeView>>>,
     pub home_waker: W,
+    /// The pool's mutations, set by its owner, read by channels when they open.
+    mutations: OnceLock<Mutations>,
 }
 
 impl<W: Waker> PoolShared<W> {
@@ -111,13 +114,24 @@ impl<W: Waker> PoolShared<W> {
             channels_version: AtomicU64::new(0),
             views: Mutex::new(Vec::new()),
             home_waker,
+            mutations: OnceLock::new(),
         })
+    }
+
+    /// Owner: the pool's mutations, for its channels (set once).
+    pub(crate) fn set_mutations(&self, mutations: Mutations) {
+        let _ = self.mutations.set(mutations);
+    }
+
+    pub(crate) fn mutations(&self) -> Mutations {
+        self.mutations.get().copied().unwrap_or(Mutations::NONE)
     }
 
     /// Registers a channel created on `waker`'s core; returns its index and shared side.
     pub fn register_channel(&self, waker: W) -> (u32, Arc<ChannelShared<W>>) {
         let shared = Arc::new(ChannelShared {
-            replies: MessageRing::new(limits::THIN_CHANNEL_DEPTH_MAX, waker),
+            // One reply per credit: the owner can always answer.
+            replies: MessageRing::new(limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX, waker),
             epochs: self.epochs.register(),
             closed: AtomicBool::new(false),
         });
