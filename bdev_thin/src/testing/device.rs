@@ -44,12 +44,15 @@ pub struct SimFault {
     pub remaining: u32,
 }
 
+/// What a flush makes durable: block → content (None: zeroes).
+type FlushSet = Vec<(u64, Option<Box<[u8]>>)>;
+
 struct InFlight {
     info: PendingIo,
     request: IoRequest,
     /// A flush: what it makes durable, taken when it was issued (block → content, None for
     /// zeroes).
-    flushes: Option<Vec<(u64, Option<Box<[u8]>>)>>,
+    flushes: Option<FlushSet>,
 }
 
 type HoldRule = Box<dyn Fn(&PendingIo) -> bool + Send>;
@@ -193,7 +196,7 @@ impl SimState {
     }
 
     /// What a flush issued now makes durable: every dirty block's completed content.
-    fn flush_set(&self) -> Vec<(u64, Option<Box<[u8]>>)> {
+    fn flush_set(&self) -> FlushSet {
         self.dirty
             .iter()
             .map(|&block| match self.completed_content.get(&block) {

@@ -491,6 +491,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.mode
     }
 
+    /// Whether `vblock` of `volume` has an operation in progress in the per-block order
+    /// table (I6 excepts such blocks; the simulator asks).
+    pub fn is_busy(&self, volume: VolumeId, vblock: VirtBlock) -> bool {
+        self.busy.contains_key(&(volume, vblock))
+    }
+
     fn vblocks_of(&self, size_bytes: u64) -> u64 {
         size_bytes.div_ceil(u64::from(self.meta.layout().data_block_bytes))
     }
