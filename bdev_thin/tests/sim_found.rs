@@ -3,7 +3,8 @@
 
 mod support;
 
-use bdev_thin::host::{DeviceChannel, IoKind, IoRequest, IoStatus};
+use bdev_thin::host::{DeviceChannel, IoKind, IoRequest, IoStatus, PollStatus};
+use bdev_thin::testing::SimFault;
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::ControlOp;
 use bdev_thin::thin::types::DiscardMode;
@@ -107,4 +108,26 @@ fn a_request_parked_for_a_snapshot_view_is_answered_when_the_snapshot_goes() {
     assert_ne!(done.status, IoStatus::Success);
     assert_eq!(rig.answer(&deleted, 1000), Some(Ok(())));
     rig.check();
+}
+
+/// A pool turned read-only by a failed metadata write comes to rest: its owner's polls go
+/// idle, so its reactor may park (the commit timer made every poll busy, for ever).
+#[test]
+fn a_read_only_pool_comes_to_rest() {
+    let mut eager = settings(DiscardMode::Passdown, Mutations::NONE);
+    eager.commit_interval_ms = 0;
+    let mut rig = Rig::new(16, eager);
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    rig.device.add_fault(SimFault {
+        kind: IoKind::Write,
+        blocks: (0, rig.metadata_region_lbas() - 1),
+        errno: libc::EIO,
+        remaining: u32::MAX,
+    });
+    assert_eq!(rig.run(&mut channel, write(2, 0x22)).status, IoStatus::Success);
+    let flushed = rig.run(&mut channel, flush());
+    assert_ne!(flushed.status, IoStatus::Success, "the commit's metadata write failed");
+    let idle = (0..100).map(|_| rig.owner.poll()).filter(|s| *s == PollStatus::Idle).count();
+    assert!(idle > 90, "the owner of a read-only pool keeps busy: {idle} idle polls of 100");
 }

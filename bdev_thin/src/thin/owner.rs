@@ -1883,7 +1883,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) && self.meta.is_dirty() {
             // Nothing may be written; answer waiters as if committed (reads of committed
-            // state go on), flushes included, since nothing new is acknowledged.
+            // state go on), flushes included, since nothing new is acknowledged. The timer
+            // alone has nothing to answer: acting on it made every poll busy, so the reactor
+            // of a read-only pool never parked (found by thin_sim).
+            if !(waiting || self.commit_wanted) {
+                return false;
+            }
             self.commits_started += 1;
             self.commits_done += 1;
             self.commit_wanted = false;
