@@ -155,7 +155,8 @@ impl Sim {
 
     pub(super) fn finish(&mut self) -> Result<(), Failure> {
         trace(self.step, || "drain".into());
-        self.settle(5000)?;
+        // Long enough for a view filled one slice a poll.
+        self.settle(20_000)?;
         let issue = self.tick();
         self.start_commit(issue);
         self.settle(2000)?;

@@ -350,7 +350,7 @@ fn draw_limits(rng: &mut Rng, profile: Profile) -> PoolLimits {
     PoolLimits {
         owner_ops: rng.pick(&[PoolLimits::OWNER_OPS_MIN, 4, 8, 32, production.owner_ops]),
         channel_depth: rng.pick(&[1, 2, 4, 16, 64, production.channel_depth]),
-        view_fill_blocks_per_poll: rng.pick(&[1, 3, 16, production.view_fill_blocks_per_poll]),
+        view_fill_blocks_per_poll: rng.pick(&[2, 16, 64, production.view_fill_blocks_per_poll]),
         copy_buffers: rng.pick(&[1, 2, production.copy_buffers]),
     }
 }
