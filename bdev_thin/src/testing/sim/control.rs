@@ -177,6 +177,13 @@ impl Sim {
                 if let Some(v) = self.volumes.get_mut(&volume) {
                     v.frozen = true;
                 }
+                if blocks < old {
+                    // Reads in flight may find the blocks past the new end gone from now on.
+                    let now = self.tick();
+                    if let Some(versions) = self.oracle.volumes.get_mut(&volume) {
+                        versions.shrinks.push((now, blocks * self.lbas_per_block));
+                    }
+                }
                 Control::Resize { volume, blocks, slot }
             }
             7 => {
@@ -267,19 +274,20 @@ impl Sim {
                 };
                 trace(step, || format!("delete answered {result:?}"));
                 let exists = self.owner.metadata().volume(volume).is_some();
+                if result.is_err() {
+                    // A failed commit may still have reached the device: the volume may be
+                    // gone after a crash.
+                    self.maybe_deleted.push(volume);
+                }
                 match (result, self.volumes.get_mut(&volume)) {
                     // Gone: its channels drain, then it goes (`retire_deleted`).
                     (Ok(()), Some(v)) => v.deleted = true,
                     (Ok(()), None) => {}
                     (Err(_), Some(v)) if exists => v.frozen = false,
-                    (Err(_), _) => {
-                        // Deleted in memory, then the commit failed: the pool is read-only
-                        // and the volume's fate is the next recovery's.
-                        self.maybe_deleted.push(volume);
-                        if let Some(v) = self.volumes.get_mut(&volume) {
-                            v.deleted = true;
-                        }
-                    }
+                    // Deleted in memory, then the commit failed: the pool is read-only and
+                    // the volume's fate is the next recovery's.
+                    (Err(_), Some(v)) => v.deleted = true,
+                    (Err(_), None) => {}
                 }
             }
             Control::Resize { volume, blocks, slot } => {

@@ -273,12 +273,17 @@ impl Sim {
                     op.volume, op.issue
                 ));
             }
-            if entries.iter().any(|e| e.at_snapshot) {
-                match content {
-                    Content::Zero => pins.push((lba, true, 0)),
-                    Content::Version { id, .. } => pins.push((lba, false, id)),
-                    Content::Garbage => {}
-                }
+            // Pinned only when the snapshot's own past explains the content: a write to the
+            // snapshot in flight (an unmap that a read overlapped) may explain it too.
+            let (zero, id) = match content {
+                Content::Zero => (true, 0),
+                Content::Version { id, .. } => (false, id),
+                Content::Garbage => (false, 0),
+            };
+            let later_write = readable()
+                .any(|e| !e.at_snapshot && if zero { e.zero } else { !e.zero && e.id == id });
+            if entries.iter().any(|e| e.at_snapshot) && !later_write {
+                pins.push((lba, zero, id));
             }
         }
         for (lba, zero, id) in pins {
