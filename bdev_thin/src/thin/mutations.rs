@@ -32,11 +32,16 @@ pub enum Mutation {
     /// A block shared since its mapping was made is overwritten in place once its count says
     /// exclusive (the bug thin_sim found: a held read of the other volume sees the write).
     InPlaceOnceExclusive = 10,
+    /// A snapshot neither quiesces its origin nor waits for the writes in flight to it.
+    NoQuiesce = 11,
+    /// A snapshot's answer clears its origin's quiesce flag even while another snapshot of
+    /// that origin waits: the second one shares blocks a fast-path write is still writing.
+    QuiesceEndsWithFirstSnapshot = 12,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -48,6 +53,8 @@ impl Mutation {
         Mutation::NoBlockOrder,
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
+        Mutation::NoQuiesce,
+        Mutation::QuiesceEndsWithFirstSnapshot,
     ];
 }
 

@@ -1636,9 +1636,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             // Step 3 done; waiting for the commit.
             if self.commits_done > after {
                 let mut snapshot = self.snapshots.pop_front().expect("front exists");
-                if let Some(view) = self.views.get(&snapshot.origin) {
-                    view.set_quiesced(false);
-                }
+                self.end_quiesce(snapshot.origin);
                 let result = if self.commit_failed {
                     Err(PoolError::ReadOnly)
                 } else {
@@ -1658,6 +1656,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .iter()
                 .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::Children));
         let drained = self.settings.mutations.is_on(Mutation::NoGrace)
+            || self.settings.mutations.is_on(Mutation::NoQuiesce)
             || self.grace.has_passed(snapshot.quiesced_at);
         if origin_busy || !drained || self.commit_stage != CommitStage::Idle {
             return false;
@@ -1677,15 +1676,28 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             }
             Err(e) => {
                 let mut snapshot = self.snapshots.pop_front().expect("front exists");
-                if let Some(view) = self.views.get(&origin) {
-                    view.set_quiesced(false);
-                }
+                self.end_quiesce(origin);
                 if let Some(done) = snapshot.done.take() {
                     done(Err(e.into()));
                 }
             }
         }
         true
+    }
+
+    /// A snapshot of `origin` was answered: the origin's writes may go on, unless another
+    /// snapshot of it waits. That one was queued under the same quiesce, so the flag stays
+    /// up until the last of them is answered: snapshots of one origin are taken one after
+    /// the other under one quiesce, and none shares a block a fast-path write still writes.
+    fn end_quiesce(&mut self, origin: VolumeId) {
+        let another = self.snapshots.iter().any(|s| s.origin == origin)
+            && !self.settings.mutations.is_on(Mutation::QuiesceEndsWithFirstSnapshot);
+        if another {
+            return;
+        }
+        if let Some(view) = self.views.get(&origin) {
+            view.set_quiesced(false);
+        }
     }
 
     // ------------------------------------------------------------------ control
@@ -1730,7 +1742,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     return done(Err(PoolError::NoVolume(origin)));
                 };
                 // Step 1: quiesce the origin, then advance the epoch.
-                view.set_quiesced(true);
+                if !self.settings.mutations.is_on(Mutation::NoQuiesce) {
+                    view.set_quiesced(true);
+                }
                 let quiesced_at = self.grace.epoch();
                 self.snapshots.push_back(SnapshotOp {
                     origin,

@@ -1,0 +1,162 @@
+//! Control operations of the thin pool against the IO that runs beside them, on the
+//! deterministic stepping host: snapshots quiesce their origin and several snapshots of one
+//! origin are taken one after the other; a control operation completes or changes nothing;
+//! a failed commit leaves a pool that takes no write and says so after a restart; names are
+//! unique; sizes are checked. Each mechanism is shown both ways where a `mutations` switch
+//! re-enables the bug.
+
+mod support;
+
+use bdev_thin::host::{DeviceChannel, IoKind, IoStatus};
+use bdev_thin::thin::mutations::Mutations;
+use bdev_thin::thin::owner::ControlOp;
+use bdev_thin::thin::types::{DiscardMode, VirtBlock, VolumeId};
+use support::*;
+
+/// The byte a block holds throughout, if it holds one byte throughout (keeps assertion
+/// messages short).
+fn uniform(bytes: &[u8]) -> Option<u8> {
+    let first = *bytes.first()?;
+    bytes.iter().all(|&b| b == first).then_some(first)
+}
+
+fn mapped_block(rig: &Rig, volume: VolumeId, vblock: u64) -> u64 {
+    rig.owner.metadata().lookup(volume, VirtBlock(vblock)).expect("mapped").data_block.0
+}
+
+fn snapshot_later(rig: &Rig, origin: VolumeId, name: &str) -> Answer<VolumeId> {
+    let name = name.to_string();
+    rig.push_control(|done| ControlOp::Snapshot { origin, uuid: [3; 16], name, done })
+}
+
+/// Block 0 of `volume` as read now through a fresh channel.
+fn read_block0(rig: &mut Rig, volume: VolumeId) -> Vec<u8> {
+    let mut channel = rig.channel(volume);
+    let done = rig.run(&mut channel, read(0));
+    assert_eq!(done.status, IoStatus::Success);
+    bytes_of(&done)
+}
+
+/// A fast-path write to the origin is in flight (held by the device) when a snapshot is
+/// asked for. The snapshot waits for it (quiesce, then the grace period of the writes that
+/// resolved their block before the flag), so the snapshot holds the write and never changes
+/// after its acknowledgement. Returns whether the snapshot was answered while the write was
+/// held, and the snapshot's block 0 at its answer and after the write landed.
+fn snapshot_beside_a_fast_path_write(mutations: Mutations) -> (bool, Vec<u8>, Vec<u8>) {
+    let mut rig = Rig::new(32, settings(DiscardMode::Passdown, mutations));
+    let origin = rig.create_volume("origin", 8);
+    let mut channel = rig.channel(origin);
+    assert_eq!(rig.run(&mut channel, write(0, 0xa0)).status, IoStatus::Success);
+    let block_lba = rig.data_lba(mapped_block(&rig, origin, 0));
+    rig.device.hold(move |io| io.kind == IoKind::Write && io.offset_blocks == block_lba);
+    channel.submit(write(0, 0xb0)).unwrap();
+    channel.poll(&mut |_| panic!("the fast-path write is held"));
+    assert!(
+        rig.device.pending().iter().any(|io| io.offset_blocks == block_lba),
+        "the write went straight to the device (fast path)"
+    );
+    let answer = snapshot_later(&rig, origin, "snap");
+    let early = rig.answer(&answer, 200);
+    let answered_while_held = early.is_some();
+    let before = early.map(|snapshot| read_block0(&mut rig, snapshot.unwrap()));
+    let held = rig.device.pending().into_iter().find(|io| io.offset_blocks == block_lba).unwrap();
+    rig.device.release_hold();
+    rig.device.complete(held.id);
+    let landed = rig.wait(&mut channel, 10).expect("the held write completes");
+    assert_eq!(landed.status, IoStatus::Success);
+    let snapshot = match rig.answer(&answer, 1000) {
+        Some(snapshot) => snapshot.unwrap(),
+        None => rig.owner.metadata().volumes().find(|v| v.name == "snap").unwrap().id,
+    };
+    let before = before.unwrap_or_else(|| read_block0(&mut rig, snapshot));
+    let after = read_block0(&mut rig, snapshot);
+    rig.check();
+    (answered_while_held, before, after)
+}
+
+#[test]
+fn a_snapshot_waits_for_the_fast_path_writes_of_its_origin() {
+    let (answered_while_held, before, after) = snapshot_beside_a_fast_path_write(Mutations::NONE);
+    assert!(!answered_while_held, "the snapshot waits for the write in flight");
+    assert_eq!(uniform(&before), Some(0xb0), "the snapshot holds the write");
+    assert_eq!(uniform(&after), Some(0xb0), "and never changes after its acknowledgement");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn without_quiesce_a_snapshot_changes_after_its_acknowledgement() {
+    use bdev_thin::thin::mutations::Mutation;
+    let (answered_while_held, before, after) =
+        snapshot_beside_a_fast_path_write(Mutations::NONE.with(Mutation::NoQuiesce));
+    assert!(answered_while_held, "taken at once");
+    assert_eq!(uniform(&before), Some(0xa0));
+    assert_eq!(uniform(&after), Some(0xb0), "the write in flight changed the snapshot");
+}
+
+/// Two snapshots of one origin asked for together. After the first is answered, writes to
+/// the origin give it new, certainly-unshared blocks; a fast-path write to one of them is held
+/// in flight while the owner is busy with another block of the origin. The second snapshot
+/// must not share that block while the write is in flight: it is taken under a quiesce that
+/// lasts until it is answered. Returns the second snapshot's block 0 at its answer and after
+/// the held write landed.
+fn two_snapshots_of_one_origin(mutations: Mutations) -> (Vec<u8>, Vec<u8>) {
+    let mut rig = Rig::new(32, settings(DiscardMode::Passdown, mutations));
+    let origin = rig.create_volume("origin", 8);
+    let mut first_channel = rig.channel(origin);
+    let mut second_channel = rig.channel(origin);
+    assert_eq!(rig.run(&mut first_channel, write(0, 0xa0)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut first_channel, write(1, 0xa1)).status, IoStatus::Success);
+    let block1_lba = rig.data_lba(mapped_block(&rig, origin, 1));
+    let first = snapshot_later(&rig, origin, "s1");
+    let second = snapshot_later(&rig, origin, "s2");
+    rig.answer(&first, 1000).expect("the first snapshot is answered").unwrap();
+    // A partial write of block 1 copies it; the copy's read is held, so the owner stays
+    // busy with the origin.
+    rig.device.hold(move |io| io.kind == IoKind::Read && io.offset_blocks == block1_lba);
+    first_channel.submit(partial_write(1, 0, 1, 0xb1)).unwrap();
+    // A whole-block write of block 0 gets a new block, published certainly unshared.
+    let done = rig.run(&mut second_channel, write(0, 0xb0));
+    assert_eq!(done.status, IoStatus::Success);
+    let block0_lba = rig.data_lba(mapped_block(&rig, origin, 0));
+    rig.device.hold(move |io| {
+        (io.kind == IoKind::Read && io.offset_blocks == block1_lba)
+            || (io.kind == IoKind::Write && io.offset_blocks == block0_lba)
+    });
+    second_channel.submit(write(0, 0xc0)).unwrap();
+    second_channel.poll(&mut |_| panic!("the write is held"));
+    assert!(
+        rig.device.pending().iter().any(|io| io.offset_blocks == block0_lba),
+        "the write to the unshared block went straight to the device (fast path)"
+    );
+    // The owner finishes block 1; the second snapshot may now be taken.
+    let copy_read =
+        rig.device.pending().into_iter().find(|io| io.offset_blocks == block1_lba).unwrap();
+    rig.device.complete(copy_read.id);
+    let snapshot = rig.answer(&second, 1000).expect("the second snapshot is answered").unwrap();
+    let before = read_block0(&mut rig, snapshot);
+    let held = rig.device.pending().into_iter().find(|io| io.offset_blocks == block0_lba).unwrap();
+    rig.device.release_hold();
+    rig.device.complete(held.id);
+    assert_eq!(rig.wait(&mut second_channel, 10).expect("landed").status, IoStatus::Success);
+    assert_eq!(rig.wait(&mut first_channel, 1000).expect("copied").status, IoStatus::Success);
+    let after = read_block0(&mut rig, snapshot);
+    rig.check();
+    (before, after)
+}
+
+#[test]
+fn snapshots_of_one_origin_are_taken_one_after_the_other() {
+    let (before, after) = two_snapshots_of_one_origin(Mutations::NONE);
+    assert_eq!(uniform(&before), Some(0xa0), "taken before the writes that waited for it");
+    assert_eq!(uniform(&after), Some(0xa0), "and never changed after its acknowledgement");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn a_quiesce_ended_by_the_first_snapshot_lets_the_second_change() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::QuiesceEndsWithFirstSnapshot);
+    let (before, after) = two_snapshots_of_one_origin(mutations);
+    assert_eq!(uniform(&before), Some(0xb0));
+    assert_eq!(uniform(&after), Some(0xc0), "the held write changed the snapshot");
+}
