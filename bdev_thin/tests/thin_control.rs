@@ -9,7 +9,7 @@ mod support;
 
 use bdev_thin::host::{DeviceChannel, IoKind, IoStatus};
 use bdev_thin::thin::mutations::Mutations;
-use bdev_thin::thin::owner::ControlOp;
+use bdev_thin::thin::owner::{ControlOp, PoolError};
 use bdev_thin::thin::types::{DiscardMode, VirtBlock, VolumeId};
 use support::*;
 
@@ -159,4 +159,43 @@ fn a_quiesce_ended_by_the_first_snapshot_lets_the_second_change() {
     let (before, after) = two_snapshots_of_one_origin(mutations);
     assert_eq!(uniform(&before), Some(0xb0));
     assert_eq!(uniform(&after), Some(0xc0), "the held write changed the snapshot");
+}
+
+fn create_later(rig: &Rig, name: &str) -> Answer<VolumeId> {
+    let name = name.to_string();
+    rig.push_control(|done| ControlOp::CreateVolume {
+        uuid: [4; 16],
+        name,
+        size_bytes: 8 * u64::from(BLOCK),
+        done,
+    })
+}
+
+fn errno_of<T: std::fmt::Debug>(answer: Option<Result<T, PoolError>>) -> i32 {
+    answer.expect("answered").expect_err("refused").errno()
+}
+
+#[test]
+fn the_owner_refuses_a_second_volume_with_a_name_in_use() {
+    let mut rig = Rig::new(32, settings(DiscardMode::Passdown, Mutations::NONE));
+    // Two creates with one name, handled in one poll: the second is refused.
+    let first = create_later(&rig, "twin");
+    let second = create_later(&rig, "twin");
+    let origin = rig.answer(&first, 1000).expect("answered").expect("created");
+    assert_eq!(errno_of(rig.answer(&second, 1000)), libc::EEXIST);
+    // Two snapshots with one name, and a create with the name of a snapshot still queued.
+    let snapshot = snapshot_later(&rig, origin, "snap");
+    let same_snapshot = snapshot_later(&rig, origin, "snap");
+    let same_create = create_later(&rig, "snap");
+    rig.answer(&snapshot, 1000).expect("answered").expect("taken");
+    assert_eq!(errno_of(rig.answer(&same_snapshot, 1000)), libc::EEXIST);
+    assert_eq!(errno_of(rig.answer(&same_create, 1000)), libc::EEXIST);
+    // A snapshot named like an existing volume.
+    let clash = snapshot_later(&rig, origin, "twin");
+    assert_eq!(errno_of(rig.answer(&clash, 1000)), libc::EEXIST);
+    rig.check();
+    let rig = rig.reopen();
+    let mut names: Vec<String> = rig.owner.metadata().volumes().map(|v| v.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["snap", "twin"], "one volume per name after a restart");
 }

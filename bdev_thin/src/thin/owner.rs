@@ -120,6 +120,7 @@ impl PoolError {
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
+            PoolError::Metadata(MetadataError::NameExists { .. }) => libc::EEXIST,
             PoolError::Metadata(MetadataError::GrowPastMax { .. }) => libc::ENOSPC,
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
@@ -1685,6 +1686,17 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         true
     }
 
+    /// Refuses `name` if a volume has it or a snapshot waiting to be taken will: the owner,
+    /// not the RPC layer, decides, so two requests with one name never both commit.
+    fn check_queued_name(&self, name: &str) -> Result<(), PoolError> {
+        let taken = self.meta.volumes().any(|v| v.name == name)
+            || self.snapshots.iter().any(|s| s.name == name && s.result.is_none());
+        if taken {
+            return Err(MetadataError::NameExists { name: name.to_string() }.into());
+        }
+        Ok(())
+    }
+
     /// A snapshot of `origin` was answered: the origin's writes may go on, unless another
     /// snapshot of it waits. That one was queued under the same quiesce, so the flag stays
     /// up until the last of them is answered: snapshots of one origin are taken one after
@@ -1723,6 +1735,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if read_only {
                     return done(Err(PoolError::ReadOnly));
                 }
+                if let Err(e) = self.check_queued_name(&name) {
+                    return done(Err(e));
+                }
                 match self.meta.create_volume(uuid, &name, size_bytes) {
                     Ok(id) => {
                         self.build_view(id, false);
@@ -1737,6 +1752,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             ControlOp::Snapshot { origin, uuid, name, done } => {
                 if read_only {
                     return done(Err(PoolError::ReadOnly));
+                }
+                if let Err(e) = self.check_queued_name(&name) {
+                    return done(Err(e));
                 }
                 let Some(view) = self.views.get(&origin) else {
                     return done(Err(PoolError::NoVolume(origin)));

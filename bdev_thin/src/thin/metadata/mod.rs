@@ -58,6 +58,8 @@ pub enum MetadataError {
     NameTooLong { bytes: usize },
     #[error("{id} does not exist")]
     NoSuchVolume { id: VolumeId },
+    #[error("a volume named {name:?} already exists")]
+    NameExists { name: String },
     #[error("the pool already has {max} volumes")]
     TooManyVolumes { max: usize },
     #[error("{id}: virtual block {vblock} is past its {blocks} blocks")]
@@ -457,6 +459,14 @@ impl PoolMetadata {
         Ok(id)
     }
 
+    /// Names are unique in a pool: they are how frontends find a volume (`pool/name`).
+    fn check_name_free(&self, name: &str) -> Result<(), MetadataError> {
+        if self.top.volumes.values().any(|v| v.record.name == name) {
+            return Err(MetadataError::NameExists { name: name.to_string() });
+        }
+        Ok(())
+    }
+
     fn stored(&self, id: VolumeId) -> Result<&StoredVolume, MetadataError> {
         self.top.volumes.get(&id).ok_or(MetadataError::NoSuchVolume { id })
     }
@@ -468,6 +478,7 @@ impl PoolMetadata {
         size_bytes: u64,
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
+        self.check_name_free(name)?;
         self.check_space()?;
         self.begin_mutation();
         let id = self.next_id()?;
@@ -494,6 +505,7 @@ impl PoolMetadata {
         name: &str,
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
+        self.check_name_free(name)?;
         let source = self.stored(origin)?.clone();
         self.check_space()?;
         self.begin_mutation();

@@ -284,12 +284,13 @@ fn run_ops(ops: &[Op]) {
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Create => {
-                let id = md.create_volume([1; 16], "v", VOLUME_BYTES).unwrap();
+                let name = format!("v{step}");
+                let id = md.create_volume([1; 16], &name, VOLUME_BYTES).unwrap();
                 model.insert(id, BTreeMap::new());
             }
             Op::Snapshot(i) => {
                 let Some(origin) = pick(&model, *i) else { continue };
-                let id = md.snapshot(origin, [2; 16], "s").unwrap();
+                let id = md.snapshot(origin, [2; 16], &format!("s{step}")).unwrap();
                 model.insert(id, model[&origin].clone());
                 assert_eq!(md.volume(id).unwrap().snapshot_time, md.time());
                 assert_eq!(md.volume(origin).unwrap().snapshot_time, md.time());
@@ -916,7 +917,7 @@ proptest! {
                 let _ = md.remove(*id, VirtBlock(*key));
             }
             let _ = md.insert(*id, VirtBlock(7), Mapping { data_block: DataBlock(79), time: 5 });
-            let _ = md.snapshot(*id, [0; 16], "s");
+            let _ = md.snapshot(*id, [0; 16], &format!("s{}", id.0));
         }
         commit(&mut md, &mut image);
         let reopened = image.open().unwrap();
@@ -1023,6 +1024,9 @@ fn names_and_volume_limits_are_enforced() {
     pool.name = long;
     assert!(PoolMetadata::format(layout(2048, 4096, 4096), pool).is_err());
     let id = md.create_volume([0; 16], "v", 8192).unwrap();
+    let taken = Some(MetadataError::NameExists { name: "v".into() });
+    assert_eq!(md.create_volume([1; 16], "v", 8192).err(), taken, "names are unique");
+    assert_eq!(md.snapshot(id, [1; 16], "v").err(), taken);
     let past = md.insert(id, VirtBlock(2), Mapping { data_block: DataBlock(0), time: 0 });
     assert!(matches!(past, Err(MetadataError::VirtBlockOutOfRange { blocks: 2, .. })));
     let far = md.insert(id, VirtBlock(1), Mapping { data_block: DataBlock(4096), time: 0 });
