@@ -8,9 +8,10 @@
 mod support;
 
 use bdev_thin::host::{DeviceChannel, IoKind, IoStatus};
+use bdev_thin::testing::SimFault;
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, PoolError};
-use bdev_thin::thin::types::{DiscardMode, VirtBlock, VolumeId};
+use bdev_thin::thin::types::{DiscardMode, PoolMode, VirtBlock, VolumeId};
 use support::*;
 
 /// The byte a block holds throughout, if it holds one byte throughout (keeps assertion
@@ -198,4 +199,75 @@ fn the_owner_refuses_a_second_volume_with_a_name_in_use() {
     let mut names: Vec<String> = rig.owner.metadata().volumes().map(|v| v.name.clone()).collect();
     names.sort();
     assert_eq!(names, ["snap", "twin"], "one volume per name after a restart");
+}
+
+/// A provisioning write lands while a commit runs, and the commit then fails. The pool turns
+/// read-only: the write is not acknowledged (its mapping was never committed and is not
+/// inserted), and no later write reaches the device, through the owner or the fast path.
+/// Returns the statuses of the write that landed during the commit and of a later write to
+/// the same block, and what the block reads.
+fn write_landing_in_a_failed_commit(mutations: Mutations) -> (IoStatus, IoStatus, Vec<u8>) {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, mutations));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x31)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    // Something for the next commit to write.
+    assert_eq!(rig.run(&mut channel, write(2, 0x30)).status, IoStatus::Success);
+    let data_lba = rig.metadata_region_lbas();
+    rig.device.hold(move |io| {
+        io.kind == IoKind::Flush || (io.kind == IoKind::Write && io.offset_blocks >= data_lba)
+    });
+    channel.submit(write(1, 0x32)).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the provisioning write is held");
+    channel.submit(flush()).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the commit's data flush is held");
+    let pending = rig.device.pending();
+    let provision = pending.iter().find(|io| io.kind == IoKind::Write).unwrap().id;
+    let data_flush = pending.iter().find(|io| io.kind == IoKind::Flush).unwrap().id;
+    // The payload lands while the commit runs; its mapping waits for the commit's end.
+    rig.device.complete(provision);
+    assert!(rig.wait(&mut channel, 20).is_none(), "answered only after the commit");
+    // Every metadata write fails from now on: the commit fails.
+    rig.device.add_fault(SimFault {
+        kind: IoKind::Write,
+        blocks: (0, data_lba - 1),
+        errno: libc::EIO,
+        remaining: u32::MAX,
+    });
+    rig.device.release_hold();
+    rig.device.complete(data_flush);
+    let mut landed = None;
+    let mut flushed = None;
+    for _ in 0..100 {
+        channel.poll(&mut |c| match c.request.kind {
+            IoKind::Flush => flushed = Some(c.status),
+            _ => landed = Some(c.status),
+        });
+        rig.owner.poll();
+    }
+    assert_eq!(flushed, Some(IoStatus::Failed(libc::EIO)), "the flush reports the failure");
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
+    let later = rig.run(&mut channel, write(1, 0x33)).status;
+    let back = bytes_of(&rig.run(&mut channel, read(1)));
+    (landed.expect("the write was answered"), later, back)
+}
+
+#[test]
+fn a_failed_commit_leaves_a_pool_that_takes_no_write() {
+    let (landed, later, back) = write_landing_in_a_failed_commit(Mutations::NONE);
+    assert_eq!(landed, IoStatus::Failed(libc::EIO), "its mapping was never committed");
+    assert_eq!(later, IoStatus::Failed(libc::EROFS), "a read-only pool takes no write");
+    assert_eq!(uniform(&back), Some(0), "the block was never mapped");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn publishing_after_a_failed_commit_lets_the_fast_path_write() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::PublishAfterFailedCommit);
+    let (landed, later, back) = write_landing_in_a_failed_commit(mutations);
+    assert_eq!(landed, IoStatus::Success);
+    assert_eq!(later, IoStatus::Success, "the fast path wrote into the read-only pool");
+    assert_eq!(uniform(&back), Some(0x33));
 }

@@ -37,11 +37,14 @@ pub enum Mutation {
     /// A snapshot's answer clears its origin's quiesce flag even while another snapshot of
     /// that origin waits: the second one shares blocks a fast-path write is still writing.
     QuiesceEndsWithFirstSnapshot = 12,
+    /// A write that finished while a commit ran inserts and publishes its block as certainly
+    /// unshared after that commit failed: the fast path of the read-only pool writes it.
+    PublishAfterFailedCommit = 13,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 13] = [
+    pub const ALL: [Mutation; 14] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -55,6 +58,7 @@ impl Mutation {
         Mutation::InPlaceOnceExclusive,
         Mutation::NoQuiesce,
         Mutation::QuiesceEndsWithFirstSnapshot,
+        Mutation::PublishAfterFailedCommit,
     ];
 }
 

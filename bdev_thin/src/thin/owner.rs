@@ -1209,6 +1209,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             (write.volume, write.vblock, write.target, write.fresh, write.status);
         let fua = write.fua;
         let mut status = status;
+        // A read-only pool takes no write: one whose payload landed while the commit that
+        // turned the pool read-only ran is not inserted (its mapping could never commit) and
+        // publishes nothing the fast path could write through.
+        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail)
+            && !self.settings.mutations.is_on(Mutation::PublishAfterFailedCommit);
+        if status.is_success() && read_only {
+            status = IoStatus::Failed(libc::EIO);
+        }
         if status.is_success() {
             let time = self.meta.time();
             let result = if fresh {
