@@ -7,11 +7,16 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bdev_thin::host::{DeviceChannel, IoKind, IoStatus};
-use bdev_thin::testing::SimFault;
+use bdev_thin::testing::{SimDevice, SimFault};
+use bdev_thin::thin::metadata::{Layout, PoolMetadata};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, PoolError};
-use bdev_thin::thin::types::{DiscardMode, PoolMode, VirtBlock, VolumeId};
+use bdev_thin::thin::types::{DataBlock, DiscardMode, Mapping, PoolMode, VirtBlock, VolumeId};
+use bdev_thin::thin::view::Resolved;
 use support::*;
 
 /// The byte a block holds throughout, if it holds one byte throughout (keeps assertion
@@ -270,4 +275,88 @@ fn publishing_after_a_failed_commit_lets_the_fast_path_write() {
     assert_eq!(landed, IoStatus::Success);
     assert_eq!(later, IoStatus::Success, "the fast path wrote into the read-only pool");
     assert_eq!(uniform(&back), Some(0x33));
+}
+
+/// A pool with one volume whose first `mapped` blocks are mapped and committed, built in
+/// its metadata directly (fast) before the owner starts.
+fn pool_with_committed_mappings(mapped: u64) -> (Rig, VolumeId) {
+    let block = u64::from(BLOCK);
+    let device_bytes = (mapped + 64) * block + (64 << 20);
+    let layout = Layout::on_data_device(device_bytes, BLOCK, device_bytes).unwrap();
+    let config = settings(DiscardMode::Passdown, Mutations::NONE);
+    let mut meta = PoolMetadata::format(layout, config.to_record([7; 16], "pool0")).unwrap();
+    let volume = meta.create_volume([1; 16], "big", (mapped + 16) * block).unwrap();
+    for vblock in 0..mapped {
+        let mapping = Mapping { data_block: DataBlock(vblock), time: 0 };
+        meta.insert(volume, VirtBlock(vblock), mapping).unwrap();
+    }
+    let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
+    commit_directly(&device, &mut meta);
+    (Rig::with_metadata(device, meta, config), volume)
+}
+
+/// Fails the next commit of `rig` (a metadata write, or only its opening data flush) while
+/// another thread resolves committed blocks of `volume` in a loop, as the fast path of other
+/// cores does. Returns how many resolutions saw a committed block unmapped.
+fn resolve_while_a_commit_fails(mapped: u64, only_data_flush: bool) -> u64 {
+    let (mut rig, volume) = pool_with_committed_mappings(mapped);
+    let mut channel = rig.channel(volume);
+    // An uncommitted change for the commit to abort.
+    assert_eq!(rig.run(&mut channel, write(mapped, 0x44)).status, IoStatus::Success);
+    let fault = if only_data_flush {
+        SimFault { kind: IoKind::Flush, blocks: (0, u64::MAX), errno: libc::EIO, remaining: 1 }
+    } else {
+        let region = rig.metadata_region_lbas();
+        SimFault { kind: IoKind::Write, blocks: (0, region - 1), errno: libc::EIO, remaining: 1 }
+    };
+    let view = rig.shared.view(volume).unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (started, stop) = (Arc::clone(&started), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut unmapped = 0u64;
+            // Bounded: stops when told, or after this many resolutions.
+            for round in 0..1_000_000_000u64 {
+                let vblock = round.wrapping_mul(7919) % mapped;
+                if view.resolve(VirtBlock(vblock)) == Resolved::Unmapped {
+                    unmapped += 1;
+                }
+                if round == 1000 {
+                    started.store(true, Ordering::SeqCst);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            unmapped
+        })
+    };
+    for _ in 0..1_000_000_000u64 {
+        if started.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    rig.device.add_fault(fault);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Failed(libc::EIO));
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
+    stop.store(true, Ordering::SeqCst);
+    let unmapped = reader.join().unwrap();
+    // Every committed block reads back its mapping once the pool settled.
+    let view = rig.shared.view(volume).unwrap();
+    for vblock in (0..mapped).step_by(997) {
+        let resolved = view.resolve(VirtBlock(vblock));
+        let expected = Resolved::Mapped { data_block: DataBlock(vblock), exclusive: false };
+        assert_eq!(resolved, expected, "block {vblock} after the failure");
+    }
+    unmapped
+}
+
+#[test]
+fn committed_blocks_never_read_unmapped_while_a_failed_commit_is_undone() {
+    for only_data_flush in [false, true] {
+        let unmapped = resolve_while_a_commit_fails(1 << 18, only_data_flush);
+        assert_eq!(unmapped, 0, "only the data flush failed: {only_data_flush}");
+    }
 }

@@ -2046,7 +2046,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             self.meta.set_needs_check();
             self.mode = PoolMode::ReadOnly;
             self.abort_waiters();
-            self.rebuild_views();
+            self.rebuild_views(planned);
         } else if planned {
             mutations::crash_point("commit_done");
             self.meta.commit_done();
@@ -2131,7 +2131,20 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
     }
 
-    fn rebuild_views(&mut self) {
+    /// The pool just turned read-only after a failed commit; `aborted`: the transaction was
+    /// rolled back to the last commit (a metadata write failed), else only the data flush
+    /// failed and the open transaction stands. The views follow, and never show a committed
+    /// block as unmapped meanwhile (other cores resolve them all along): one store per view
+    /// makes every entry maybe shared, so no fast-path write goes on in place; then each
+    /// entry the rollback changed is overwritten in place, and only entries the last commit
+    /// does not have are cleared.
+    fn rebuild_views(&mut self, aborted: bool) {
+        for view in self.views.values() {
+            view.advance_view_time();
+        }
+        if !aborted {
+            return;
+        }
         // A volume deleted in the aborted transaction exists again (found by thin_sim).
         let back: Vec<VolumeId> =
             self.meta.volumes().map(|v| v.id).filter(|id| !self.views.contains_key(id)).collect();
@@ -2139,24 +2152,44 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             self.build_view(id, false);
         }
         let ids: Vec<VolumeId> = self.views.keys().copied().collect();
+        let mut stale: Vec<(VirtBlock, DataBlock)> = Vec::new();
         for id in ids {
-            if self.meta.volume(id).is_none() {
+            let Some(record) = self.meta.volume(id).cloned() else {
+                // Created in the aborted transaction: gone.
                 if let Some(view) = self.views.remove(&id) {
                     view.mark_deleted();
                 }
+                self.shared.retire_view(id);
                 continue;
-            }
-            let old = self.views.get(&id).cloned();
-            if let Some(old) = old {
-                for vblock in 0..old.capacity_vblocks() {
-                    old.unpublish(VirtBlock(vblock));
+            };
+            let Some(view) = self.views.get(&id).cloned() else {
+                continue;
+            };
+            let size_vblocks = self.vblocks_of(record.size_bytes).min(view.capacity_vblocks());
+            view.set_size(size_vblocks, record.size_bytes / self.lba_bytes);
+            stale.clear();
+            view.for_each_published(&mut |vblock, data_block| {
+                let mapped = self.meta.lookup(id, vblock).map(|m| m.data_block);
+                if mapped != Some(data_block) {
+                    stale.push((vblock, data_block));
                 }
-                let record_time = self.meta.volume(id).map_or(0, |r| r.snapshot_time);
-                let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-                self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                    let exclusive = writable && mapping.time >= record_time;
-                    old.publish(vblock, mapping.data_block, exclusive);
-                });
+            });
+            self.meta.for_each_mapping(id, &mut |vblock, mapping| {
+                view.publish(vblock, mapping.data_block, false);
+            });
+            for &(vblock, _) in &stale {
+                if self.meta.lookup(id, vblock).is_none() {
+                    view.unpublish(vblock);
+                }
+            }
+            // A block only the aborted transaction mapped is free again; a read that
+            // resolved it may still be in flight, so it waits out a grace period (the pool
+            // may turn writable again once a check clears needs_check).
+            let epoch = self.grace.epoch();
+            for &(_, block) in &stale {
+                if self.meta.data_count(block) == 0 && !self.space.is_in_grace(block) {
+                    self.space.enter_grace(block, epoch);
+                }
             }
         }
     }

@@ -86,6 +86,10 @@ impl SpaceMap {
         self.flag(block) & RESERVED != 0
     }
 
+    pub fn is_in_grace(&self, block: DataBlock) -> bool {
+        self.flag(block) & IN_GRACE != 0
+    }
+
     pub fn held_count(&self) -> u64 {
         self.held_count
     }
