@@ -900,6 +900,46 @@ impl PoolMetadata {
         self.dirty = true;
     }
 
+    /// Whether `needs_check` is raised in memory but not yet in the last commit.
+    pub fn needs_check_unwritten(&self) -> bool {
+        self.top.pool.needs_check && !self.committed.pool.needs_check
+    }
+
+    /// The superblock that sets `needs_check` to `flag` over the last committed state, with
+    /// the next transaction id. It is the only block such a change writes: after a failed
+    /// metadata write turned the pool read-only (the open transaction cannot be trusted),
+    /// and when a check passed and clears the flag. Write it, flush, then call
+    /// [`PoolMetadata::needs_check_written`]. Offline tools use it too (`thinctl check
+    /// --clear-needs-check`).
+    pub fn needs_check_superblock(&self, flag: bool) -> (MetaBlock, Vec<u8>) {
+        let generation = self.transaction_id + 1;
+        let committed = &self.committed;
+        let mut pool = committed.pool.clone();
+        pool.needs_check = flag;
+        let sb = Superblock {
+            transaction_id: generation,
+            layout: committed.layout,
+            pool,
+            time: committed.time,
+            next_volume_id: committed.next_volume_id,
+            volume_table: committed.volume_table,
+            volume_count: committed.volumes.len() as u32,
+            space_root: committed.space_root,
+        };
+        (MetaBlock(superblock::slot(generation)), superblock::encode(&sb))
+    }
+
+    /// The superblock of [`PoolMetadata::needs_check_superblock`] is durable.
+    pub fn needs_check_written(&mut self, flag: bool) {
+        assert!(!self.committing, "no flag write while a commit runs");
+        self.transaction_id += 1;
+        self.committed.pool.needs_check = flag;
+        self.top.pool.needs_check = flag;
+        if self.top == self.committed {
+            self.dirty = false;
+        }
+    }
+
     /// Blocks to write (zeroed superblocks) so the pool is never found again.
     pub fn invalidate_superblocks() -> Vec<(MetaBlock, Vec<u8>)> {
         (0..2).map(|slot| (MetaBlock(slot), vec![0u8; METADATA_BLOCK_BYTES])).collect()

@@ -83,7 +83,7 @@ fn commit(md: &mut PoolMetadata, image: &mut Image) -> CommitPlan {
 }
 
 /// Everything observable, for comparing a pool with its reopened image.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Fingerprint {
     layout: Layout,
     pool: PoolRecord,
@@ -995,6 +995,41 @@ fn settings_growth_and_needs_check_persist() {
     assert_eq!(md.lookup(VolumeId(1), VirtBlock(900)).map(|m| m.data_block), Some(DataBlock(4500)));
     commit(&mut md, &mut image);
     assert!(image.open().unwrap().pool().needs_check);
+}
+
+#[test]
+fn needs_check_is_written_alone_over_the_last_commit_and_cleared_the_same_way() {
+    let (mut image, mut md) = sample_image();
+    let committed = fingerprint(&image.open().unwrap());
+    // A change that never commits: the flag superblock describes the last commit.
+    md.insert(VolumeId(1), VirtBlock(901), Mapping { data_block: DataBlock(4001), time: 1 })
+        .unwrap();
+    md.set_needs_check();
+    assert!(md.needs_check_unwritten());
+    let (slot, bytes) = md.needs_check_superblock(true);
+    image.write(slot, &bytes);
+    md.needs_check_written(true);
+    assert!(!md.needs_check_unwritten());
+    assert!(md.is_dirty(), "the open change is still to commit");
+    let reopened = image.open().unwrap();
+    assert!(reopened.pool().needs_check);
+    assert_eq!(reopened.transaction_id(), md.transaction_id());
+    let trees = |f: Fingerprint| (f.volumes, f.mappings, f.counts);
+    assert_eq!(trees(fingerprint(&reopened)), trees(committed.clone()), "the last commit's");
+    image.check().unwrap();
+    // Cleared offline the same way: a superblock of the opened pool with the flag down.
+    let (slot, bytes) = reopened.needs_check_superblock(false);
+    image.write(slot, &bytes);
+    let cleared = image.open().unwrap();
+    assert!(!cleared.pool().needs_check);
+    assert_eq!(trees(fingerprint(&cleared)), trees(committed));
+    // The next real commit follows on.
+    md.needs_check_written(false);
+    commit(&mut md, &mut image);
+    let next = image.open().unwrap();
+    assert!(!next.pool().needs_check);
+    assert_eq!(next.lookup(VolumeId(1), VirtBlock(901)).map(|m| m.data_block.0), Some(4001));
+    image.check().unwrap();
 }
 
 #[test]
