@@ -79,6 +79,11 @@ pub enum ControlOp {
     Describe {
         done: ControlDone<PoolDescription>,
     },
+    /// A check of the metadata passed: clear `needs_check` on the device and take writes
+    /// again. Only for a read-only pool (nothing writes its metadata while it is checked).
+    ClearNeedsCheck {
+        done: ControlDone<()>,
+    },
 }
 
 /// A pool's state as the owner sees it.
@@ -110,6 +115,8 @@ pub enum PoolError {
     Io(i32),
     #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
     TooLarge { capacity_vblocks: u64 },
+    #[error("the pool is writable: a check needs it read-only")]
+    Writable,
 }
 
 impl PoolError {
@@ -127,6 +134,7 @@ impl PoolError {
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::Writable => libc::EBUSY,
         }
     }
 }
@@ -309,6 +317,13 @@ enum CommitStage {
         in_flight: usize,
     },
     FlushingInvalidation,
+    /// Writing the superblock that records `needs_check` alone, then flushing it.
+    WritingFlag {
+        needs_check: bool,
+    },
+    FlushingFlag {
+        needs_check: bool,
+    },
 }
 
 const TAG_COMMIT: u64 = 1 << 62;
@@ -349,6 +364,10 @@ pub struct Owner<D: BlockDevice, H: Host> {
     commit_stage: CommitStage,
     commit_plan: Option<CommitPlan>,
     commit_failed: bool,
+    /// The last write of the needs_check flag failed (not retried: the device fails).
+    flag_write_failed: bool,
+    /// A clear of needs_check in progress, answered once the superblock is durable.
+    clearing: Option<ControlDone<()>>,
     commits_started: u64,
     commits_done: u64,
     commit_wanted: bool,
@@ -447,6 +466,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             commit_stage: CommitStage::Idle,
             commit_plan: None,
             commit_failed: false,
+            flag_write_failed: false,
+            clearing: None,
             commits_started: 0,
             commits_done: 0,
             commit_wanted: false,
@@ -1601,7 +1622,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         if !(timer || waiting || self.commit_wanted) {
             return false;
         }
-        if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) && self.meta.is_dirty() {
+        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
+        if read_only && self.meta.needs_check_unwritten() && !self.flag_write_failed {
+            // The pool is read-only after a failed metadata write: say so on the device, so
+            // it opens read-only after a restart until a check clears the flag.
+            self.write_needs_check(true);
+            return true;
+        }
+        if read_only && self.meta.is_dirty() {
             // Nothing may be written; answer waiters as if committed (reads of committed
             // state go on), flushes included, since nothing new is acknowledged.
             self.commits_started += 1;
@@ -1640,8 +1668,16 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn commit_io_done(&mut self, completion: IoCompletion) {
+        let flag = matches!(
+            self.commit_stage,
+            CommitStage::WritingFlag { .. } | CommitStage::FlushingFlag { .. }
+        );
         if !completion.status.is_success() {
-            self.commit_failed = true;
+            if flag {
+                self.flag_write_failed = true;
+            } else {
+                self.commit_failed = true;
+            }
         }
         match self.commit_stage {
             CommitStage::FlushingData => {
@@ -1721,6 +1757,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
                 }
             }
+            CommitStage::WritingFlag { needs_check }
+            | CommitStage::FlushingFlag { needs_check } => {
+                self.needs_check_io_done(needs_check);
+            }
             CommitStage::Idle => debug_assert!(false, "commit IO while no commit runs"),
         }
     }
@@ -1736,12 +1776,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             }
             self.meta.set_needs_check();
             self.mode = PoolMode::ReadOnly;
+            self.commit_wanted = true;
             self.abort_waiters();
             self.rebuild_views(planned);
         } else if planned {
             mutations::crash_point("commit_done");
             self.meta.commit_done();
             self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.refresh_space_mode();
         }
         self.commits_done = self.commits_started;
         self.after_commit();

@@ -16,8 +16,9 @@ use super::super::types::{DataBlock, PoolMode, VirtBlock, VolumeId};
 use super::super::view::VolumeView;
 use super::{
     CommitStage, ControlOp, Op, Owner, PoolDescription, PoolError, RangeStage, SnapshotOp,
+    TAG_COMMIT,
 };
-use crate::host::{BlockDevice, Host};
+use crate::host::{BlockDevice, Host, IoKind, IoRequest};
 use crate::limits;
 
 impl<D: BlockDevice, H: Host> Owner<D, H> {
@@ -316,6 +317,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 self.commit_wanted = true;
                 self.control_commits.push((after, done));
             }
+            ControlOp::ClearNeedsCheck { done } => {
+                if !read_only {
+                    return done(Err(PoolError::Writable));
+                }
+                self.clearing = Some(done);
+                self.write_needs_check(false);
+            }
             ControlOp::Describe { done } => done(Ok(PoolDescription {
                 volumes: self.meta.volumes().cloned().collect(),
                 data_blocks: self.space.data_blocks(),
@@ -390,6 +398,60 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     self.space.enter_grace(block, epoch);
                 }
             }
+        }
+    }
+
+    /// Writes the superblock that records `needs_check` alone (over the last commit, see
+    /// [`PoolMetadata::needs_check_superblock`]), then flushes it.
+    pub(super) fn write_needs_check(&mut self, needs_check: bool) {
+        self.flag_write_failed = false;
+        let (block, bytes) = self.meta.needs_check_superblock(needs_check);
+        let request = self.meta_write(block, &bytes);
+        self.commit_stage = CommitStage::WritingFlag { needs_check };
+        self.submit_metadata(request);
+    }
+
+    /// A step of the needs_check write completed: flush after the superblock, then finish.
+    pub(super) fn needs_check_io_done(&mut self, needs_check: bool) {
+        if let CommitStage::WritingFlag { .. } = self.commit_stage
+            && !self.flag_write_failed
+        {
+            self.commit_stage = CommitStage::FlushingFlag { needs_check };
+            self.submit_metadata(IoRequest::new(IoKind::Flush, 0, 0, TAG_COMMIT));
+            return;
+        }
+        self.commit_stage = CommitStage::Idle;
+        let written = !self.flag_write_failed;
+        if written {
+            self.meta.needs_check_written(needs_check);
+        }
+        if needs_check {
+            return;
+        }
+        // A check passed and the flag is down on the device: the pool takes writes again.
+        // Its views publish nothing certainly unshared, so the first write to each block
+        // goes through the owner, which decides from the metadata. Blocks only an aborted
+        // transaction mapped are in their grace period (`rebuild_views`).
+        if written {
+            self.mode = PoolMode::Write;
+            self.refresh_space_mode();
+        }
+        if let Some(done) = self.clearing.take() {
+            done(if written { Ok(()) } else { Err(PoolError::Io(libc::EIO)) });
+        }
+    }
+
+    /// Leaves an out-of-space mode once space is back (dm-thin checks after each commit):
+    /// blocks freed by a delete, a shrink or an unmap are committed free, or the metadata has
+    /// room above its reserve again.
+    pub(super) fn refresh_space_mode(&mut self) {
+        let back = match self.mode {
+            PoolMode::OutOfDataSpace => self.meta.used_data_blocks() < self.space.data_blocks(),
+            PoolMode::OutOfMetadataSpace => self.meta.metadata_space_ok(),
+            _ => false,
+        };
+        if back {
+            self.mode = PoolMode::Write;
         }
     }
 }
