@@ -15,7 +15,7 @@ use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
 use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
-use bdev_thin::thin::pool::PoolShared;
+use bdev_thin::thin::pool::{PoolLimits, PoolShared};
 use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
 use crossbeam_queue::ArrayQueue;
 
@@ -46,6 +46,7 @@ pub fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
         low_water_mark: 0,
         commit_interval_ms: 1000,
         mutations,
+        limits: PoolLimits::PRODUCTION,
     }
 }
 
@@ -149,8 +150,16 @@ impl Rig {
 
     pub fn channel(&self, volume: VolumeId) -> Channel {
         let view = self.shared.view(volume).unwrap();
-        VolumeChannel::open(Arc::clone(&self.shared), view, &self.device, self.geometry, NoopWaker)
-            .unwrap()
+        let limits = PoolLimits::PRODUCTION;
+        VolumeChannel::open(
+            Arc::clone(&self.shared),
+            view,
+            &self.device,
+            self.geometry,
+            limits,
+            NoopWaker,
+        )
+        .unwrap()
     }
 
     /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,

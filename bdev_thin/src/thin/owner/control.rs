@@ -49,7 +49,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.views.insert(id, view);
     }
 
-    /// Fills the views of new snapshots, `VIEW_BUILD_BLOCKS_PER_POLL` virtual blocks a poll.
+    /// Fills the views of new snapshots, the pool's `view_fill_blocks_per_poll` virtual blocks
+    /// a poll.
     pub(super) fn run_view_builds(&mut self) -> bool {
         // A snapshot is acknowledged first (its commit), then its view is filled: the
         // acknowledgement costs the same at any volume size.
@@ -66,7 +67,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         };
         let snapshot_time = record.snapshot_time;
         let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-        let end = next.saturating_add(limits::VIEW_BUILD_BLOCKS_PER_POLL);
+        let end = next.saturating_add(self.settings.limits.view_fill_blocks_per_poll);
         self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
             view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
         });
