@@ -124,7 +124,7 @@ say "qemu-io rewrote 64 MiB of vol0: $((free1 - free2)) blocks copied (vol0 and 
 passdowns0=$(pool_field passdowns_completed)
 qemu -c 'discard 0 480M'
 free3=$(pool_field free_data_blocks)
-say "qemu-io discarded 480 MiB of vol0: vol0 maps $(mapped vol0) blocks; passdowns_completed $passdowns0 -> $(pool_field passdowns_completed), pool free $free2 -> $free3 (file: $(allocated_mib) MiB)"
+say "qemu-io discarded 480 MiB of vol0: vol0 maps $(mapped vol0) blocks; passdowns_completed $passdowns0 -> $(pool_field passdowns_completed), $(pool_field held_data_blocks) blocks still held, pool free $free2 -> $free3 (file: $(allocated_mib) MiB)"
 say "snap0 still maps $(mapped snap0) blocks: unmapping vol0 frees only what vol0 alone held"
 
 pool_uuid=$(pool_field uuid)

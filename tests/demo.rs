@@ -113,11 +113,16 @@ fn check_story(output: &str, perf_built: bool) {
     let copied = line(output, 4);
     assert_eq!(numbers_after(copied, "of vol0: ")[0], 1024, "{output}");
     assert_eq!(numbers_after(copied, "pool free ")[0], free_written - 1024, "{output}");
-    // 5: the unmap gives back exactly the copies, once passed down.
+    // 5: the unmap gives back exactly the copies, once passed down: the unmap is acknowledged
+    // after its deallocates complete, so nothing is held any more and the file has holes.
     let unmapped = line(output, 5);
     assert_eq!(numbers_after(unmapped, "vol0 maps ")[0], 0, "{output}");
     let passdowns = numbers_after(unmapped, "passdowns_completed ");
     assert!(passdowns[1] > passdowns[0], "passdowns_completed must grow: {output}");
+    assert_eq!(passdowns[2], 0, "no block held after the unmap: {output}");
+    let file_copied = numbers_after(copied, "(file: ")[0];
+    let file_unmapped = numbers_after(unmapped, "(file: ")[0];
+    assert!(file_unmapped + 32 < file_copied, "the copies' space leaves the file: {output}");
     assert_eq!(
         numbers_after(unmapped, "pool free ")[..2],
         [free_written - 1024, free_written],
