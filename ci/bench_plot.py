@@ -236,7 +236,8 @@ def main():
     plot_pair(doc, out_dir, ("large malloc", "large uring"), "large.png", "mibps", "MiB/s",
               "sequential large IO, QD8")
     plot_pair(doc, out_dir, ("provision",), "provision.png", "iops",
-              "new blocks per second (thousands)", "every write provisions a block",
+              "writes per second, thousands (on thin each provisions a block)",
+              "every write a new block",
               scale=1e-3, log=True)
     plot_pair(doc, out_dir, ("passdown",), "passdown.png", "iops",
               "64 KiB blocks discarded per second", "passdown vs the device's own discard",

@@ -12,12 +12,18 @@ import sys
 
 
 def num(value, unit=""):
+    """Three significant digits: 769 k, 1.18 M, 92.5 k, 616."""
     if value is None:
         return "-"
-    for suffix, scale in (("M", 1e6), ("k", 1e3)):
+    suffix, scaled = "", value
+    for name, scale in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
-            return f"{value / scale:,.2f} {suffix}{unit}".replace(" " + unit, " " + unit)
-    return f"{value:,.3g}{(' ' + unit) if unit else ''}"
+            suffix, scaled = f" {name}", value / scale
+            break
+    digits = 0 if abs(scaled) >= 100 else 1 if abs(scaled) >= 10 else 2
+    if not suffix and float(scaled).is_integer():
+        digits = 0
+    return f"{scaled:.{digits}f}{suffix}{unit}"
 
 
 def cell(side, key, unit=""):
@@ -108,9 +114,8 @@ def caption(doc, sections):
         return ""
     commits = sorted({i["commit"] for i in info})
     loads = ", ".join(f"{i['load_before'][0]:.2f}" for i in info)
-    seconds = sum(i.get("seconds", 0) for i in info)
-    return (f"*Commit `{'`, `'.join(commits)}`, {info[0]['started']}, load average before: "
-            f"{loads}; {seconds:.0f} s.*\n\n")
+    return (f"*Commit `{'`, `'.join(commits)}`, run started {info[0]['started']}; load average "
+            f"before each section: {loads}.*\n\n")
 
 
 def tables(doc):
