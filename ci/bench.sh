@@ -31,7 +31,10 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     exit 0
 fi
 for section in "$@"; do
-    [[ " $sections " == *" $section "* ]] || { echo "bench.sh: unknown section $section ($sections)" >&2; exit 2; }
+    if [[ " $sections " != *" $section "* ]]; then
+        echo "bench.sh: unknown section $section ($sections)" >&2
+        exit 2
+    fi
 done
 for tool in fio nbdkit taskset python3; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool missing (ci/install.sh)" >&2; exit 1; }
@@ -54,7 +57,8 @@ if ! /usr/bin/python3 -c 'import nbd' 2>/dev/null && ((EUID == 0)); then
 fi
 
 mkdir -p docs/bench
-if (($#)); then text=docs/bench/results-$(IFS=-; echo "$*").txt; else text=docs/bench/results.txt; fi
+text=docs/bench/results.txt
+if (($#)); then text=docs/bench/results-$(IFS=-; echo "$*").txt; fi
 .venv/bin/python ci/bench.py "$@" 2>&1 | tee "$text"
 .venv/bin/python ci/bench_plot.py docs/bench/results.json docs/bench
 .venv/bin/python ci/bench_tables.py docs/bench/results.json BENCH.md

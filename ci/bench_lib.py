@@ -187,7 +187,9 @@ def run_command(argv, timeout_s, env=None, cwd=None, servers=()):
     elapsed = time.monotonic() - started
     cpu = watch.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{out[-2000:]}{err[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {proc.returncode}:\n{out[-2000:]}{err[-2000:]}"
+        )
     return out, err, cpu, elapsed
 
 
@@ -373,7 +375,8 @@ def si(value):
         return "-"
     for unit, scale in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}" if value < 100 * scale else f"{value / scale:.0f}{unit}"
+            scaled = value / scale
+            return f"{scaled:.3g}{unit}" if scaled < 100 else f"{scaled:.0f}{unit}"
     return f"{value:.3g}"
 
 

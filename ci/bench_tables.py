@@ -164,7 +164,8 @@ def tables(doc):
     if lines:
         meta = doc["meta"]
         out["spdk"] = (caption(doc, ["spdk", "sweep malloc"])
-                       + f"SPDK: `{meta.get('spdk', '?')}` (commit `{meta.get('spdk_commit', '?')}`)"
+                       + f"SPDK: `{meta.get('spdk', '?')}` "
+                       + f"(commit `{meta.get('spdk_commit', '?')}`)"
                        + "\n\n" + table(["what", "SPDK bdevperf IOPS", "our perf IOPS",
                                           "ours / SPDK", "disturbed"], lines))
     thin_items = [(f"{dev}, {name}", f"sweep {dev}", name) for dev in ("malloc", "uring")

@@ -13,5 +13,6 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
 fi
 bash ci/bench.sh thin provision passdown cow
 # Snapshot of a fully mapped volume, 1 GiB vs 16 GiB; metadata RAM and open time at 1 M mappings.
-cargo test --release -p bdev_thin --test thin_figures -- --ignored --nocapture 2>&1 | grep "snapshot of"
+cargo test --release -p bdev_thin --test thin_figures -- --ignored --nocapture 2>&1 |
+    grep "snapshot of"
 cargo test --release -p bdev_thin --lib million -- --ignored --nocapture 2>&1 | grep "1M mappings"

@@ -171,7 +171,9 @@ class Tools:
     def spdk_env(self):
         env = dict(os.environ)
         lib = os.path.join(self.spdk_dir, "build/lib")
-        env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if "LD_LIBRARY_PATH" in env else "")
+        if env.get("LD_LIBRARY_PATH"):
+            lib += ":" + env["LD_LIBRARY_PATH"]
+        env["LD_LIBRARY_PATH"] = lib
         return env
 
     def spdk_version(self):
@@ -179,7 +181,8 @@ class Tools:
             [os.path.join(self.spdk_dir, "build/bin/spdk_tgt"), "--version"],
             capture_output=True, text=True, env=self.spdk_env(), check=False,
         )
-        return (out.stdout or out.stderr).strip().splitlines()[-1] if (out.stdout or out.stderr) else "?"
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[-1] if text else "?"
 
     def bdevperf_side(self, label, config, target, write_pass=True, setup_rpcs=(),
                       memory_mib=2048):

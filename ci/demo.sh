@@ -33,7 +33,8 @@ client=${SPDK_CLIENT_BIN:-$root/.venv/bin}
 if [[ ! -x $client/spdk-rpc ]]; then
     [[ -z ${SPDK_CLIENT_BIN:-} ]] || die "no spdk-rpc in \$SPDK_CLIENT_BIN=$client"
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 ||
-        die "python3 with venv is missing; run ci/install.sh as root (or apt-get install python3-venv)"
+        die "python3 with venv is missing; run ci/install.sh as root" \
+            "(or apt-get install python3-venv)"
     echo "demo: creating .venv with SPDK's client (pip install spdk)"
     rm -rf .venv
     python3 -m venv .venv
@@ -67,7 +68,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
 nbd="nbd://127.0.0.1:$port"
 # The config holds the base bdev and the NBD server only: pools and volumes come back by examine.
 cat >"$work/demo.json" <<EOF
@@ -108,23 +110,30 @@ thin bdev_thin_pool_create Uring0 pool0 --data-block-size 65536 >/dev/null
 thin bdev_thin_create vol0 512 -l pool0 >/dev/null
 thin nbd_export_add pool0/vol0 --export-name vol0 >/dev/null
 free0=$(pool_field free_data_blocks)
-say "pool0 on Uring0: $free0 free blocks of 64 KiB; vol0, a 512 MiB thin volume, maps $(mapped vol0) (file: $(allocated_mib) MiB allocated)"
+say "pool0 on Uring0: $free0 free blocks of 64 KiB; vol0, a 512 MiB thin volume," \
+    "maps $(mapped vol0) (file: $(allocated_mib) MiB allocated)"
 
 qemu -c 'write -P 0x5a 0 256M'
 free1=$(pool_field free_data_blocks)
-say "qemu-io wrote 256 MiB to vol0 over NBD: vol0 maps $(mapped vol0) blocks, pool free $free0 -> $free1 (file: $(allocated_mib) MiB)"
+say "qemu-io wrote 256 MiB to vol0 over NBD: vol0 maps $(mapped vol0) blocks," \
+    "pool free $free0 -> $free1 (file: $(allocated_mib) MiB)"
 
 thin bdev_thin_snapshot pool0/vol0 snap0 >/dev/null
-say "snapshot snap0 of vol0: it shares all $(mapped snap0) blocks, pool free still $(pool_field free_data_blocks)"
+say "snapshot snap0 of vol0: it shares all $(mapped snap0) blocks," \
+    "pool free still $(pool_field free_data_blocks)"
 
 qemu -c 'write -P 0xa5 0 64M'
 free2=$(pool_field free_data_blocks)
-say "qemu-io rewrote 64 MiB of vol0: $((free1 - free2)) blocks copied (vol0 and snap0 diverge), pool free $free2 (file: $(allocated_mib) MiB)"
+say "qemu-io rewrote 64 MiB of vol0: $((free1 - free2)) blocks copied (vol0 and snap0 diverge)," \
+    "pool free $free2 (file: $(allocated_mib) MiB)"
 
 passdowns0=$(pool_field passdowns_completed)
 qemu -c 'discard 0 480M'
 free3=$(pool_field free_data_blocks)
-say "qemu-io discarded 480 MiB of vol0: vol0 maps $(mapped vol0) blocks; passdowns_completed $passdowns0 -> $(pool_field passdowns_completed), $(pool_field held_data_blocks) blocks still held, pool free $free2 -> $free3 (file: $(allocated_mib) MiB)"
+say "qemu-io discarded 480 MiB of vol0: vol0 maps $(mapped vol0) blocks;" \
+    "passdowns_completed $passdowns0 -> $(pool_field passdowns_completed)," \
+    "$(pool_field held_data_blocks) blocks still held, pool free $free2 -> $free3" \
+    "(file: $(allocated_mib) MiB)"
 say "snap0 still maps $(mapped snap0) blocks: unmapping vol0 frees only what vol0 alone held"
 
 pool_uuid=$(pool_field uuid)
@@ -132,24 +141,37 @@ stop_target
 start_target
 grep '^examine' "$log" | tail -n 1 | sed 's/^/    /'
 [[ $(pool_field uuid) == "$pool_uuid" ]] || die "examine found another pool"
-say "restarted thin_tgt: examine found pool0 ($pool_uuid) with vol0 ($(mapped vol0) blocks) and snap0 ($(mapped snap0) blocks)"
+say "restarted thin_tgt: examine found pool0 ($pool_uuid) with vol0 ($(mapped vol0) blocks)" \
+    "and snap0 ($(mapped snap0) blocks)"
 stop_target
 
 say "thinctl check: $("$bin/thinctl" check "$image" | tail -n 1)"
 
 if [[ ! -x $bin/perf ]]; then
-    echo "demo: no perf in $bin (cargo build --release -p perf): skipping the perf comparison" >&2
+    echo "demo: no perf in $bin (cargo build --release -p perf):" \
+        "skipping the perf comparison" >&2
     exit 0
 fi
-config() { printf '{"subsystems":[{"subsystem":"bdev","config":[%s]}]}\n' "$1" >"$work/$2.json"; }
-config '{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":131072,"block_size":4096}}' raw
-config '{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":163840,"block_size":4096}},
-  {"method":"bdev_thin_pool_create","params":{"bdev_name":"Malloc0","pool_name":"pool0"}},
-  {"method":"bdev_thin_create","params":{"pool_name":"pool0","volume_name":"vol0","size_in_mib":512}}' thin
+# Equal working sets: a 512 MiB RAM disk, and a 512 MiB volume of a pool on a 640 MiB one.
+cat >"$work/raw.json" <<'EOF'
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_malloc_create",
+   "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 4096}}]}]}
+EOF
+cat >"$work/thin.json" <<'EOF'
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_malloc_create",
+   "params": {"name": "Malloc0", "num_blocks": 163840, "block_size": 4096}},
+  {"method": "bdev_thin_pool_create", "params": {"bdev_name": "Malloc0", "pool_name": "pool0"}},
+  {"method": "bdev_thin_create",
+   "params": {"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 512}}]}]}
+EOF
 iops() {
     "$bin/perf" -c "$work/$1.json" ${2:+-T "$2"} -q 64 -o 4k -w randread -t "$perf_seconds" \
         --prefill --no-park | tr -d '\r' | awk '$1 == "Total" {printf "%.0f", $3}'
 }
 raw=$(iops raw)
 thin_iops=$(iops thin pool0/vol0)
-say "perf, 4 KiB randread QD64, one core, ${perf_seconds} s: raw 512 MiB RAM disk $raw IOPS, 512 MiB thin volume on it $thin_iops IOPS: thin/raw $(awk -v t="$thin_iops" -v r="$raw" 'BEGIN{printf "%.2f", t/r}') (ci/bench.sh measures it fairly)"
+ratio=$(awk -v t="$thin_iops" -v r="$raw" 'BEGIN{printf "%.2f", t/r}')
+say "perf, 4 KiB randread QD64, one core, ${perf_seconds} s: raw 512 MiB RAM disk $raw IOPS," \
+    "512 MiB thin volume on it $thin_iops IOPS: thin/raw $ratio (BENCH.md: the fair figures)"

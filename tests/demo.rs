@@ -30,7 +30,8 @@ fn client_bin() -> Option<PathBuf> {
         .map_or_else(|| Path::new(ROOT).join(".venv/bin"), PathBuf::from);
     if !dir.join("spdk-rpc").is_file() {
         skip(
-            "SPDK's client (spdk-rpc) not found in .venv/bin or $SPDK_CLIENT_BIN; run ci/install.sh",
+            "SPDK's client (spdk-rpc) not found in .venv/bin or $SPDK_CLIENT_BIN; \
+             run ci/install.sh",
         );
         return None;
     }
@@ -153,7 +154,8 @@ fn the_demo_tells_the_story_twice_from_a_fresh_file() {
     let perf_built = bin.join("perf").is_file();
     if !perf_built {
         skip(
-            "perf is not built beside thin_tgt (cargo build --release -p perf): its part of the demo is not checked",
+            "perf is not built beside thin_tgt (cargo build --release -p perf): \
+             its part of the demo is not checked",
         );
     }
     for run in 1..=2 {
