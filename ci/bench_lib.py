@@ -397,7 +397,10 @@ def describe(row):
         for side in row["sides"]
         for run in side["runs"]
     ]
-    text += f"  (load {row['load_before'][0]:.2f}, others <= {max(others, default=0):.1f}%"
+    steal = max((run["cpu"].get("steal_pct", 0.0) for side in row["sides"]
+                 for run in side["runs"]), default=0.0)
+    text += (f"  (load {row['load_before'][0]:.2f}, others <= {max(others, default=0):.1f}%, "
+             f"steal <= {steal:.0f}%")
     if row["disturbed"]:
         culprits = sorted({o["comm"] for d in row["disturbed"] for o in d["by"]})
         text += f", DISTURBED in {len(row['disturbed'])} runs by {', '.join(culprits)}"

@@ -40,16 +40,24 @@ def ratio_cell(row, a, b):
     return f"**{r['median']:.2f}** ({r['min']:.2f}–{r['max']:.2f})"
 
 
+def steal_pct(row):
+    """The most CPU time the hypervisor took from this VM in any run of the row (steal, % of
+    one core): other guests of the host, which no process list here shows."""
+    return max((run["cpu"].get("steal_pct", 0.0) for s in row["sides"] for run in s["runs"]),
+               default=0.0)
+
+
 def disturbed_cell(row):
     runs = sum(len(s["runs"]) for s in row["sides"])
+    context = f"load {row['load_before'][0]:.2f}, steal ≤ {steal_pct(row):.0f} %"
     if not row["disturbed"]:
-        return f"no (load {row['load_before'][0]:.2f})"
+        return f"no ({context})"
     worst = {}
     for d in row["disturbed"]:
         for o in d["by"]:
             worst[o["comm"]] = max(worst.get(o["comm"], 0), o["cpu_pct"])
     who = ", ".join(f"{c} {p:.0f} %" for c, p in sorted(worst.items(), key=lambda x: -x[1]))
-    return f"**{len(row['disturbed'])} of {runs} runs** ({who}; load {row['load_before'][0]:.2f})"
+    return f"**{len(row['disturbed'])} of {runs} runs** ({who}; {context})"
 
 
 def side(row, label):

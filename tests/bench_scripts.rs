@@ -60,7 +60,8 @@ import bench_lib, bench_tables
 def cpu(disturber_pct):
     others = [{"pid": 7, "comm": "rustc", "kernel": False, "cpu_pct": disturber_pct},
               {"pid": 2, "comm": "kworker/0:1", "kernel": True, "cpu_pct": 40.0}]
-    return {"others": others, "disturbed": disturber_pct > bench_lib.DISTURBED_PCT}
+    return {"others": others, "disturbed": disturber_pct > bench_lib.DISTURBED_PCT,
+            "steal_pct": 2.0}
 
 def side(label, iops_per_round, disturber):
     rounds = iter(range(len(iops_per_round)))
