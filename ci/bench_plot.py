@@ -52,12 +52,15 @@ def stat(row, label, key):
 
 
 def footer(fig, doc, sections):
+    """The run the plotted sections come from: commit, start, load before, disturbed runs."""
     meta = doc["meta"]
-    loads = [meta["sections"].get(s, {}).get("load_before", [None])[0] for s in sections]
-    loads = [f"{x:.2f}" for x in loads if x is not None]
+    info = [meta["sections"][s] for s in sections if s in meta["sections"]]
+    commits = "/".join(sorted({i["commit"] for i in info})) or meta["commit"]
+    started = "/".join(sorted({i["started"] for i in info})) or meta["date"]
+    loads = "/".join(f"{i['load_before'][0]:.2f}" for i in info) or "?"
     disturbed = sum(len(r["disturbed"]) for s in sections for r in rows_of(doc, s))
-    text = (f"commit {meta['commit']}, {meta['date']}, {meta['cores']} cores, load before "
-            f"{'/'.join(loads) or '?'}; runs disturbed by other processes: {disturbed}")
+    text = (f"commit {commits}, run started {started}, {meta['cores']} cores, load before "
+            f"{loads}; runs disturbed by other processes: {disturbed}")
     fig.text(0.01, 0.005, text, fontsize=7, color="#555555")
 
 
