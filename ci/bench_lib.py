@@ -308,9 +308,15 @@ class Recorder:
     def save(self):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.doc, f, indent=1)
-            f.write("\n")
+            f.write(dump(self.doc))
         os.replace(tmp, self.path)
+
+
+def dump(doc):
+    """The results as JSON with one row per line: compact, yet a rerun's diff shows its rows."""
+    rows = ",\n".join(json.dumps(row, separators=(",", ":")) for row in doc["rows"])
+    meta = json.dumps(doc["meta"], indent=1)
+    return f'{{"meta": {meta},\n"rows": [\n{rows}\n]}}\n'
 
 
 def compare(recorder, section, tests, sides, rounds, ratios=(), key="iops"):
@@ -339,6 +345,11 @@ def compare(recorder, section, tests, sides, rounds, ratios=(), key="iops"):
         for side in sides:
             side_runs = runs[side.label][i]
             summary = {f: summarise(side_runs, f) for f in (*FIGURES, key)}
+            # Histograms are kept for the median run only (the one the plots draw).
+            by_key = sorted(side_runs, key=lambda run: run.get(key) or 0)
+            for run in side_runs:
+                if run is not by_key[len(by_key) // 2]:
+                    run.pop("latency_buckets", None)
             row["sides"].append({
                 "label": side.label,
                 "runs": side_runs,
