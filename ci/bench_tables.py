@@ -169,7 +169,9 @@ def tables(doc):
             lines.append([f"thin / raw, {name}: SPDK's lvol / malloc vs our thin / raw",
                           ratio_cell(row, "SPDK lvol", "SPDK malloc"),
                           ratio_cell(row, "thin", "raw"), "", disturbed_cell(row)])
-    if lines:
+    if not lines:
+        out["spdk"] = "*Not measured by the last run of the sweep: `SPDK_DIR` was not set.*"
+    else:
         meta = doc["meta"]
         out["spdk"] = (caption(doc, ["spdk", "sweep malloc"])
                        + f"SPDK: `{meta.get('spdk', '?')}` "
