@@ -366,7 +366,9 @@ def machine_meta(root, spdk_dir, tools):
     meta = {
         "commit": sh("git", "rev-parse", "--short", "HEAD"),
         "commit_subject": sh("git", "log", "-1", "--format=%s"),
-        "dirty": bool(sh("git", "status", "--porcelain", "--untracked-files=no")),
+        # Changes to what is measured; the outputs of this very run do not count.
+        "dirty": bool(sh("git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                         ":!docs/bench", ":!BENCH.md")),
         "kernel": platform.release(),
         "cores": os.cpu_count(),
         "rustc": sh("rustc", "--version"),
