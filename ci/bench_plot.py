@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 COLORS = {
     "raw": "#1f77b4",
@@ -92,8 +93,7 @@ def plot_sweep(doc, out_dir):
                              color=color)
             for key, name, style in PERCENTILES:
                 values = [(stat(r, label, key) or {}).get("median", float("nan")) for r in rows]
-                lat_ax.plot(qds, values, style, marker=".", color=color,
-                            label=f"{label} {name}")
+                lat_ax.plot(qds, values, style, marker=".", color=color)
         device = section.split()[-1]
         iops_ax.set_title(f"4 KiB randread, {device}: IOPS (thousands)")
         lat_ax.set_title(f"4 KiB randread, {device}: latency p50 / p99 / p99.9 (µs)")
@@ -105,7 +105,12 @@ def plot_sweep(doc, out_dir):
         lat_ax.set_yscale("log")
         iops_ax.set_ylim(bottom=0)
         iops_ax.legend(fontsize=8)
-        lat_ax.legend(fontsize=6, ncol=2)
+        # One entry per side (its colour) and one per percentile (its line style), where the
+        # curves leave room: low latency at deep queues.
+        handles = [Line2D([], [], color=COLORS.get(label), label=label) for label in labels(rows)]
+        handles += [Line2D([], [], linestyle=style, color="black", label=name)
+                    for _, name, style in PERCENTILES]
+        lat_ax.legend(handles=handles, fontsize=7, loc="lower right")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     footer(fig, doc, sections)
     save(fig, out_dir, "sweep.png")
