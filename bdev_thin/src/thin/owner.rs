@@ -127,6 +127,7 @@ impl PoolError {
             PoolError::NoSpace => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NoSuchVolume { .. }) => libc::ENODEV,
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NoMetadataSpaceFor { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
             PoolError::Metadata(MetadataError::NameExists { .. }) => libc::EEXIST,
