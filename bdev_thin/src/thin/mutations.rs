@@ -32,22 +32,26 @@ pub enum Mutation {
     /// A block shared since its mapping was made is overwritten in place once its count says
     /// exclusive (the bug thin_sim found: a held read of the other volume sees the write).
     InPlaceOnceExclusive = 10,
+    /// A channel's pieces hold no credits and a piece the data device refuses fails with
+    /// EAGAIN: its rings are sized for requests, not for the pieces requests split into (the
+    /// overflow that aborted `perf -q 256 -o 1M`).
+    RingsSizedForRequests = 11,
     /// A snapshot neither quiesces its origin nor waits for the writes in flight to it.
-    NoQuiesce = 11,
+    NoQuiesce = 12,
     /// A snapshot's answer clears its origin's quiesce flag even while another snapshot of
     /// that origin waits: the second one shares blocks a fast-path write is still writing.
-    QuiesceEndsWithFirstSnapshot = 12,
+    QuiesceEndsWithFirstSnapshot = 13,
     /// A write that finished while a commit ran inserts and publishes its block as certainly
     /// unshared after that commit failed: the fast path of the read-only pool writes it.
-    PublishAfterFailedCommit = 13,
+    PublishAfterFailedCommit = 14,
     /// A shrink or a delete starts without checking that the metadata holds all it takes:
     /// a shrink can stop half done, and a delete can leave a commit that does not fit.
-    ControlOpsUnreserved = 14,
+    ControlOpsUnreserved = 15,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -59,6 +63,7 @@ impl Mutation {
         Mutation::NoBlockOrder,
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
+        Mutation::RingsSizedForRequests,
         Mutation::NoQuiesce,
         Mutation::QuiesceEndsWithFirstSnapshot,
         Mutation::PublishAfterFailedCommit,
