@@ -185,7 +185,7 @@ impl VolumeView {
 
     /// Calls `f` for every published entry, in virtual block order. Owner only (it is the
     /// only writer, so what it reads here is what it last stored).
-    pub fn for_each_published(&self, f: &mut dyn FnMut(VirtBlock, DataBlock)) {
+    pub fn for_each_published_block(&self, f: &mut dyn FnMut(VirtBlock, DataBlock)) {
         for (chunk, entries) in self.chunks.iter().enumerate() {
             let Some(entries) = entries.get() else {
                 continue;

@@ -376,7 +376,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             let size_vblocks = self.vblocks_of(record.size_bytes).min(view.capacity_vblocks());
             view.set_size(size_vblocks, record.size_bytes / self.lba_bytes);
             stale.clear();
-            view.for_each_published(&mut |vblock, data_block| {
+            view.for_each_published_block(&mut |vblock, data_block| {
                 let mapped = self.meta.lookup(id, vblock).map(|m| m.data_block);
                 if mapped != Some(data_block) {
                     stale.push((vblock, data_block));
