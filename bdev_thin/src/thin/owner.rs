@@ -119,8 +119,8 @@ pub enum PoolError {
     Io(i32),
     #[error(
         "the volume can grow to {capacity_bytes} bytes ({capacity_vblocks} blocks): its view of \
-         mappings is allocated up front for 4 times its size when it was made or the pool last \
-         opened, up to {table_mib} MiB (reopening the pool raises the limit to 4 times the \
+         mappings is allocated up front for 4 times its size (in whole chunks of 4096 blocks) \
+         when it was made or the pool last opened, up to {table_mib} MiB (reopening the pool raises the limit to 4 times the \
          current size)",
         table_mib = VOLUME_VIEW_TABLE_MIB_MAX
     )]
