@@ -32,7 +32,8 @@ grep -q "subnqn: *$NQN" /tmp/discovery || fail "discovery log without $NQN"
 mark DISCOVERED
 nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$NQN"
 device=$(wait_nvme_device "$NQN")
-mark CONNECTED device="$device" queues="$(cat /sys/class/nvme/nvme0/queue_count)"
+controller=$(nvme_controller "$NQN")
+mark CONNECTED device="$device" queues="$(cat "/sys/class/nvme/$controller/queue_count")"
 
 # A pattern written and read back with direct IO.
 dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null

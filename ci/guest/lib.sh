@@ -86,12 +86,23 @@ nvme_device() {
     return 1
 }
 
+# nvme_controller NQN: the name (nvmeN) of a live controller of the connected subsystem NQN.
+nvme_controller() {
+    for controller in /sys/class/nvme/nvme*; do
+        [ "$(cat "$controller/subsysnqn" 2>/dev/null)" = "$1" ] || continue
+        [ "$(cat "$controller/state" 2>/dev/null)" = live ] || continue
+        echo "${controller##*/}"
+        return 0
+    done
+    return 1
+}
+
 # wait_nvme_device NQN [NSID]: nvme_device once the namespace's block device is there.
 wait_nvme_device() {
-    retry 10 nvme_device "$@" >/dev/null && test -b "$(nvme_device "$@")" ||
-        retry 10 test -b "$(nvme_device "$@")" || return 1
+    retry 10 nvme_device_ready "$@" || return 1
     nvme_device "$@"
 }
+nvme_device_ready() { test -b "$(nvme_device "$@")"; }
 
 # discard_stat DEVICE: "@@ DISCARDS device=D ios=N sectors=S" from /sys/block/D/stat (fields
 # 12 and 14: discard requests completed and 512-byte sectors discarded).
