@@ -35,7 +35,8 @@ cp "$kernel/$modules"/modules.{order,builtin,builtin.modinfo} "$root/$modules/"
 depmod -b "$root" "$version"
 
 # Dynamically linked tools busybox lacks (or has only in part), each with its libraries.
-tools=(/usr/sbin/nvme /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/fstrim /usr/sbin/blkdiscard)
+tools=(/usr/sbin/nvme /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/fstrim /usr/sbin/blkdiscard
+    /usr/bin/fallocate)
 for tool in "${tools[@]}"; do
     cp "$tool" "$root/sbin/"
     ldd "$tool" | awk '/=> \// { print $3 } /^[ \t]*\/lib/ { print $1 }'

@@ -156,10 +156,7 @@ fn guest_target_reached_from_the_host() {
 
 /// The outcome of a command, or a failure that shows the guest kernel's log.
 fn wire<T>(guest: &mut Guest, result: Result<T, String>) -> T {
-    result.unwrap_or_else(|error| {
-        guest.run("dmesg | tail -20");
-        panic!("{error}\n{}", guest.tail())
-    })
+    result.unwrap_or_else(|error| guest.fail(&error))
 }
 
 const PROPERTY_CC: u32 = 0x14;

@@ -85,7 +85,8 @@ trim() {
     mark FSTRIM bytes="$(fstrim -v /mnt/volume | sed -n 's/.*[ (]\([0-9][0-9]*\) bytes.*/\1/p')"
 }
 size() { mark SIZE bytes="$(blockdev --getsize64 "$(device)")"; }
-wait_size() { retry 30 test "$(blockdev --getsize64 "$(device)")" = "$1"; }
+size_is() { test "$(blockdev --getsize64 "$(device)")" = "$1"; }
+wait_size() { retry 30 size_is "$1"; }
 # background_writes: a bounded load (the volume written through ten times) left running.
 background_writes() {
     (for pass in 1 2 3 4 5 6 7 8 9 10; do

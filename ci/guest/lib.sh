@@ -73,15 +73,16 @@ nvmet_export() {
 }
 
 # nvme_device NQN [NSID]: the block device of the connected subsystem NQN's namespace (1).
+# With multipath (a subsystem that reports several controllers, as nvmet does) it is the
+# subsystem's head device; otherwise the controller's own.
 nvme_device() {
-    for subsystem in /sys/class/nvme-subsystem/*; do
-        [ "$(cat "$subsystem/subsysnqn" 2>/dev/null)" = "$1" ] || continue
-        for namespace in "$subsystem"/nvme*n*; do
-            [ -e "$namespace/nsid" ] || continue
-            [ "$(cat "$namespace/nsid")" = "${2:-1}" ] || continue
-            echo "/dev/${namespace##*/}"
-            return 0
-        done
+    for namespace in /sys/class/nvme-subsystem/*/nvme*n* /sys/class/nvme/nvme*/nvme*n*; do
+        name=${namespace##*/}
+        case "$name" in *c*) continue ;; esac # a hidden path device, nvmeXcYnZ
+        [ "$(cat "$namespace/nsid" 2>/dev/null)" = "${2:-1}" ] || continue
+        [ "$(cat "${namespace%/*}/subsysnqn")" = "$1" ] || continue
+        echo "/dev/$name"
+        return 0
     done
     return 1
 }

@@ -217,6 +217,13 @@ struct ConsoleShared {
     changed: Condvar,
 }
 
+impl ConsoleShared {
+    /// The console; a test that panicked while holding it left nothing half-written.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Console> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A running guest. Dropping it kills QEMU.
 pub struct Guest {
     name: String,
@@ -368,7 +375,7 @@ impl Guest {
     /// The next marker among `names`, `FAIL` and `EXIT`; `None` if the console closes first.
     fn next_marker(&mut self, names: &[&str]) -> Option<Marker> {
         let deadline = Instant::now() + MARKER_BOUND;
-        let mut console = self.console.state.lock().expect("console lock");
+        let mut console = self.console.lock();
         loop {
             while self.cursor < console.lines.len() {
                 let line = &console.lines[self.cursor];
@@ -385,13 +392,17 @@ impl Guest {
                 return None;
             }
             let now = Instant::now();
-            assert!(
-                now < deadline,
-                "guest {}: no {names:?} marker within {MARKER_BOUND:?}\n{}",
-                self.name,
-                tail_of(&console.lines)
-            );
-            console = self.console.changed.wait_timeout(console, deadline - now).expect("lock").0;
+            if now >= deadline {
+                let tail = tail_of(&console.lines);
+                drop(console);
+                panic!("guest {}: no {names:?} marker within {MARKER_BOUND:?}\n{tail}", self.name);
+            }
+            console = self
+                .console
+                .changed
+                .wait_timeout(console, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -420,17 +431,49 @@ impl Guest {
     /// Runs `command` in a serving guest and fails the test unless it exits 0.
     pub fn run_ok(&mut self, command: &str) {
         let rc = self.run(command);
-        assert_eq!(rc, 0, "guest {}: `{command}` failed\n{}", self.name, self.tail());
+        if rc != 0 {
+            self.fail(&format!("`{command}` exited {rc}"));
+        }
     }
 
-    /// Runs `command` in a serving guest and returns the first marker called `name` it printed.
+    /// Runs `command` in a serving guest and returns the first marker called `name` it printed;
+    /// fails the test if the command ends first or fails.
     pub fn query(&mut self, command: &str, name: &str) -> Marker {
         self.send(command);
         self.commands_sent += 1;
-        let marker = self.wait_for(name);
+        let marker = self.wait_for_either(name, "RAN");
+        if marker.name == "RAN" {
+            self.fail(&format!("`{command}` exited {} without {name}", marker.field("rc")));
+        }
         let ran = self.wait_for("RAN");
-        assert_eq!(ran.number("rc"), 0, "guest {}: `{command}` failed\n{}", self.name, self.tail());
+        if ran.number("rc") != 0 {
+            self.fail(&format!("`{command}` exited {}", ran.field("rc")));
+        }
         marker
+    }
+
+    /// Fails the test with `what`, the guest kernel's recent log and the console's tail.
+    pub fn fail(&mut self, what: &str) -> ! {
+        let asked =
+            self.stdin.as_mut().is_some_and(|stdin| stdin.write_all(b"dmesg | tail -40\n").is_ok());
+        if asked {
+            self.commands_sent += 1;
+            let _ = self.next_marker(&["RAN"]);
+        }
+        panic!("guest {}: {what}\n{}", self.name, self.tail());
+    }
+
+    fn wait_for_either(&mut self, first: &str, second: &str) -> Marker {
+        match self.next_marker(&[first, second]) {
+            Some(marker) if marker.name == first || marker.name == second => marker,
+            Some(marker) => panic!(
+                "guest {} ended while the test waited for {first}: {}\n{}",
+                self.name,
+                marker.line,
+                self.tail()
+            ),
+            None => panic!("guest {}: console closed\n{}", self.name, self.tail()),
+        }
     }
 
     /// Ends a serving guest (`quit`), then waits for its script's `EXIT` marker and for QEMU to
@@ -461,11 +504,19 @@ impl Guest {
 
     fn wait_console_closed(&self) {
         let deadline = Instant::now() + MARKER_BOUND;
-        let mut console = self.console.state.lock().expect("console lock");
+        let mut console = self.console.lock();
         while !console.closed {
             let now = Instant::now();
-            assert!(now < deadline, "guest {}: QEMU did not exit after EXIT", self.name);
-            console = self.console.changed.wait_timeout(console, deadline - now).expect("lock").0;
+            if now >= deadline {
+                drop(console);
+                panic!("guest {}: QEMU did not exit after EXIT", self.name);
+            }
+            console = self
+                .console
+                .changed
+                .wait_timeout(console, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -483,7 +534,7 @@ impl Guest {
 
     /// The last lines of the console and where the whole log is kept.
     pub fn tail(&self) -> String {
-        let console = self.console.state.lock().expect("console lock");
+        let console = self.console.lock();
         format!(
             "--- console of guest {} (full log: {}) ---\n{}",
             self.name,
@@ -493,7 +544,7 @@ impl Guest {
     }
 
     pub fn console_text(&self) -> String {
-        self.console.state.lock().expect("console lock").lines.join("\n")
+        self.console.lock().lines.join("\n")
     }
 }
 
@@ -522,9 +573,9 @@ fn read_console(stdout: impl std::io::Read, mut log: std::fs::File, console: &Co
         if n > 0 {
             let _ = log.write_all(&bytes);
             let line = String::from_utf8_lossy(&bytes).trim_end_matches(['\r', '\n']).to_string();
-            console.state.lock().expect("console lock").lines.push(line);
+            console.lock().lines.push(line);
         } else {
-            console.state.lock().expect("console lock").closed = true;
+            console.lock().closed = true;
         }
         console.changed.notify_all();
         if n == 0 {
