@@ -55,7 +55,8 @@ rm /mnt/volume/file2 /mnt/volume/file4 /mnt/volume/file6 /mnt/volume/file8
 (cd /mnt/volume && md5sum file1 file3 file5 file7) > /tmp/sums
 sync
 discard_stat nullb0
-mark FSTRIM bytes="$(fstrim -v /mnt/volume | sed -n 's/.*[ (]\([0-9][0-9]*\) bytes.*/\1/p')"
+fstrim -v /mnt/volume > /tmp/fstrim
+mark FSTRIM bytes="$(sed -n 's/.*[ (]\([0-9][0-9]*\) bytes.*/\1/p' /tmp/fstrim)"
 discard_stat nullb0
 umount /mnt/volume
 mount -t ext4 "$device" /mnt/volume
