@@ -44,6 +44,8 @@ pub struct Host {
     /// In-capsule data the queue takes (admin: 8 KiB; IO: from IOCCSZ).
     pub capsule_data_max: u32,
     pub qid: u16,
+    /// SQSIZE this host connects with (0's based).
+    pub sqsize: u16,
 }
 
 impl Host {
@@ -68,6 +70,7 @@ impl Host {
             cntlid: 0,
             capsule_data_max: 8192,
             qid: 0,
+            sqsize: 31,
         }
     }
 
@@ -238,7 +241,7 @@ impl Host {
         cntlid: u16,
         kato_ms: u32,
     ) -> Completion {
-        let connect = ConnectCommand { recfmt: 0, qid, sqsize: 31, cattr: 0, kato_ms };
+        let connect = ConnectCommand { recfmt: 0, qid, sqsize: self.sqsize, cattr: 0, kato_ms };
         let data = ConnectData {
             host_id: [0x11; 16],
             cntlid,
@@ -388,7 +391,21 @@ pub fn io_queue_with(
     qid: u16,
     digests: Digests,
 ) -> Host {
+    io_queue_sized(address, subnqn, hostnqn, cntlid, qid, digests, 31)
+}
+
+/// An IO queue of `sqsize + 1` entries.
+pub fn io_queue_sized(
+    address: SocketAddr,
+    subnqn: &str,
+    hostnqn: &str,
+    cntlid: u16,
+    qid: u16,
+    digests: Digests,
+    sqsize: u16,
+) -> Host {
     let mut host = Host::tcp(address);
+    host.sqsize = sqsize;
     host.initialize(digests);
     let completion = host.connect(subnqn, hostnqn, qid, cntlid, 0);
     assert_eq!(completion.status, Status::SUCCESS, "IO Connect");
