@@ -10,61 +10,22 @@ mod nvmf_client;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bdev_thin::nvme::command::{Command, SglDescriptor, Status, admin_opcode, io_opcode};
 use bdev_thin::nvme::fabrics::CNTLID_DYNAMIC;
 use bdev_thin::nvme::tcp::{self, DataHeader, Digests, Encoder, IcReq, Pdu, fes};
-use bdev_thin::rpc::{RpcError, call_blocking};
-use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
-use bdev_thin::target::Target;
 use nvmf_client::{
-    BOUND, HOSTNQN, Host, admin_queue, assert_data, io_queue, io_queue_sized, io_queue_with,
-    pattern,
+    BLOCK, BOUND, HOSTNQN, Host, NQN, TestTarget, admin_queue, assert_data, call, io_queue,
+    io_queue_sized, io_queue_with, pattern, start_target,
 };
 use serde_json::{Value, json};
 
-const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
-const BLOCK: u32 = 512;
+type Daemon = TestTarget;
 
-struct Daemon {
-    _runtime: Runtime,
-    target: Arc<Target>,
-    address: SocketAddr,
-}
-
-fn call(target: &Arc<Target>, method: &str, params: Value) -> Result<Value, RpcError> {
-    call_blocking(target, method, Some(params))
-}
-
-/// Two reactors, a transport with `transport` options, `NQN` with a 64 MiB malloc namespace.
+/// A transport made with `transport`; `NQN` for any host.
 fn daemon_with(transport: Value) -> Daemon {
-    let options = RuntimeOptions {
-        mask: CoreMask(0x3),
-        park: true,
-        pin: false,
-        idle_before_park_us: 200,
-        ..Default::default()
-    };
-    let runtime = Runtime::start(options).expect("reactors start");
-    let target = Target::new(runtime.handle());
-    let malloc = json!({"name": "Malloc0", "num_blocks": 131072, "block_size": BLOCK});
-    call(&target, "bdev_malloc_create", malloc).unwrap();
-    call(&target, "nvmf_create_transport", transport).unwrap();
-    call(&target, "nvmf_create_subsystem", json!({"nqn": NQN, "allow_any_host": true})).unwrap();
-    let ns = json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}});
-    call(&target, "nvmf_subsystem_add_ns", ns).unwrap();
-    let listen = json!({"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "0"});
-    call(&target, "nvmf_subsystem_add_listener", json!({"nqn": NQN, "listen_address": listen}))
-        .unwrap();
-    let listen = bdev_thin::export::nvmf_tcp::ListenAddress {
-        adrfam: "IPv4".into(),
-        traddr: "127.0.0.1".into(),
-        trsvcid: "0".into(),
-    };
-    let address = target.nvmf.bound_address(&listen).expect("bound");
-    Daemon { _runtime: runtime, target, address }
+    start_target(transport, json!({"allow_any_host": true}))
 }
 
 fn daemon() -> Daemon {
