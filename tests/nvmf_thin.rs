@@ -4,17 +4,19 @@
 //! deallocate granularity and optimal write size), as `bdev_get_bdevs` does; a host's Dataset
 //! Management deallocate returns the pool's blocks with their passdowns completed by the time
 //! it is acknowledged; Write Zeroes with DEAC provisions nothing while without it provisions;
-//! a Flush commits; SIGTERM ends cleanly with a host still connected.
+//! a Flush commits, and so does a shutdown (CC.SHN) before CSTS reads complete; SIGTERM ends
+//! cleanly with a host still connected.
 
 mod common;
 #[path = "../bdev_thin/tests/nvmf_client/mod.rs"]
 mod nvmf_client;
 
 use bdev_thin::nvme::command::{Status, io_opcode};
+use bdev_thin::nvme::fabrics::{cc, csts, property};
 use bdev_thin::nvme::identify::{IdentifyControllerNvm, IdentifyNamespace};
 use common::spdk::ROOT;
 use common::{Daemon, Scratch};
-use nvmf_client::{HOSTNQN, admin_queue, assert_data, io_queue, pattern};
+use nvmf_client::{BOUND, HOSTNQN, admin_queue, assert_data, io_queue, pattern};
 use serde_json::{Value, json};
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
@@ -42,7 +44,13 @@ fn a_thin_volume_namespace_advertises_its_blocks_and_deallocates_through_the_poo
     let example =
         std::fs::read_to_string(std::path::Path::new(ROOT).join("examples/nvmf_thin.json"))
             .expect("the example")
-            .replace("\"4420\"", &format!("\"{port}\""));
+            .replace("\"4420\"", &format!("\"{port}\""))
+            // Only Flush and shutdown commit here, so the test sees that they do.
+            .replace(
+                "\"pool_name\": \"pool0\" }",
+                "\"pool_name\": \"pool0\", \"commit_interval_ms\": 3600000 }",
+            );
+    assert!(example.contains("commit_interval_ms"), "the example's pool_create changed");
     let config = dir.path("nvmf_thin.json");
     std::fs::write(&config, example).unwrap();
     let mut daemon = Daemon::start(&dir.0, &["-m", "0x3", "-c", config.to_str().unwrap()]);
@@ -117,6 +125,20 @@ fn a_thin_volume_namespace_advertises_its_blocks_and_deallocates_through_the_poo
     assert_eq!(used(&daemon), 2 + 32, "without DEAC the zeroes are written");
     let (_, read) = io.read(1, 2048, 32, 4096);
     assert!(read.iter().all(|&b| b == 0));
+
+    // A normal shutdown (CC.SHN) reports complete only once every namespace's pool committed
+    // what was written before it.
+    assert_eq!(io.write(1, 4096, &pattern(4096, 16, 4096, 2), 4096, false), Status::SUCCESS);
+    let before_shutdown = pool(&daemon)["transaction_id"].as_u64().unwrap();
+    let cc = admin.property_get(property::CC, false) as u32;
+    assert_eq!(admin.property_set(property::CC, cc | 1 << cc::SHN_SHIFT), Status::SUCCESS);
+    let deadline = std::time::Instant::now() + BOUND;
+    while admin.property_get(property::CSTS, false) as u32 & csts::SHST_MASK != csts::SHST_COMPLETE
+    {
+        assert!(std::time::Instant::now() < deadline, "CSTS.SHST never read complete");
+    }
+    let committed = pool(&daemon)["transaction_id"].as_u64().unwrap();
+    assert!(committed > before_shutdown, "shutdown complete before its commit");
 
     // SIGTERM with the host connected: commands are done, pools commit, exit 0.
     assert!(daemon.stop().success(), "{}", daemon.log_text());

@@ -1,10 +1,11 @@
 //! Bad input to the NVMe-oF/TCP target, each from a raw-socket host on 127.0.0.1: wrong header
 //! lengths, unknown PDU types, a PLEN past the maximum, PDUs before ICReq and commands before
 //! Connect, IO to a missing namespace or past its end, Dataset Management with data shorter
-//! than its ranges or ranges past the end, H2CData never asked for or outside its R2T, header and data
-//! digest mismatches, a keep alive timeout, a host that stops reading, and random bytes
-//! (proptest). Each gets its status or its C2HTermReq and close, while a witness association
-//! on another connection keeps its IO going and every write it had acknowledged reads back.
+//! than its ranges or ranges past the end, H2CData never asked for or outside its R2T, header
+//! and data digest mismatches, a keep alive timeout, a host that stops reading, connections
+//! past the cap, and random bytes (proptest). Each gets its status or its C2HTermReq and close,
+//! while a witness association on another connection keeps its IO going and every write it had
+//! acknowledged reads back.
 
 mod nvmf_client;
 
@@ -371,6 +372,48 @@ fn a_host_that_stops_reading_holds_only_its_own_connection() {
     // The stuck host goes away; the target drops its association and serves on.
     drop(stuck);
     drop(_admin);
+    witness.check();
+}
+
+/// True when the target closed `stream` without answering the ICReq sent on it.
+fn closed_without_answer(stream: &mut std::net::TcpStream) -> bool {
+    let request = IcReq { pfv: 0, hpda: 0, digests: Digests::default(), maxr2t: 0 };
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    // The target may already have closed it: a refused write says the same.
+    let _ = stream.write_all(Encoder::ic_req(&request).as_bytes());
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(stream, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+    }
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_and_one_that_ends_makes_room() {
+    let daemon = daemon();
+    let mut witness = Witness::new(&daemon); // two of the connections
+    let cap = bdev_thin::limits::NVMF_CONNECTIONS_MAX;
+    // Connections that never send a PDU fill the rest; accepted in order, so the one after
+    // them finds the target full.
+    let mut silent: Vec<std::net::TcpStream> =
+        (2..cap).map(|_| std::net::TcpStream::connect(daemon.address).expect("connect")).collect();
+    let mut refused = std::net::TcpStream::connect(daemon.address).expect("connect");
+    assert!(closed_without_answer(&mut refused), "a connection past the cap is closed");
+    witness.check();
+    // One ends: once the target has seen it close, a host gets in again.
+    drop(silent.pop());
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let mut stream = std::net::TcpStream::connect(daemon.address).expect("connect");
+        if !closed_without_answer(&mut stream) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a connection ended");
+    }
     witness.check();
 }
 
