@@ -6,9 +6,9 @@
 //!   direct-IO pattern, ext4 made with discard, files written and some deleted, `fstrim`, and on
 //!   the host the thin pool's blocks back with their passdowns completed; Write Zeroes with
 //!   Deallocate (`nvme write-zeroes --deac`) provisions nothing and frees the data it covers,
-//!   while `blkdiscard -z` (Linux's zeroout: no Deallocate) provisions what it zeroes; disconnect; `spdk-rpc save_config`, SIGTERM, `thinctl check`
-//!   clean, `thin_tgt -c` from the saved file; reconnect and every surviving file and the pattern
-//!   read back.
+//!   while `blkdiscard -z` (Linux's zeroout: no Deallocate) provisions what it zeroes;
+//!   disconnect; `spdk-rpc save_config`, SIGTERM, `thinctl check` clean, `thin_tgt -c` from the
+//!   saved file; reconnect and every surviving file and the pattern read back.
 //! - `host_not_allowed_is_refused_and_a_resize_reaches_the_host`: a host NQN the subsystem does
 //!   not list is refused; the allowed one connects, and a volume resized while connected shows its
 //!   new size in the guest with no rescan (the target's asynchronous event).
