@@ -566,3 +566,43 @@ fn an_unreserved_shrink_of_a_shared_leaf_leaves_a_commit_that_does_not_fit() {
     assert_eq!(answer, Ok(()));
     rig.commit();
 }
+
+/// A volume fills a tiny metadata region to its reserve: a write that needs a new mapping
+/// fails with ENOSPC and the pool says `out_of_metadata_space`. Deleting the volume gives its
+/// nodes back with the next commit, and the mode with them: the write goes through.
+#[test]
+fn out_of_metadata_space_ends_when_a_delete_gave_the_space_back() {
+    let data_blocks = 200_000;
+    let (device, mut meta) = tiny_metadata(data_blocks);
+    let volume = create_in(&mut meta, "v", 16);
+    let filler = create_in(&mut meta, "filler", data_blocks);
+    // Each commit gives back the blocks its shadows replaced: fill until a fresh commit
+    // leaves no room for one more mapping.
+    let mut mapped = 0;
+    loop {
+        let before = mapped;
+        while mapped < data_blocks {
+            let mapping = Mapping { data_block: DataBlock(mapped), time: 0 };
+            if meta.insert(filler, VirtBlock(mapped), mapping).is_err() {
+                break;
+            }
+            mapped += 1;
+        }
+        commit_directly(&device, &mut meta);
+        if mapped == before {
+            break;
+        }
+    }
+    assert!(mapped < data_blocks - 16, "the metadata ran out first: {mapped}");
+    let mut rig =
+        Rig::with_metadata(device, meta, settings(DiscardMode::Passdown, Mutations::NONE));
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::NoSpace);
+    assert_eq!(rig.owner.mode(), PoolMode::OutOfMetadataSpace);
+    assert_eq!(rig.control(|done| ControlOp::DeleteVolume { volume: filler, done }), Ok(()));
+    rig.commit();
+    assert_eq!(rig.owner.mode(), PoolMode::Write, "the space came back");
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::Success);
+    assert_reads(&mut rig, &mut channel, 0, 0x77);
+    rig.check();
+}
