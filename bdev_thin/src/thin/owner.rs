@@ -1840,6 +1840,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         self.commits_done = self.commits_started;
         self.after_commit();
+        self.finish_writes_held_by_commit();
+    }
+
+    /// Block writes whose payload landed while the metadata could not change (a commit or a
+    /// needs_check write ran) finish now.
+    fn finish_writes_held_by_commit(&mut self) {
         let mut waiting = std::mem::take(&mut self.finish_after_commit);
         for index in waiting.drain(..) {
             self.finish_block_write(index);

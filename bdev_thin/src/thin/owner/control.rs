@@ -153,6 +153,17 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return false;
         }
         let origin = snapshot.origin;
+        if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) {
+            // The pool turned read-only while this snapshot waited for its origin to drain:
+            // its record could never commit, so it is refused, not answered as taken (found
+            // by thin_sim: the snapshot was gone after a crash).
+            let mut snapshot = self.snapshots.pop_front().expect("front exists");
+            self.end_quiesce(origin);
+            if let Some(done) = snapshot.done.take() {
+                done(Err(PoolError::ReadOnly));
+            }
+            return true;
+        }
         let origin_busy = self.busy.keys().any(|(v, _)| *v == origin)
             || self
                 .ops
@@ -488,6 +499,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return;
         }
         self.commit_stage = CommitStage::Idle;
+        // Writes that landed meanwhile finish while the pool is still read-only: they fail,
+        // and none is left waiting for a commit end that already passed (found by thin_sim).
+        self.finish_writes_held_by_commit();
         let written = !self.flag_write_failed;
         if written {
             self.meta.needs_check_written(needs_check);
