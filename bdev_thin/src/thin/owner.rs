@@ -79,6 +79,23 @@ pub enum ControlOp {
     },
 }
 
+impl ControlOp {
+    /// Answers the operation with `error` without running it.
+    pub fn fail(self, error: PoolError) {
+        match self {
+            ControlOp::CreateVolume { done, .. } | ControlOp::Snapshot { done, .. } => {
+                done(Err(error))
+            }
+            ControlOp::DeleteVolume { done, .. }
+            | ControlOp::Resize { done, .. }
+            | ControlOp::DeletePool { done }
+            | ControlOp::Grow { done, .. }
+            | ControlOp::Commit { done } => done(Err(error)),
+            ControlOp::Describe { done } => done(Err(error)),
+        }
+    }
+}
+
 /// A pool's state as the owner sees it.
 #[derive(Clone, Debug)]
 pub struct PoolDescription {
@@ -108,6 +125,8 @@ pub enum PoolError {
     Io(i32),
     #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
     TooLarge { capacity_vblocks: u64 },
+    #[error("the pool was deleted")]
+    Deleted,
 }
 
 impl PoolError {
@@ -124,6 +143,7 @@ impl PoolError {
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::Deleted => libc::ENODEV,
         }
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::Reply;
 use crate::backend::BaseDevice;
-use crate::bdev::thin::{OwnerPoller, ThinPool, ThinVolumeDevice, control_ring, owner_settings};
+use crate::bdev::thin::{ControlRing, OwnerPoller, ThinPool, ThinVolumeDevice, owner_settings};
 use crate::bdev::{Bdev, Device};
 use crate::host::{BlockDevice, Host};
 use crate::rpc::RpcError;
@@ -212,7 +212,7 @@ fn new_pool(
         metadata_device: metadata.map(|(_, device)| device),
         home_core,
         shared: PoolShared::new(target.runtime.waker(home_core)),
-        control: control_ring(),
+        control: ControlRing::new(),
         device,
         geometry: ChannelGeometry {
             lba_bytes,
@@ -335,7 +335,7 @@ fn start_pool(
         let owner = Owner::with_metadata_device(
             target_for_owner.runtime.clone(),
             Arc::clone(&pool.shared),
-            Arc::clone(&pool.control),
+            pool.control.ring(),
             meta,
             &pool.device,
             pool.metadata_device.as_ref(),
@@ -343,7 +343,7 @@ fn start_pool(
         );
         match owner {
             Ok(owner) => {
-                ctx.add_local_poller(Box::new(OwnerPoller::new(owner)));
+                ctx.add_local_poller(Box::new(OwnerPoller::new(owner, Arc::clone(&pool.control))));
                 let registered = Arc::clone(&pool);
                 pool.send(ControlOp::Commit {
                     done: Box::new(move |result| match result {
