@@ -1,13 +1,13 @@
 //! Clients of the real `thin_tgt` that push its JSON-RPC server to its bounds, over its Unix
-//! socket with raw bytes: a flood of pool queries larger than a pool's control ring. Each test
-//! also shows a second, well-behaved client served throughout, and the daemon stopping cleanly
-//! on SIGTERM after it.
+//! socket with raw bytes: a flood of pool queries larger than a pool's control ring, pool
+//! deletes racing the operations queued for the same pool. Each test also shows a second,
+//! well-behaved client served throughout, and the daemon stopping cleanly on SIGTERM after it.
 
 mod common;
 
 use std::path::PathBuf;
 
-use common::{Client, Daemon, Scratch};
+use common::{Client, Daemon, Scratch, error_of};
 use serde_json::{Value, json};
 
 /// A config with a 64 MiB RAM disk and a pool `pool0` of 64 KiB blocks on it.
@@ -84,4 +84,109 @@ fn a_flood_of_pool_queries_on_one_core_is_answered_in_turn() {
 #[test]
 fn a_flood_of_pool_queries_on_two_cores_is_answered_in_turn() {
     flood_of_pool_queries("0x3");
+}
+
+/// Creates `pool0` on `Malloc0` and, when `with_volume`, a volume `pool0/vol0` in it.
+fn make_pool(daemon: &Daemon, with_volume: bool) {
+    let reply =
+        daemon.call("bdev_thin_pool_create", json!({"bdev_name": "Malloc0", "pool_name": "pool0"}));
+    assert!(reply["result"].is_string(), "{reply}");
+    if with_volume {
+        let reply = daemon.call(
+            "bdev_thin_create",
+            json!({"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 4}),
+        );
+        assert!(reply["result"].is_string(), "{reply}");
+    }
+}
+
+/// The operations a pool delete can race, each with whether it needs `pool0/vol0`.
+fn racing_operations() -> Vec<(&'static str, Value, bool)> {
+    vec![
+        ("bdev_thin_delete", json!({"name": "pool0/vol0"}), true),
+        (
+            "bdev_thin_create",
+            json!({"pool_name": "pool0", "volume_name": "vol1", "size_in_mib": 4}),
+            false,
+        ),
+        ("bdev_thin_snapshot", json!({"name": "pool0/vol0", "snapshot_name": "snap0"}), true),
+        ("bdev_thin_resize", json!({"name": "pool0/vol0", "size_in_mib": 8}), true),
+    ]
+}
+
+/// An operation that raced a pool delete either ran first (a result) or found its pool gone.
+fn ran_or_pool_gone(method: &str, reply: &Value) {
+    if reply.get("result").is_some() {
+        return;
+    }
+    let (code, message) = error_of(reply);
+    assert_eq!(code, -19, "{method}: {message}");
+}
+
+/// After the pool is gone no bdev of it is left (a volume made just before the delete too).
+fn only_the_base_bdev_is_left(daemon: &Daemon) {
+    let bdevs = daemon.call("bdev_get_bdevs", Value::Null);
+    let names: Vec<&str> =
+        bdevs["result"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Malloc0"], "{bdevs}");
+    let pools = daemon.call("bdev_thin_get_pools", Value::Null);
+    assert_eq!(pools["result"], json!([]), "{pools}");
+}
+
+/// A pool delete sent at once after a volume operation on the same pool, in one batch and from
+/// two clients: every request gets exactly one answer (the operation ran first, or -19 if its
+/// pool went away), no volume outlives its pool, fresh clients are served, SIGTERM stops it.
+#[test]
+fn a_pool_delete_racing_queued_operations_answers_every_request() {
+    const ROUNDS: usize = 3;
+    let dir = Scratch::new("rpc_pool_race");
+    let config = dir.path("malloc.json");
+    let entries = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_malloc_create",
+         "params": {"name": "Malloc0", "num_blocks": 16384, "block_size": 4096}},
+    ]}]});
+    std::fs::write(&config, entries.to_string()).unwrap();
+    let mut daemon = Daemon::start(&dir.0, &["-m", "0x1", "-c", config.to_str().unwrap()]);
+    let delete_pool = json!({"pool_name": "pool0"});
+    for (method, params, with_volume) in racing_operations() {
+        for round in 0..ROUNDS {
+            // One batch: both requests start in one poll of the server.
+            make_pool(&daemon, with_volume);
+            let mut client = daemon.connect();
+            let batch = format!(
+                "[{},{}]",
+                request(method, 1, params.clone()),
+                request("bdev_thin_pool_delete", 2, delete_pool.clone())
+            );
+            client.send(batch.as_bytes());
+            let replies = client.read_reply().expect("the batch is answered");
+            let replies = replies.as_array().expect("an array");
+            assert_eq!(replies.len(), 2, "{method} round {round}: {replies:?}");
+            let by_id = |id: u64| replies.iter().find(|r| r["id"] == id).unwrap();
+            ran_or_pool_gone(method, by_id(1));
+            assert_eq!(by_id(2)["result"], true, "{:?}", by_id(2));
+            only_the_base_bdev_is_left(&daemon);
+
+            // Two clients, the delete sent before the operation's answer could come.
+            make_pool(&daemon, with_volume);
+            let (mut first, mut second) = (daemon.connect(), daemon.connect());
+            first.send(request(method, 3, params.clone()).as_bytes());
+            second.send(request("bdev_thin_pool_delete", 4, delete_pool.clone()).as_bytes());
+            ran_or_pool_gone(method, &first.read_reply().expect("the operation is answered"));
+            let deleted = second.read_reply().expect("the delete is answered");
+            assert_eq!(deleted["result"], true, "{deleted}");
+            only_the_base_bdev_is_left(&daemon);
+        }
+    }
+    pool_query_is_answered_after_all(&daemon);
+    let status = daemon.stop();
+    assert!(status.success(), "exit status {status}: {}", daemon.log_text());
+}
+
+/// A fresh client is served once the races are over: no connection slot was left behind.
+fn pool_query_is_answered_after_all(daemon: &Daemon) {
+    let clients: Vec<Client> = (0..100).map(|_| daemon.connect()).collect();
+    let reply = daemon.call("spdk_get_version", Value::Null);
+    assert!(reply["result"]["version"].is_string(), "{reply}");
+    drop(clients);
 }

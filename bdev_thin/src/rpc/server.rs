@@ -72,6 +72,56 @@ struct Finished {
 
 type ReplyRing = MessageRing<Finished, ReactorWaker>;
 
+/// A started request's way back to the poller, called once from whichever core answers.
+/// Dropped unanswered (a handler lost its `Reply`: a bug), it still answers with an internal
+/// error, so the client, a batch holding the request and the connection's slot never wait for
+/// an answer that cannot come.
+struct PendingReply {
+    ring: Arc<ReplyRing>,
+    slot: usize,
+    generation: u64,
+    destination: Destination,
+    /// The request's id; taken by the answer (`None` inside: a notification).
+    id: Option<Option<Value>>,
+}
+
+impl PendingReply {
+    fn answer(mut self, result: Result<Value, RpcError>) {
+        self.push(result);
+    }
+
+    fn push(&mut self, result: Result<Value, RpcError>) {
+        let Some(id) = self.id.take() else { return };
+        let response = match (id, result) {
+            (None, Ok(_)) => None,
+            (id, result) => Some(framing::reply_bytes(id.unwrap_or(Value::Null), result)),
+        };
+        let finished = Finished {
+            slot: self.slot,
+            generation: self.generation,
+            destination: self.destination,
+            response,
+        };
+        if self.ring.push(finished).is_err() {
+            // Unreachable: a slot was reserved before the request started.
+            eprintln!("rpc: reply ring full; a reply was lost");
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if self.id.is_some() {
+            eprintln!("rpc: a request was dropped without an answer; answering -32603");
+            let error = RpcError::new(
+                super::error::INTERNAL_ERROR,
+                "Internal error: the request was dropped without an answer",
+            );
+            self.push(Err(error));
+        }
+    }
+}
+
 /// A batch whose elements are still running.
 struct Batch {
     responses: Vec<Option<Vec<u8>>>,
@@ -466,19 +516,14 @@ impl RpcPoller {
         };
         connection.in_flight += 1;
         self.in_flight += 1;
-        let ring = Arc::clone(&self.replies);
-        let id = request.id;
-        let reply: methods::Reply = Box::new(move |result| {
-            let response = match (id, result) {
-                (None, Ok(_)) => None,
-                (id, result) => Some(framing::reply_bytes(id.unwrap_or(Value::Null), result)),
-            };
-            let finished = Finished { slot, generation, destination, response };
-            if ring.push(finished).is_err() {
-                // Unreachable: a slot was reserved before the request started.
-                eprintln!("rpc: reply ring full; a reply was lost");
-            }
-        });
+        let pending = PendingReply {
+            ring: Arc::clone(&self.replies),
+            slot,
+            generation,
+            destination,
+            id: Some(request.id),
+        };
+        let reply: methods::Reply = Box::new(move |result| pending.answer(result));
         (self.dispatch)(&self.target, &request.method, request.params, reply);
     }
 

@@ -383,6 +383,9 @@ pub struct Owner<D: BlockDevice, H: Host> {
     mode: PoolMode,
     /// A pool delete in progress, answered once the superblocks are gone.
     deleting: Option<ControlDone<()>>,
+    /// A pool delete was accepted: it waits for the operations before it, and every later one
+    /// but `Describe` is answered `Deleted` instead of run.
+    delete_requested: bool,
     /// The pool was deleted: the host drops this owner.
     finished: bool,
 }
@@ -478,6 +481,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .collect(),
             mode: PoolMode::Write,
             deleting: None,
+            delete_requested: false,
             finished: false,
             meta,
             shared,
@@ -1719,9 +1723,22 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         while let Some(op) = self.control.pop() {
             busy = true;
-            self.handle_control(op);
+            self.admit_control(op);
         }
         busy
+    }
+
+    /// Takes a new operation from the ring. Once a pool delete is accepted, later operations
+    /// are answered `Deleted` rather than run, so the delete waits only for what came before it
+    /// and every operation gets exactly one answer.
+    fn admit_control(&mut self, op: ControlOp) {
+        if self.delete_requested && !matches!(op, ControlOp::Describe { .. }) {
+            return op.fail(PoolError::Deleted);
+        }
+        if matches!(op, ControlOp::DeletePool { .. }) {
+            self.delete_requested = true;
+        }
+        self.handle_control(op);
     }
 
     fn handle_control(&mut self, op: ControlOp) {
@@ -1814,7 +1831,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
             }
             ControlOp::DeletePool { done } => {
-                let busy = self.ops.iter().any(Option::is_some) || !self.is_drained();
+                // Operations accepted before the delete finish first (they answer then).
+                let busy = self.ops.iter().any(Option::is_some)
+                    || !self.is_drained()
+                    || !self.control_commits.is_empty()
+                    || !self.snapshots.is_empty()
+                    || !self.pending_control.is_empty();
                 if busy || self.commit_stage != CommitStage::Idle {
                     self.pending_control.push_back(ControlOp::DeletePool { done });
                     return;
@@ -2008,6 +2030,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 let failed = self.commit_failed;
                 if let Some(done) = self.deleting.take() {
                     done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
+                }
+                // Whatever still waits for this owner is answered: it will never run.
+                for op in std::mem::take(&mut self.pending_control) {
+                    op.fail(PoolError::Deleted);
+                }
+                while let Some(op) = self.control.pop() {
+                    op.fail(PoolError::Deleted);
                 }
             }
             CommitStage::Idle => debug_assert!(false, "commit IO while no commit runs"),

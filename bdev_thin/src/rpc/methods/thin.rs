@@ -593,6 +593,17 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
     let deleted = Arc::clone(&pool);
     pool.send(ControlOp::DeletePool {
         done: Box::new(move |result| {
+            // The owner has stopped, failed or not: volumes that operations queued before the
+            // delete made go with their pool.
+            let volumes =
+                std::mem::take(&mut *deleted.volumes.lock().unwrap_or_else(|p| p.into_inner()));
+            for (_, name) in volumes {
+                if let Err(e) = target.bdevs.unregister(&name)
+                    && !matches!(e, crate::bdev::BdevError::NotFound(_))
+                {
+                    eprintln!("bdev_thin_pool_delete {}: {e}", deleted.name);
+                }
+            }
             target.remove_pool(&deleted);
             if let Ok(base) = target.bdevs.get(&deleted.base_bdev) {
                 base.release_claim();
