@@ -79,7 +79,8 @@ const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES)
 pub const POOL_INBOX_ENTRIES: usize = 4096;
 
 /// IOs one thin volume channel keeps in flight (frontend requests), and so the size of its
-/// reply ring: the owner can always answer.
+/// reply ring: the owner can always answer. (This and the owner's op slots, copy buffers and
+/// view-fill slice are a pool's `PoolLimits`, which tests may lower.)
 pub const THIN_CHANNEL_DEPTH_MAX: usize = 1024;
 
 /// Data blocks one frontend request is split into at a time; a longer request is served in

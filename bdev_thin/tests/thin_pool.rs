@@ -3,186 +3,14 @@
 //! provisioning, sharing and snapshots, discard modes, flush. Every IO's completion is held,
 //! reordered or delivered as the test says (`testing::SimDevice`).
 
-use std::sync::Arc;
+mod support;
 
-use bdev_thin::host::{
-    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, NoopWaker, SgList,
-};
-use bdev_thin::testing::{SimDevice, SteppingHost};
-use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
-use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
+use bdev_thin::host::{DeviceChannel, IoBuffer, IoFlags, IoKind, IoRequest, IoStatus, SgList};
+use bdev_thin::thin::metadata::check;
 use bdev_thin::thin::mutations::Mutations;
-use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
-use bdev_thin::thin::pool::PoolShared;
-use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
-use crossbeam_queue::ArrayQueue;
-
-const LBA: u32 = 512;
-const BLOCK: u32 = 4096;
-const LBAS_PER_BLOCK: u64 = (BLOCK / LBA) as u64;
-
-type Channel = VolumeChannel<SimDevice, NoopWaker>;
-
-struct Rig {
-    device: SimDevice,
-    shared: Arc<PoolShared<NoopWaker>>,
-    control: Arc<ArrayQueue<ControlOp>>,
-    owner: Owner<SimDevice, SteppingHost>,
-    geometry: ChannelGeometry,
-}
-
-fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
-    OwnerSettings {
-        discard,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
-        mutations,
-    }
-}
-
-impl Rig {
-    /// A pool whose data area holds `data_blocks` blocks of 4 KiB.
-    fn new(data_blocks: u64, settings: OwnerSettings) -> Rig {
-        let mut device_bytes = 64 << 20;
-        let layout = loop {
-            let layout = Layout::on_data_device(device_bytes, BLOCK, device_bytes).unwrap();
-            if layout.data_blocks == data_blocks {
-                break layout;
-            }
-            device_bytes = layout.data_offset_bytes + data_blocks * u64::from(BLOCK);
-        };
-        let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
-        let record = settings.to_record([7; 16], "pool0");
-        let meta = PoolMetadata::format(layout, record).unwrap();
-        let shared = PoolShared::new(NoopWaker);
-        let control = Arc::new(ArrayQueue::new(16));
-        let host = SteppingHost::new();
-        let owner =
-            Owner::new(host, Arc::clone(&shared), Arc::clone(&control), meta, &device, settings)
-                .unwrap();
-        let geometry = ChannelGeometry {
-            lba_bytes: u64::from(LBA),
-            lbas_per_block: LBAS_PER_BLOCK,
-            data_offset_lbas: layout.data_offset_bytes / u64::from(LBA),
-        };
-        Rig { device, shared, control, owner, geometry }
-    }
-
-    fn control<T: Send + 'static>(
-        &mut self,
-        make: impl FnOnce(Box<dyn FnOnce(Result<T, PoolError>) + Send>) -> ControlOp,
-    ) -> Result<T, PoolError> {
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let answer = Arc::clone(&slot);
-        let op = make(Box::new(move |result| *answer.lock().unwrap() = Some(result)));
-        assert!(self.control.push(op).is_ok());
-        for _ in 0..1000 {
-            self.owner.poll();
-            if let Some(result) = slot.lock().unwrap().take() {
-                return result;
-            }
-        }
-        panic!("control operation not answered after 1000 polls");
-    }
-
-    fn create_volume(&mut self, name: &str, blocks: u64) -> VolumeId {
-        let name = name.to_string();
-        self.control(|done| ControlOp::CreateVolume {
-            uuid: [1; 16],
-            name,
-            size_bytes: blocks * u64::from(BLOCK),
-            done,
-        })
-        .unwrap()
-    }
-
-    fn snapshot(&mut self, origin: VolumeId, name: &str) -> VolumeId {
-        let name = name.to_string();
-        self.control(|done| ControlOp::Snapshot { origin, uuid: [2; 16], name, done }).unwrap()
-    }
-
-    fn channel(&self, volume: VolumeId) -> Channel {
-        let view = self.shared.view(volume).unwrap();
-        VolumeChannel::open(Arc::clone(&self.shared), view, &self.device, self.geometry, NoopWaker)
-            .unwrap()
-    }
-
-    /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,
-    /// structure, committed counts = committed references. Every test ends with it.
-    fn check(&mut self) {
-        let commit = self.control(|done| ControlOp::Commit { done });
-        assert_eq!(commit, Ok(()));
-        let device = self.device.clone();
-        let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
-        let mut read = |block: MetaBlock, out: &mut [u8]| {
-            out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
-            Ok(())
-        };
-        if let Err(problems) = check(&mut read) {
-            panic!("thinctl check failed: {problems:#?}");
-        }
-    }
-
-    /// Submits and runs owner and channel until the request completes (or panics).
-    fn run(&mut self, channel: &mut Channel, request: IoRequest) -> IoCompletion {
-        channel.submit(request).unwrap();
-        self.wait(channel, 1000).expect("the request did not complete")
-    }
-
-    /// Polls owner and channel up to `rounds` times; the first completion, if any.
-    fn wait(&mut self, channel: &mut Channel, rounds: usize) -> Option<IoCompletion> {
-        for _ in 0..rounds {
-            let mut done = None;
-            channel.poll(&mut |c| done = Some(c));
-            if done.is_some() {
-                return done;
-            }
-            self.owner.poll();
-        }
-        None
-    }
-}
-
-fn block_data(byte: u8, blocks: u64) -> SgList {
-    let mut buffer = IoBuffer::new((blocks * u64::from(BLOCK)) as usize);
-    buffer.as_mut_slice().fill(byte);
-    SgList::single(buffer)
-}
-
-fn write(vblock: u64, byte: u8) -> IoRequest {
-    IoRequest::new(IoKind::Write, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
-        .with_buffers(block_data(byte, 1))
-}
-
-fn read(vblock: u64) -> IoRequest {
-    IoRequest::new(IoKind::Read, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
-        .with_buffers(block_data(0xee, 1))
-}
-
-fn bytes_of(completion: &IoCompletion) -> Vec<u8> {
-    let mut out = vec![0; completion.request.buffers.len_bytes()];
-    completion.request.buffers.copy_to(0, &mut out);
-    out
-}
-
-fn unmap(vblock: u64, blocks: u64) -> IoRequest {
-    IoRequest::new(IoKind::Unmap, vblock * LBAS_PER_BLOCK, blocks * LBAS_PER_BLOCK, 0)
-}
-
-/// Fills every data block but one through volume `filler`, so the next provision in the pool
-/// can only take the last block.
-fn fill_all_but_one(rig: &mut Rig, data_blocks: u64) -> (VolumeId, Channel) {
-    let filler = rig.create_volume("filler", data_blocks);
-    let mut channel = rig.channel(filler);
-    for vblock in 0..data_blocks - 1 {
-        let done = rig.run(&mut channel, write(vblock, 0x11));
-        assert_eq!(done.status, IoStatus::Success);
-    }
-    (filler, channel)
-}
+use bdev_thin::thin::owner::ControlOp;
+use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode};
+use support::*;
 
 #[test]
 fn writes_read_back_and_unmapped_blocks_read_zeroes() {
@@ -467,10 +295,6 @@ fn flush_commits_and_fua_writes_wait_for_the_commit() {
     rig.check();
 }
 
-fn passdowns(rig: &Rig) -> u64 {
-    rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 #[test]
 fn deleting_a_volume_frees_exactly_the_blocks_no_one_else_holds() {
     let mut rig = Rig::new(32, settings(DiscardMode::Passdown, Mutations::NONE));
@@ -541,13 +365,8 @@ fn a_failed_metadata_write_turns_the_pool_read_only_and_keeps_what_was_committed
     assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![0x31; BLOCK as usize]);
     assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Failed(libc::EROFS));
     // What is on the device is the last committed transaction, and it checks clean.
-    let device = rig.device.clone();
-    let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
-    let mut read_block = |block: MetaBlock, out: &mut [u8]| {
-        out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
-        Ok(())
-    };
-    let report = check(&mut read_block).expect("the committed metadata is intact");
+    let report =
+        check(&mut metadata_reader(&rig.device)).expect("the committed metadata is intact");
     assert_eq!(report.mappings, 1);
 }
 

@@ -182,6 +182,7 @@ fn a_steady_thin_loop_allocates_nothing() {
             Arc::clone(&view),
             &device,
             geometry,
+            settings.limits,
             NoopWaker,
         )
         .unwrap();
@@ -222,6 +223,7 @@ fn a_steady_thin_loop_allocates_nothing() {
             Arc::clone(&view),
             &device,
             geometry,
+            settings.limits,
             NoopWaker,
         )
         .unwrap();

@@ -216,6 +216,7 @@ impl BlockDevice for ThinVolumeDevice {
             Arc::clone(&self.view),
             &self.pool.device,
             self.pool.geometry,
+            crate::thin::pool::PoolLimits::PRODUCTION,
             waker,
         )
     }

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::grace::EpochTicket;
-use super::pool::{ChannelShared, OwnerMessage, OwnerOp, PoolShared};
+use super::pool::{ChannelShared, OwnerMessage, OwnerOp, PoolLimits, PoolShared};
 use super::types::{VirtBlock, VolumeId};
 use super::view::{Resolved, VolumeView};
 use crate::host::{
@@ -69,6 +69,8 @@ pub struct VolumeChannel<D: BlockDevice, W: Waker> {
     shared: Arc<ChannelShared<W>>,
     data: D::Channel,
     geometry: ChannelGeometry,
+    /// Requests in flight at most (the pool's `channel_depth`).
+    depth: usize,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     /// Requests for the owner that found its inbox full (back-pressure).
@@ -91,16 +93,19 @@ fn untoken(token: u64) -> (usize, u64) {
 
 impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
     /// Opens a channel on the calling core; `waker` wakes this core when the owner replies.
+    /// `limits` are the pool's (the channel takes its depth from them).
     pub fn open(
         pool: Arc<PoolShared<W>>,
         view: Arc<VolumeView>,
         device: &D,
         geometry: ChannelGeometry,
+        limits: PoolLimits,
         waker: W,
     ) -> Result<VolumeChannel<D, W>, DeviceError> {
+        assert!(limits.is_valid(), "pool limits out of range: {limits:?}");
         let data = device.open_channel()?;
-        let (index, shared) = pool.register_channel(waker);
-        let depth = limits::THIN_CHANNEL_DEPTH_MAX;
+        let depth = limits.channel_depth;
+        let (index, shared) = pool.register_channel(waker, depth);
         Ok(VolumeChannel {
             volume: view.id(),
             view,
@@ -109,6 +114,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             shared,
             data,
             geometry,
+            depth,
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free_slots: (0..depth).rev().collect(),
             outbox: VecDeque::with_capacity(depth),
@@ -406,7 +412,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
 
 impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
     fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
-        if self.ready.len() + self.in_flight_slots() >= limits::THIN_CHANNEL_DEPTH_MAX {
+        if self.ready.len() + self.in_flight_slots() >= self.depth {
             return Err(request);
         }
         let Some(index) = self.free_slots.pop() else {
@@ -522,7 +528,7 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
 
 impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
     fn in_flight_slots(&self) -> usize {
-        limits::THIN_CHANNEL_DEPTH_MAX - self.free_slots.len()
+        self.depth - self.free_slots.len()
     }
 }
 
