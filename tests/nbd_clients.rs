@@ -110,9 +110,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, config: &Path, port: u16) -> Daemon {
+        Daemon::start_with(dir, config, port, &[])
+    }
+
+    /// [`Daemon::start`] with more `thin_tgt` arguments.
+    fn start_with(dir: &Path, config: &Path, port: u16, args: &[&str]) -> Daemon {
         let started = Instant::now();
         loop {
-            match Daemon::try_start(dir, config, port) {
+            match Daemon::try_start(dir, config, port, args) {
                 Ok(daemon) => return daemon,
                 // After SIGKILL the kernel tears the dead daemon's io_uring down
                 // asynchronously; its file (and exclusive lock) is released once the IO it
@@ -126,7 +131,7 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until it listens; Err(its log) if it exits first.
-    fn try_start(dir: &Path, config: &Path, port: u16) -> Result<Daemon, String> {
+    fn try_start(dir: &Path, config: &Path, port: u16, args: &[&str]) -> Result<Daemon, String> {
         let log = dir.join("thin_tgt.log");
         let stderr = std::fs::File::create(&log).unwrap();
         let mut child: Child = Command::new(env!("CARGO_BIN_EXE_thin_tgt"))
@@ -134,6 +139,7 @@ impl Daemon {
             .arg(config)
             .arg("-r")
             .arg(dir.join("spdk.sock"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -345,6 +351,85 @@ fn nbdinfo_lists_the_exports() {
     assert_eq!(export["can_zero"], true);
     assert_eq!(export["can_flush"], true);
     assert_eq!(export["can_fua"], true);
+}
+
+/// A TCP connection to the NBD port that reads the server's greeting (so it is accepted and
+/// negotiating) and then says nothing.
+fn silent_nbd_client(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let mut greeting = [0u8; 18];
+    std::io::Read::read_exact(&mut stream, &mut greeting).expect("the greeting");
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    stream
+}
+
+/// Asserts the server closed `stream` (EOF or a reset, within the read timeout).
+fn expect_closed(stream: &mut TcpStream, what: &str) {
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(stream, &mut byte) {
+        Ok(0) => {}
+        Ok(_) => panic!("{what}: the server sent more"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}"),
+    }
+}
+
+/// As many silent clients as the server's cap (64) do not shut out a real one: `nbdinfo` and
+/// `qemu-io` are served at once, the first closing the silent client that waited longest,
+/// which reads EOF; evictions are logged. (Before: refused for as long as the silent ones stayed.)
+#[test]
+fn silent_clients_at_the_cap_make_room_for_real_ones() {
+    if !have_tools("nbd_cap", &["nbdinfo", "qemu-io"]) {
+        return;
+    }
+    let dir = scratch_dir("nbd_cap");
+    let port = free_port();
+    let config = write_config(
+        &dir,
+        &[malloc("Malloc0", 2048, 512)],
+        port,
+        &[export("Malloc0", "disk", false)],
+    );
+    let daemon = Daemon::start(&dir, &config, port);
+    let mut silent: Vec<TcpStream> =
+        (0..bdev_thin::limits::NBD_CONNECTIONS_MAX).map(|_| silent_nbd_client(port)).collect();
+    let uri = format!("nbd://127.0.0.1:{port}/disk");
+    let stdout = run_ok("nbdinfo", &["--size", &uri]);
+    assert_eq!(stdout.trim(), "1048576");
+    qemu_io(&uri, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
+    expect_closed(&mut silent[0], "the silent client that waited longest");
+    assert!(daemon.log_text().contains("closing the one waiting longest"), "{}", daemon.log_text());
+    daemon.terminate();
+}
+
+/// A client that does not finish its negotiation in time is closed (the timeout is a flag, tiny
+/// here; the test watches the socket, not the clock): one that sends nothing, one that sends
+/// its flags and no option. A real client is served before and after.
+#[test]
+fn a_negotiation_that_does_not_finish_in_time_is_closed() {
+    if !have_tools("nbd_handshake", &["nbdinfo"]) {
+        return;
+    }
+    let dir = scratch_dir("nbd_handshake");
+    let port = free_port();
+    let config = write_config(
+        &dir,
+        &[malloc("Malloc0", 2048, 512)],
+        port,
+        &[export("Malloc0", "disk", false)],
+    );
+    let daemon = Daemon::start_with(&dir, &config, port, &["--handshake-timeout-ms", "100"]);
+    let uri = format!("nbd://127.0.0.1:{port}/disk");
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri]).trim(), "1048576");
+    let mut silent = silent_nbd_client(port);
+    let mut flags_only = silent_nbd_client(port);
+    flags_only.write_all(&3u32.to_be_bytes()).unwrap();
+    expect_closed(&mut silent, "a client that sent nothing");
+    expect_closed(&mut flags_only, "a client that sent only its flags");
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri]).trim(), "1048576");
+    let log = daemon.log_text();
+    assert!(log.contains("did not finish its handshake within 100 ms"), "{log}");
+    daemon.terminate();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Clients of the real `thin_tgt` that push its JSON-RPC server to its bounds, over its Unix
 //! socket with raw bytes: a flood of pool queries larger than a pool's control ring, pool
-//! deletes racing the operations queued for the same pool. Each test also shows a second,
+//! deletes racing the operations queued for the same pool, silent and idle connections at the
+//! connection cap and past the (configurable) handshake and idle timeouts. Each test also shows a second,
 //! well-behaved client served throughout, and the daemon stopping cleanly on SIGTERM after it.
 
 mod common;
@@ -189,4 +190,66 @@ fn pool_query_is_answered_after_all(daemon: &Daemon) {
     let reply = daemon.call("spdk_get_version", Value::Null);
     assert!(reply["result"]["version"].is_string(), "{reply}");
     drop(clients);
+}
+
+/// As many silent connections as the cap (128) do not shut out a real client: it is served at
+/// once, and the silent connection that waited longest is closed (it reads EOF) to make room;
+/// logged. Connections that all sent a request are not evicted: a client past the cap is then
+/// refused with a clean EOF, and that is logged too.
+#[test]
+fn silent_connections_at_the_cap_make_room_for_a_real_client() {
+    const CAP: usize = bdev_thin::limits::RPC_CONNECTIONS_MAX;
+    let dir = Scratch::new("rpc_silent_cap");
+    let daemon = Daemon::start(&dir.0, &[]);
+    let mut silent: Vec<Client> = (0..CAP).map(|_| daemon.connect()).collect();
+    let reply = daemon.call("spdk_get_version", Value::Null);
+    assert!(reply["result"]["version"].is_string(), "{reply}");
+    silent[0].expect_closed();
+    let log = daemon.log_text();
+    assert!(log.contains("rpc: 128 connections (the most served): closing"), "{log}");
+
+    // Every connection now past its first request: nobody to evict, the next one is refused.
+    drop(silent);
+    let mut busy: Vec<Client> = Vec::new();
+    common::wait_until("every place taken by a served client", || {
+        let mut client = daemon.connect();
+        client.send(br#"{"method":"spdk_get_version","id":1}"#);
+        match client.read_reply() {
+            Some(_) => {
+                busy.push(client);
+                false
+            }
+            None => true,
+        }
+    });
+    assert_eq!(busy.len(), CAP, "the refused client came at the cap");
+    assert!(daemon.log_text().contains("refused a new one"), "{}", daemon.log_text());
+    for client in &mut busy {
+        client.send(br#"{"method":"spdk_get_version","id":2}"#);
+        assert_eq!(client.read_reply().unwrap()["id"], 2, "the served clients stay served");
+    }
+}
+
+/// A connection that sends no request within the handshake timeout, and one idle past the idle
+/// timeout after its request was answered, are closed (both flags tiny here; the test watches
+/// the sockets, not the clock); fresh clients are served before and after; both are logged.
+#[test]
+fn silent_and_idle_connections_are_closed_after_their_timeouts() {
+    let dir = Scratch::new("rpc_timeouts");
+    let daemon =
+        Daemon::start(&dir.0, &["--handshake-timeout-ms", "100", "--idle-timeout-ms", "200"]);
+    let mut silent = daemon.connect();
+    let mut partial = daemon.connect();
+    partial.send(br#"{"method":"spdk_get_ver"#);
+    let mut idle = daemon.connect();
+    idle.send(br#"{"method":"spdk_get_version","id":1}"#);
+    assert_eq!(idle.read_reply().unwrap()["id"], 1);
+    silent.expect_closed();
+    partial.expect_closed();
+    idle.expect_closed();
+    let reply = daemon.call("spdk_get_version", Value::Null);
+    assert!(reply["result"]["version"].is_string(), "{reply}");
+    let log = daemon.log_text();
+    assert!(log.contains("did not finish its handshake within 100 ms"), "{log}");
+    assert!(log.contains("closed a connection idle for 200 ms"), "{log}");
 }

@@ -9,6 +9,7 @@
 //! - [`backend`] holds the base devices (`malloc`, `null`, `uring`).
 //! - [`bdev`] is the registry of named devices, per-core channels and `bdev_get_iostat`.
 //! - [`export`] serves bdevs to other processes: the NBD server over TCP.
+//! - [`admission`] caps the connections of every server, with handshake deadlines.
 //! - [`testing`] (feature `testing`) is the deterministic stepping host and its simulated device.
 //!
 //! Modules allowed `unsafe` (the workspace denies it everywhere else), each block with a
@@ -17,6 +18,7 @@
 //! - `backend::uring::ring`: submission entries that point into buffers the kernel fills;
 //! - `sys`: the few libc calls std lacks (epoll, eventfd, flock, block-device ioctls).
 
+pub mod admission;
 pub mod backend;
 pub mod bdev;
 pub mod config;

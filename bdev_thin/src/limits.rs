@@ -110,9 +110,21 @@ const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BL
 /// virtual blocks) for this many times its size at creation or open.
 pub const VOLUME_GROWTH_FACTOR: u64 = 4;
 /// JSON-RPC connections served at once. SPDK accepts 64; we take twice that so a burst of 100
-/// clients (a test, a script that fans out) is served rather than refused. A client past the
-/// cap is accepted and closed at once, so it sees a clean EOF instead of a hang.
+/// clients (a test, a script that fans out) is served rather than refused. At the cap, the
+/// connection that has waited longest without sending a request is closed to make room; with
+/// none, the new client is accepted and closed at once, so it sees a clean EOF, not a hang.
 pub const RPC_CONNECTIONS_MAX: usize = 128;
+
+/// Default time a connection has from accept to the end of its handshake (NBD negotiation, a
+/// JSON-RPC connection's first request); then it is closed. qemu-nbd's `--handshake-limit`
+/// defaults to the same 10 s: ample for any client on a loopback or LAN, short enough that
+/// connections that say nothing cannot hold the server's slots for long.
+pub const CONNECTION_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Default time a JSON-RPC connection may stay idle (no request running, nothing to send, no
+/// complete request received) before it is closed. Long, as scripts keep a client open between
+/// calls; it bounds how long idle clients can hold the server's slots.
+pub const RPC_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// Largest JSON-RPC request, in bytes (SPDK's 256 KiB). Also the size of a connection's input
 /// buffer: a longer request gets an error and the connection closes, so a 64 MiB request costs
@@ -164,8 +176,10 @@ const _: () = assert!(RPC_OUTPUT_PAUSE_BYTES < RPC_OUTPUT_BYTES_MAX);
 /// Virtual blocks of a new snapshot's view the owner fills per poll (bounded work per poll;
 /// 64 Ki entries are about 0.1 ms).
 pub const VIEW_BUILD_BLOCKS_PER_POLL: u64 = 65536;
-/// NBD connections one server serves at once; a further client is closed at accept. Each holds
-/// an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a bdev channel.
+/// NBD connections one server serves at once. At the cap, the connection that has waited
+/// longest in its negotiation is closed to make room; with none, a further client is closed at
+/// accept. Each holds an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a
+/// bdev channel.
 pub const NBD_CONNECTIONS_MAX: usize = 64;
 
 /// Requests one NBD connection keeps in flight (slots sized at negotiation); more wait in the

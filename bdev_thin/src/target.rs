@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::admission::ConnectionTimeouts;
 use crate::bdev::BdevRegistry;
 use crate::bdev::thin::ThinPool;
 use crate::runtime::RuntimeHandle;
@@ -18,11 +19,21 @@ pub struct Target {
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
+    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
+    connection_timeouts: ConnectionTimeouts,
     initialized: AtomicBool,
 }
 
 impl Target {
     pub fn new(runtime: RuntimeHandle) -> Arc<Target> {
+        Self::with_connection_timeouts(runtime, ConnectionTimeouts::default())
+    }
+
+    /// A target whose servers close connections on `timeouts` (`thin_tgt`'s flags).
+    pub fn with_connection_timeouts(
+        runtime: RuntimeHandle,
+        timeouts: ConnectionTimeouts,
+    ) -> Arc<Target> {
         Arc::new(Target {
             runtime,
             bdevs: BdevRegistry::new(),
@@ -30,8 +41,13 @@ impl Target {
             examines: std::sync::Mutex::new((0, Vec::new())),
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
+            connection_timeouts: timeouts,
             initialized: AtomicBool::new(false),
         })
+    }
+
+    pub fn connection_timeouts(&self) -> ConnectionTimeouts {
+        self.connection_timeouts
     }
 
     /// Every pool hosted here.
