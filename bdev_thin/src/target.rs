@@ -21,6 +21,8 @@ pub struct Target {
     pub nbd: crate::export::nbd::NbdServer,
     /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
     connection_timeouts: ConnectionTimeouts,
+    /// The NVMe-oF/TCP target (`nvmf_*` methods).
+    pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
     initialized: AtomicBool,
 }
 
@@ -42,6 +44,7 @@ impl Target {
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
             connection_timeouts: timeouts,
+            nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
             initialized: AtomicBool::new(false),
         })
     }
