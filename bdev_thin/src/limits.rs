@@ -26,6 +26,20 @@ pub const DEVICE_CHANNEL_DEPTH_MAX: usize = 1024;
 /// larger frontend IOs are split by the frontend).
 pub const IO_BYTES_MAX: usize = 4 << 20;
 
+/// Smallest and largest block size of a bdev. Exports serve only powers of two in this range:
+/// NBD's minimum block size must be a power of two of at most 64 KiB (libnbd refuses more),
+/// NVMe's LBA data size is a power of two, and Linux takes logical blocks of 512 B to 64 KiB.
+pub const BDEV_BLOCK_BYTES_MIN: u32 = 512;
+pub const BDEV_BLOCK_BYTES_MAX: u32 = 64 << 10;
+
+/// Largest size of a bdev, in bytes: NBD clients and Linux (`loff_t`) hold sizes and offsets
+/// as signed 64-bit numbers, and QEMU further rounds its limit down to 1 GiB (its
+/// `BDRV_MAX_LENGTH`, 2^63 - 2^30), so every export of every bdev opens in every client.
+pub const BDEV_SIZE_BYTES_MAX: u64 = (1 << 63) - (1 << 30);
+
+const _: () = assert!(BDEV_BLOCK_BYTES_MAX as usize <= IO_BYTES_MAX);
+const _: () = assert!(BDEV_SIZE_BYTES_MAX.is_multiple_of(BDEV_BLOCK_BYTES_MAX as u64));
+
 /// Time after the last busy poll before a reactor parks, in microseconds (DESIGN.md: 1 ms).
 pub const REACTOR_IDLE_BEFORE_PARK_US: u64 = 1000;
 

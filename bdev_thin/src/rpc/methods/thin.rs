@@ -57,6 +57,22 @@ fn thin_volume(target: &Target, name: &str) -> Result<(Arc<Bdev>, ThinVolumeDevi
     Ok((bdev, device))
 }
 
+/// A volume's size from `size_in_mib`: at least 1 MiB, and no larger than a bdev may be (its
+/// exports hold sizes as signed 64-bit numbers); -22 naming the limit, never an overflow.
+fn volume_size_bytes(size_mib: u64) -> Result<u64, RpcError> {
+    if size_mib == 0 {
+        return Err(RpcError::invalid_params("size_in_mib: must be at least 1"));
+    }
+    let max_mib = crate::limits::BDEV_SIZE_BYTES_MAX >> 20;
+    if size_mib > max_mib {
+        return Err(RpcError::errno(
+            libc::EINVAL,
+            format!("size_in_mib: {size_mib} is more than {max_mib}, the largest bdev"),
+        ));
+    }
+    Ok(size_mib << 20)
+}
+
 fn check_name(key: &str, name: &str) -> Result<(), RpcError> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX || name.contains('/') {
         return Err(RpcError::invalid_params(format!(
@@ -394,10 +410,7 @@ pub(super) fn create(target: &Arc<Target>, mut params: Params, reply: Reply) {
         let size_mib = params.u64("size_in_mib")?;
         let pool = find_pool(target, &mut params)?;
         params.finish()?;
-        let size_bytes = size_mib
-            .checked_mul(1 << 20)
-            .filter(|b| *b > 0)
-            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let size_bytes = volume_size_bytes(size_mib)?;
         let alias = format!("{}/{volume_name}", pool.name);
         if target.bdevs.get(&alias).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("volume {alias} already exists")));
@@ -516,10 +529,7 @@ pub(super) fn resize(target: &Arc<Target>, mut params: Params, reply: Reply) {
         let name = params.string("name")?;
         let size_mib = params.u64("size_in_mib")?;
         params.finish()?;
-        let size_bytes = size_mib
-            .checked_mul(1 << 20)
-            .filter(|b| *b > 0)
-            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let size_bytes = volume_size_bytes(size_mib)?;
         let (_, device) = thin_volume(target, &name)?;
         Ok((device, size_bytes))
     })();
