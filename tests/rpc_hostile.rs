@@ -1,7 +1,8 @@
 //! Clients of the real `thin_tgt` that push its JSON-RPC server to its bounds, over its Unix
 //! socket with raw bytes: a flood of pool queries larger than a pool's control ring, pool
 //! deletes racing the operations queued for the same pool, silent and idle connections at the
-//! connection cap and past the (configurable) handshake and idle timeouts. Each test also shows a second,
+//! connection cap and past the (configurable) handshake and idle timeouts, names at and past
+//! their bounds and names that would split log lines. Each test also shows a second,
 //! well-behaved client served throughout, and the daemon stopping cleanly on SIGTERM after it.
 
 mod common;
@@ -252,4 +253,70 @@ fn silent_and_idle_connections_are_closed_after_their_timeouts() {
     let log = daemon.log_text();
     assert!(log.contains("did not finish its handshake within 100 ms"), "{log}");
     assert!(log.contains("closed a connection idle for 200 ms"), "{log}");
+}
+
+/// Every name a create method takes is bounded as SPDK bounds it: no NUL anywhere (SPDK's
+/// decoder refuses it; a NUL in a filename was -5), bdev names of 1 to 255 bytes (an empty and
+/// a 100 kB name were taken), pool and volume names of 1 to 63; each refusal is -32602 naming
+/// the parameter, and the well-behaved client is served after each. Names that SPDK allows to
+/// hold a newline are logged escaped: a restart's examine of a pool named "p\nforged..." on a
+/// bdev named likewise logs one line, and no forged line.
+#[test]
+fn names_are_bounded_and_logged_on_one_line() {
+    const LONGEST: usize = bdev_thin::limits::BDEV_NAME_BYTES_MAX;
+    let dir = Scratch::new("rpc_names");
+    let image = dir.path("names.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let image = image.to_str().unwrap().to_string();
+    let config = pool_config(&dir);
+    let mut daemon = Daemon::start(&dir.0, &["-c", config.to_str().unwrap()]);
+    let refused = |method: &str, params: Value, key: &str| {
+        let (code, message) = error_of(&daemon.call(method, params.clone()));
+        let shown: String = params.to_string().chars().take(200).collect();
+        assert_eq!(code, -32602, "{method} {shown}: {message}");
+        assert!(message.starts_with(&format!("{key}: ")), "{method} {shown}: {message}");
+        pool_query_is_answered(&daemon);
+    };
+    let too_long = "n".repeat(LONGEST + 1);
+    let huge = "n".repeat(100_000);
+    for name in ["", too_long.as_str(), huge.as_str(), "nul\0inside"] {
+        let sized = json!({"name": name, "num_blocks": 16, "block_size": 512});
+        refused("bdev_malloc_create", sized.clone(), "name");
+        refused("bdev_null_create", sized, "name");
+        refused("bdev_uring_create", json!({"name": name, "filename": image}), "name");
+    }
+    let nul_file = format!("{image}\0.img");
+    refused("bdev_uring_create", json!({"name": "U0", "filename": nul_file}), "filename");
+    let pool = json!({"bdev_name": "Malloc0", "pool_name": "p\0"});
+    refused("bdev_thin_pool_create", pool, "pool_name");
+    let volume = json!({"pool_name": "pool0", "volume_name": "v\0", "size_in_mib": 1});
+    refused("bdev_thin_create", volume, "volume_name");
+    let volume = json!({"pool_name": "pool0", "volume_name": "v".repeat(64), "size_in_mib": 1});
+    refused("bdev_thin_create", volume, "volume_name");
+    let export = json!({"bdev_name": "Malloc0", "export_name": "e\0"});
+    refused("nbd_export_add", export, "export_name");
+    let longest = "n".repeat(LONGEST);
+    let sized = json!({"name": longest, "num_blocks": 16, "block_size": 512});
+    assert_eq!(daemon.call("bdev_malloc_create", sized)["result"], longest.as_str());
+
+    // Newlines are allowed in names, as in SPDK; the log escapes them.
+    let bdev_name = "u\nforged: bdev line";
+    let uring = json!({"name": bdev_name, "filename": image});
+    assert_eq!(daemon.call("bdev_uring_create", uring)["result"], bdev_name);
+    let pool = json!({"bdev_name": bdev_name, "pool_name": "p\nforged: pool line"});
+    assert!(daemon.call("bdev_thin_pool_create", pool)["result"].is_string());
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+    let restart = dir.path("restart.json");
+    let entries = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_uring_create", "params": {"name": bdev_name, "filename": image}},
+    ]}]});
+    std::fs::write(&restart, entries.to_string()).unwrap();
+    let mut daemon = Daemon::start(&dir.0, &["-c", restart.to_str().unwrap(), "-m", "0x1"]);
+    let reply = daemon.call("bdev_thin_get_pools", json!({}));
+    assert_eq!(reply["result"][0]["name"], "p\nforged: pool line", "{reply}");
+    let log = daemon.log_text();
+    let examined = r"examine u\nforged: bdev line: found pool p\nforged: pool line (";
+    assert!(log.contains(examined), "{log}");
+    assert!(!log.lines().any(|line| line.starts_with("forged")), "{log}");
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
 }

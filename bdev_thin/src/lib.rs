@@ -10,6 +10,7 @@
 //! - [`bdev`] is the registry of named devices, per-core channels and `bdev_get_iostat`.
 //! - [`export`] serves bdevs to other processes: the NBD server and the NVMe-oF/TCP target.
 //! - [`admission`] caps the connections of every server, with handshake deadlines.
+//! - [`names`] bounds the names clients choose and escapes them in logs.
 //! - [`nvme`] is NVMe and NVMe/TCP on the wire: commands, Identify, log pages, PDUs (no IO).
 //! - [`testing`] (feature `testing`) is the deterministic stepping host and its simulated device.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod export;
 pub mod host;
 pub mod limits;
+pub mod names;
 pub mod nvme;
 pub mod rpc;
 pub mod runtime;

@@ -40,6 +40,10 @@ pub const BDEV_SIZE_BYTES_MAX: u64 = (1 << 63) - (1 << 30);
 const _: () = assert!(BDEV_BLOCK_BYTES_MAX as usize <= IO_BYTES_MAX);
 const _: () = assert!(BDEV_SIZE_BYTES_MAX.is_multiple_of(BDEV_BLOCK_BYTES_MAX as u64));
 
+/// Longest bdev name a create method takes, in bytes (SPDK bounds only pool and volume names,
+/// at 63 bytes; see `names`).
+pub const BDEV_NAME_BYTES_MAX: usize = 255;
+
 /// Time after the last busy poll before a reactor parks, in microseconds (DESIGN.md: 1 ms).
 pub const REACTOR_IDLE_BEFORE_PARK_US: u64 = 1000;
 

@@ -51,7 +51,8 @@ fn main() {
         return;
     }
     if let Err(e) = run(&args) {
-        eprintln!("thin_tgt: {e:#}");
+        // A config error may quote names: one line, escaped.
+        bdev_thin::names::log_line(format_args!("thin_tgt: {e:#}"));
         std::process::exit(1);
     }
 }

@@ -54,6 +54,11 @@ fn parameter_error(error: DeviceError) -> RpcError {
     }
 }
 
+/// A name no bdev may have: -32602, naming the parameter and the bound.
+fn check_name(name: &str) -> Result<(), RpcError> {
+    crate::names::check_bdev_name("name", name).map_err(RpcError::invalid_params)
+}
+
 /// A block size or count no bdev or export can serve: -22, naming the parameter and limit.
 fn check_geometry(block_size: u32, num_blocks: u64) -> Result<(), RpcError> {
     crate::backend::check_geometry(block_size, num_blocks)
@@ -75,6 +80,9 @@ fn register(
 pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Reply) {
     reply_with(reply, || {
         let name = params.optional_string("name")?;
+        if let Some(name) = &name {
+            check_name(name)?;
+        }
         let num_blocks = params.u64("num_blocks")?;
         let block_size = params.u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
@@ -97,6 +105,7 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
 pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply) {
     reply_with(reply, || {
         let name = params.string("name")?;
+        check_name(&name)?;
         let num_blocks = params.u64("num_blocks")?;
         let block_size = params.u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
@@ -127,6 +136,7 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
     reply_with(reply, || {
         let filename = params.string("filename")?;
         let name = params.string("name")?;
+        check_name(&name)?;
         let block_size = params.optional_u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
         params.finish()?;

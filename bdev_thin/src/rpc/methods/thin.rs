@@ -13,6 +13,7 @@ use crate::backend::BaseDevice;
 use crate::bdev::thin::{ControlRing, OwnerPoller, ThinPool, ThinVolumeDevice, owner_settings};
 use crate::bdev::{Bdev, BdevError, Device};
 use crate::host::{BlockDevice, Host};
+use crate::names::log_line;
 use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
@@ -270,14 +271,21 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         Ok(meta) => meta,
         Err(MetadataError::NotAPool) => return,
         Err(e) => {
-            eprintln!("examine {}: a pool is there but cannot be opened: {e}", bdev.name());
+            log_line(format_args!(
+                "examine {}: a pool is there but cannot be opened: {e}",
+                bdev.name()
+            ));
             return;
         }
     };
     let record = meta.pool().clone();
     let layout = *meta.layout();
     if target.pools().iter().any(|p| p.name == record.name) {
-        eprintln!("examine {}: pool {} already exists; not opened", bdev.name(), record.name);
+        log_line(format_args!(
+            "examine {}: pool {} already exists; not opened",
+            bdev.name(),
+            record.name
+        ));
         return;
     }
     // With separate metadata, `bdev` holds the metadata and the data bdev comes by UUID.
@@ -290,16 +298,16 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
             }
         });
         let Some((data_bdev, data_device)) = found else {
-            eprintln!(
+            log_line(format_args!(
                 "examine {}: metadata of pool {}; waiting for its data bdev {data_uuid}",
                 bdev.name(),
                 record.name
-            );
+            ));
             target.wait_for_data_bdev(data_uuid, bdev.name().to_string());
             return;
         };
         if let Err(e) = bdev.try_claim("bdev_thin") {
-            eprintln!("examine {}: {e}", bdev.name());
+            log_line(format_args!("examine {}: {e}", bdev.name()));
             return;
         }
         (data_bdev, data_device, Some((bdev.name().to_string(), device)))
@@ -307,7 +315,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         (Arc::clone(bdev), device, None)
     };
     if let Err(e) = data_bdev.try_claim("bdev_thin") {
-        eprintln!("examine {}: {e}", data_bdev.name());
+        log_line(format_args!("examine {}: {e}", data_bdev.name()));
         if metadata.is_some() {
             bdev.release_claim();
         }
@@ -315,7 +323,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
     }
     let uuid = Uuid::from_bytes(record.uuid);
     let pool = new_pool(target, &data_bdev, data_device, metadata, layout, record, uuid);
-    eprintln!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name);
+    log_line(format_args!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name));
     target.begin_examine();
     let ended = Arc::clone(target);
     let name = bdev.name().to_string();
@@ -326,7 +334,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         data_bdev,
         Box::new(move |result| {
             if let Err(e) = result {
-                eprintln!("examine {name}: {}", e.message);
+                log_line(format_args!("examine {name}: {}", e.message));
             }
             ended.end_examine();
         }),
@@ -377,10 +385,10 @@ fn start_pool(
                                     size_bytes,
                                 );
                                 if let Err(e) = registered_volume {
-                                    eprintln!(
+                                    log_line(format_args!(
                                         "pool {}: volume {name}: {}",
                                         registered.name, e.message
-                                    );
+                                    ));
                                 }
                             }
                             reply(Ok(json!(uuid)));
@@ -399,7 +407,7 @@ fn start_pool(
         }
     });
     if let Err(e) = sent {
-        eprintln!("bdev_thin_pool_create: {e}");
+        log_line(format_args!("bdev_thin_pool_create: {e}"));
     }
 }
 
@@ -523,7 +531,7 @@ pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
             // the volume and its bdev as they were.
             Ok(()) => {
                 if let Err(e) = target.bdevs.unregister_claimed(bdev.name(), DELETING) {
-                    eprintln!("bdev_thin_delete {}: {e}", bdev.name());
+                    log_line(format_args!("bdev_thin_delete {}: {e}", bdev.name()));
                 }
                 let mut volumes = device.pool.volumes.lock().unwrap_or_else(|p| p.into_inner());
                 volumes.retain(|(v, _)| *v != id);
@@ -689,7 +697,7 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
                 if let Err(e) = target.bdevs.unregister(&name)
                     && !matches!(e, BdevError::NotFound(_))
                 {
-                    eprintln!("bdev_thin_pool_delete {}: {e}", deleted.name);
+                    log_line(format_args!("bdev_thin_pool_delete {}: {e}", deleted.name));
                 }
             }
             target.remove_pool(&deleted);
