@@ -1,4 +1,4 @@
-//! thin_sim: the deterministic simulator of the thin pool (issue 13).
+//! thin_sim: the deterministic simulator of the thin pool.
 //!
 //! `thin_sim --seed S` replays one seed; `thin_sim --seeds N --from S` runs N seeds from S
 //! (a soak, in chunks of any size) and prints steps/s and a summary; `--file PATH` runs the

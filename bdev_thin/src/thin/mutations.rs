@@ -1,5 +1,5 @@
 //! Switches that each break one safety mechanism, for tests that must show the mechanism is
-//! what keeps the invariants (DESIGN.md "Invariants", issue 13's list). They are one
+//! what keeps the invariants (DESIGN.md "Invariants"). They are one
 //! [`Mutations`] value per pool that carries switches only with the cargo feature `mutations`;
 //! without it the value is empty and every check is the constant `false`, so no production
 //! build contains a switch and the checks compile away.
