@@ -489,3 +489,49 @@ fn a_pool_that_needs_a_check_opens_read_only_until_bdev_thin_pool_check_clears_i
     assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("write"), &json!(false)));
     assert!(daemon.stop().success(), "{}", daemon.log_text());
 }
+
+/// `spdk-rpc --plugin bdev_thin_rpc ARGS` that must fail; returns the JSON-RPC error.
+fn thin_error(spdk: &Spdk, args: &[&str]) -> Value {
+    let mut all = vec!["--plugin", "bdev_thin_rpc"];
+    all.extend_from_slice(args);
+    let output = spdk.run(&all);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    request_and_error(&text).1
+}
+
+#[test]
+fn sizes_a_pool_cannot_serve_are_refused_and_the_daemon_serves_on() {
+    let Some(bin) = client_bin() else { return };
+    let dir = Scratch::new("spdk_sizes");
+    let image = dir.path("pool.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let spdk = Spdk { bin, socket: daemon.socket.clone() };
+    spdk.ok(&["bdev_uring_create", image.to_str().unwrap(), "Uring0", "4096"]);
+    spdk.thin_text(&["bdev_thin_pool_create", "Uring0", "pool0", "-d", "65536"]);
+    // 2^40 MiB once aborted the daemon allocating the view; 1 PiB took gigabytes.
+    for size_in_mib in ["1099511627776", "1073741824"] {
+        let error = thin_error(&spdk, &["bdev_thin_create", "huge", size_in_mib, "-l", "pool0"]);
+        assert_eq!(error["code"], -22, "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("bytes a volume of this pool can address"), "{message}");
+    }
+    spdk.thin_text(&["bdev_thin_create", "vol0", "16", "-l", "pool0"]);
+    // Growing past the view says what the limit is and why: 4 times the size, in whole
+    // chunks of 4096 blocks of 64 KiB.
+    let error = thin_error(&spdk, &["bdev_thin_resize", "pool0/vol0", "1025"]);
+    assert_eq!(error["code"], -22, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("can grow to 1073741824 bytes"), "{message}");
+    assert!(message.contains("4 times its size"), "{message}");
+    assert_eq!(spdk.thin(&["bdev_thin_resize", "pool0/vol0", "1024"]), json!(true));
+    // The device did not grow: nothing to grow, not `true`.
+    let error = thin_error(&spdk, &["bdev_thin_pool_grow", "-l", "pool0"]);
+    assert_eq!(error["code"], -28, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("nothing to grow"), "{error}");
+    let volumes = spdk.thin(&["bdev_thin_get_volumes"]);
+    assert_eq!(volumes.as_array().map(Vec::len), Some(1), "{volumes}");
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+}

@@ -44,11 +44,14 @@ pub enum Mutation {
     /// A write that finished while a commit ran inserts and publishes its block as certainly
     /// unshared after that commit failed: the fast path of the read-only pool writes it.
     PublishAfterFailedCommit = 14,
+    /// A shrink or a delete starts without checking that the metadata holds all it takes:
+    /// a shrink can stop half done, and a delete can leave a commit that does not fit.
+    ControlOpsUnreserved = 15,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -64,6 +67,7 @@ impl Mutation {
         Mutation::NoQuiesce,
         Mutation::QuiesceEndsWithFirstSnapshot,
         Mutation::PublishAfterFailedCommit,
+        Mutation::ControlOpsUnreserved,
     ];
 }
 

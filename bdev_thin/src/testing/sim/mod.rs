@@ -354,6 +354,7 @@ fn draw_limits(rng: &mut Rng, profile: Profile) -> PoolLimits {
         view_fill_blocks_per_poll: rng.pick(&[2, 16, 64, production.view_fill_blocks_per_poll]),
         copy_buffers: rng.pick(&[1, 2, production.copy_buffers]),
         channel_credits: production.channel_credits,
+        view_chunks: production.view_chunks,
     }
     .with_credits_for_depth()
 }
