@@ -20,6 +20,8 @@ pub struct Target {
     pub nbd: crate::export::nbd::NbdServer,
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
+    /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
+    pub nvme_controllers: crate::rpc::methods::bdev_nvme::NvmeControllers,
     initialized: AtomicBool,
 }
 
@@ -33,6 +35,7 @@ impl Target {
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
             nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
+            nvme_controllers: Default::default(),
             initialized: AtomicBool::new(false),
         })
     }
