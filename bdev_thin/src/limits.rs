@@ -78,14 +78,21 @@ const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES)
 /// makes the channel keep the request in its own queue (back-pressure).
 pub const POOL_INBOX_ENTRIES: usize = 4096;
 
-/// IOs one thin volume channel keeps in flight (frontend requests), and so the size of its
-/// reply ring: the owner can always answer. (This and the owner's op slots, copy buffers and
-/// view-fill slice are a pool's `PoolLimits`, which tests may lower.)
+/// Frontend requests one thin volume channel admits at once, of any size up to the volume's
+/// (this, the credits below and the owner's op slots, copy buffers and view-fill slice are a
+/// pool's `PoolLimits`, which tests may lower).
 pub const THIN_CHANNEL_DEPTH_MAX: usize = 1024;
 
-/// Data blocks one frontend request is split into at a time; a longer request is served in
-/// rounds. Bounds each channel slot's bookkeeping.
-pub const THIN_PIECES_PER_ROUND_MAX: usize = 8;
+/// Pieces (data-block parts of requests) one thin volume channel keeps in flight, on the data
+/// device and with the owner together: its *credits*. The owner's reply ring, the channel's
+/// outbox and its device backlog hold this many, and the data device's channel takes this many,
+/// so no ring overflows whatever the requests split into; a request that finds no credit waits
+/// in the channel (back-pressure).
+pub const THIN_CHANNEL_PIECES_IN_FLIGHT_MAX: usize = 1024;
+
+/// Pieces one request keeps in flight; the next is issued as one comes back (a sliding
+/// window). Bounds each channel slot's bookkeeping; 8 pieces of 64 KiB keep a device busy.
+pub const THIN_REQUEST_PIECES_IN_FLIGHT_MAX: usize = 8;
 
 /// Requests the owner takes from its inbox per poll, so one poll's work stays bounded.
 pub const OWNER_MESSAGES_PER_POLL_MAX: usize = 64;
@@ -101,6 +108,8 @@ pub const OWNER_COPY_CHUNK_BYTES_MAX: usize = 1 << 20;
 pub const OWNER_COPY_BUFFERS: usize = 16;
 
 const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
+const _: () = assert!(THIN_CHANNEL_PIECES_IN_FLIGHT_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
+const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= 1 << 48, "a slot number fits a piece's token");
 const _: () = assert!(OWNER_COPY_CHUNK_BYTES_MAX <= IO_BYTES_MAX);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX * 24 + 32 <= 4096);
 const _: () = assert!(METADATA_NODE_ENTRIES_MAX.is_multiple_of(2));

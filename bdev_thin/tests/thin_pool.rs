@@ -5,7 +5,9 @@
 
 mod support;
 
-use bdev_thin::host::{DeviceChannel, IoBuffer, IoFlags, IoKind, IoRequest, IoStatus, SgList};
+use bdev_thin::host::{
+    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, SgList,
+};
 use bdev_thin::thin::metadata::check;
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::ControlOp;
@@ -443,4 +445,80 @@ fn write_zeroes_over_a_shared_partial_block_keeps_the_snapshots_data() {
     assert!(origin_back[(BLOCK / 2) as usize..].iter().all(|&x| x == 0));
     assert_eq!(bytes_of(&rig.run(&mut cs, read(2))), vec![0x5c; BLOCK as usize]);
     rig.check();
+}
+
+/// Polls owner and channel until `count` requests completed; panics after `rounds` polls.
+fn collect(rig: &mut Rig, channel: &mut Channel, count: usize, rounds: usize) -> Vec<IoCompletion> {
+    let mut done = Vec::with_capacity(count);
+    for _ in 0..rounds {
+        channel.poll(&mut |c| done.push(c));
+        if done.len() == count {
+            return done;
+        }
+        rig.owner.poll();
+    }
+    panic!("{} of {count} requests completed after {rounds} polls", done.len());
+}
+
+/// A channel admits `THIN_CHANNEL_DEPTH_MAX` requests of any size. 1024 requests of 8 blocks
+/// each, submitted at once without a poll, become 8192 pieces: through the owner (every block
+/// unprovisioned), then through the device (every block mapped, overwritten in place), then
+/// read back. Returns the statuses, in completion order, and whether every read matched.
+fn full_queue_of_eight_block_requests(mutations: Mutations) -> (Vec<IoStatus>, bool) {
+    const DEPTH: u64 = bdev_thin::limits::THIN_CHANNEL_DEPTH_MAX as u64;
+    const BLOCKS: u64 = 8;
+    let mut rig = Rig::new(DEPTH * BLOCKS + 8, settings(DiscardMode::Passdown, mutations));
+    let volume = rig.create_volume("v", DEPTH * BLOCKS);
+    let mut channel = rig.channel(volume);
+    let byte = |pass: u64, i: u64| (pass * 0x40 + i % 61 + 1) as u8;
+    let mut statuses = Vec::new();
+    for pass in 0..2 {
+        for i in 0..DEPTH {
+            let lba = i * BLOCKS * LBAS_PER_BLOCK;
+            let request = IoRequest::new(IoKind::Write, lba, BLOCKS * LBAS_PER_BLOCK, i)
+                .with_buffers(block_data(byte(pass, i), BLOCKS));
+            channel.submit(request).expect("the channel admits its whole depth");
+        }
+        for completion in collect(&mut rig, &mut channel, DEPTH as usize, 100_000) {
+            let bytes = completion.request.buffers.len_bytes();
+            assert_eq!(bytes, (BLOCKS * u64::from(BLOCK)) as usize, "the buffers came back");
+            statuses.push(completion.status);
+        }
+    }
+    for i in 0..DEPTH {
+        let lba = i * BLOCKS * LBAS_PER_BLOCK;
+        let request = IoRequest::new(IoKind::Read, lba, BLOCKS * LBAS_PER_BLOCK, i)
+            .with_buffers(block_data(0xee, BLOCKS));
+        channel.submit(request).expect("the channel admits its whole depth");
+    }
+    let mut matched = true;
+    for completion in collect(&mut rig, &mut channel, DEPTH as usize, 100_000) {
+        statuses.push(completion.status);
+        let i = completion.request.tag;
+        assert_eq!(completion.request.offset_blocks, i * BLOCKS * LBAS_PER_BLOCK);
+        let expected = vec![byte(1, i); (BLOCKS * u64::from(BLOCK)) as usize];
+        matched &= bytes_of(&completion) == expected;
+    }
+    rig.check();
+    (statuses, matched)
+}
+
+/// The rings hold pieces, and pieces beyond them wait in the channel (back-pressure): every
+/// request of a full queue succeeds, never a panic (the abort of `perf -q 256 -o 1M`) and never
+/// an EAGAIN.
+#[test]
+fn a_full_queue_of_eight_block_requests_completes_whole() {
+    let (statuses, matched) = full_queue_of_eight_block_requests(Mutations::NONE);
+    assert!(statuses.iter().all(|s| *s == IoStatus::Success), "{statuses:?}");
+    assert!(matched, "every request read back what it wrote");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn rings_sized_for_requests_fail_a_full_queue() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::RingsSizedForRequests);
+    let (statuses, _) = full_queue_of_eight_block_requests(mutations);
+    let refused = statuses.iter().filter(|s| **s == IoStatus::Failed(libc::EAGAIN)).count();
+    assert!(refused > 0, "pieces past the device's depth fail with EAGAIN");
 }

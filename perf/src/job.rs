@@ -57,9 +57,46 @@ impl JobSpec {
         if self.num_blocks < self.io_blocks() {
             return Err(format!("{} is smaller than one IO", self.bdev_name));
         }
+        if self.verifies() && self.ios_in_range() > VERIFY_IOS_IN_RANGE_MAX {
+            return Err(format!(
+                "{}: the job's range holds more IOs than verify can track ({})",
+                self.bdev_name, VERIFY_IOS_IN_RANGE_MAX
+            ));
+        }
         Ok(())
     }
+
+    /// Whether the timed phase writes and reads back (verify, reset).
+    fn verifies(&self) -> bool {
+        matches!(self.workload, Workload::Verify | Workload::Reset)
+    }
+
+    /// Whole IOs in the job's range: the offsets the timed phase picks from.
+    fn ios_in_range(&self) -> u64 {
+        (self.num_blocks / self.io_blocks().max(1)).max(1)
+    }
+
+    /// bdevperf's rule: a verify job never has two IOs on one offset at once, so its queue
+    /// depth is at most the IOs its range holds. Lowers the depth and says so, or returns None.
+    pub fn limit_verify_depth(&mut self) -> Option<String> {
+        let ios = self.ios_in_range();
+        if !self.verifies() || u64::from(self.queue_depth) <= ios {
+            return None;
+        }
+        let warning = format!(
+            "Due to constraints of verify job, queue depth (-q, {}) can't exceed the number of \
+             IO requests which can be submitted to the bdev {} simultaneously ({ios}). Queue \
+             depth is limited to {ios}",
+            self.queue_depth, self.bdev_name
+        );
+        // Fits: ios < queue_depth, a u32.
+        self.queue_depth = ios as u32;
+        Some(warning)
+    }
 }
+
+/// Offsets a verify job tracks (one bit each, as bdevperf's `outstanding` array).
+const VERIFY_IOS_IN_RANGE_MAX: u64 = 1 << 32;
 
 /// Live counters the main thread reads for the progress line.
 #[derive(Debug, Default)]
@@ -163,6 +200,9 @@ pub struct Job<C: DeviceChannel> {
     side_request_pending: bool,
     /// Completions of one poll, capacity reserved for every IO that can be in flight.
     completed: Vec<IoCompletion>,
+    /// verify: one bit per IO offset of the range, set while a write-and-read-back pair is on
+    /// it, so two pairs never overlap (a read-back would see the other pair's data).
+    outstanding: Vec<u64>,
 }
 
 fn new_buffers(bytes: usize, fill: u8) -> SgList {
@@ -181,6 +221,9 @@ impl<C: DeviceChannel> Job<C> {
         progress: Arc<JobProgress>,
         on_done: Box<dyn FnOnce(JobResult)>,
     ) -> Job<C> {
+        let mut spec = spec;
+        // Callers that did not (`run` warns first) get the clamp silently.
+        let _ = spec.limit_verify_depth();
         let depth = spec.queue_depth as usize;
         let io_bytes = spec.io_size_bytes as usize;
         let data_workload =
@@ -235,6 +278,11 @@ impl<C: DeviceChannel> Job<C> {
             on_done: Some(on_done),
             side_request_pending: false,
             completed: Vec::with_capacity(depth * 2 + 2),
+            outstanding: if verifying {
+                vec![0; spec.ios_in_range().div_ceil(64) as usize]
+            } else {
+                Vec::new()
+            },
             spec,
             channel,
             clock,
@@ -286,14 +334,51 @@ impl<C: DeviceChannel> Job<C> {
     fn next_timed_offset(&mut self) -> u64 {
         let io_blocks = self.spec.io_blocks();
         let ios_in_range = (self.spec.num_blocks / io_blocks).max(1);
-        let index = if self.spec.workload.is_random() {
+        let mut index = if self.spec.workload.is_random() {
             self.rng.below(ios_in_range)
         } else {
             let index = self.next_block % ios_in_range;
             self.next_block = index + 1;
             index
         };
+        if !self.outstanding.is_empty() {
+            // The next offset no pair holds: one exists, since the depth is at most the
+            // range's IOs and the asking slot holds none.
+            for _ in 0..ios_in_range {
+                if !self.is_outstanding(index) {
+                    break;
+                }
+                index = (index + 1) % ios_in_range;
+                self.next_block = index + 1;
+            }
+            debug_assert!(!self.is_outstanding(index), "every offset of the range is in flight");
+            self.set_outstanding(index, true);
+        }
         self.spec.first_block + index * io_blocks
+    }
+
+    fn is_outstanding(&self, index: u64) -> bool {
+        self.outstanding[(index / 64) as usize] & 1 << (index % 64) != 0
+    }
+
+    fn set_outstanding(&mut self, index: u64, on: bool) {
+        let word = &mut self.outstanding[(index / 64) as usize];
+        if on {
+            *word |= 1 << (index % 64);
+        } else {
+            *word &= !(1 << (index % 64));
+        }
+    }
+
+    /// Frees the offset slot `index` held, if it holds a verify pair's.
+    fn release_offset(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        if !self.outstanding.is_empty()
+            && matches!(slot.stage, Stage::VerifyWrite | Stage::VerifyRead)
+        {
+            let offset_index = (slot.offset_blocks - self.spec.first_block) / self.spec.io_blocks();
+            self.set_outstanding(offset_index, false);
+        }
     }
 
     fn fill_pattern(&self, buffers: &mut SgList, offset_blocks: u64, num_blocks: u64, seed: u64) {
@@ -394,6 +479,7 @@ impl<C: DeviceChannel> Job<C> {
                 // Back-pressure: give the buffers back to the slot and retry next poll.
                 let index = request.tag as usize;
                 self.restore_buffers(index, request.buffers);
+                self.release_offset(index);
                 self.slots[index].stage = Stage::Idle;
                 self.free.push(index as u32);
                 false
@@ -521,6 +607,7 @@ impl<C: DeviceChannel> Job<C> {
     }
 
     fn release(&mut self, index: usize) {
+        self.release_offset(index);
         self.slots[index].stage = Stage::Idle;
         self.free.push(index as u32);
     }

@@ -124,9 +124,12 @@ pub fn run(
         })
         .collect();
     let cores = handle.cores();
-    let specs = place_jobs(args, &usable, &cores);
-    for spec in &specs {
+    let mut specs = place_jobs(args, &usable, &cores);
+    for spec in &mut specs {
         spec.check().map_err(anyhow::Error::msg)?;
+        if let Some(warning) = spec.limit_verify_depth() {
+            eprintln!("perf: warning: {warning}");
+        }
     }
 
     let stop = Arc::new(AtomicBool::new(false));

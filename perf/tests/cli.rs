@@ -210,6 +210,25 @@ fn verify_catches_a_device_that_keeps_nothing() {
     assert!(stdout.contains("ended in about"), "{stdout}");
 }
 
+/// More IOs in flight than the range holds (64 MiB in 4 MiB IOs is 16): as bdevperf, the depth
+/// is lowered to 16 with a warning and no two write-and-read-back pairs share an offset, so a
+/// device that keeps everything passes (before, a pair read another pair's data back).
+#[test]
+fn verify_never_overlaps_its_own_ios() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "malloc.json", &malloc("Malloc0"));
+    let output = run(perf()
+        .arg("-c")
+        .arg(&config)
+        .args(["-q", "64", "-o", "4M", "-w", "verify"])
+        .args(["-t", "1"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("Queue depth is limited to 16"), "{stderr}");
+    assert!(stdout.contains("depth: 16,"), "{stdout}");
+}
+
 #[test]
 fn unsupported_workloads_are_skipped_as_bdevperf_does() {
     let dir = tempfile::tempdir().unwrap();

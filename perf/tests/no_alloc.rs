@@ -115,7 +115,9 @@ fn a_steady_loop_allocates_nothing() {
 
 /// A thin volume's steady loop allocates nothing either: mapped reads and overwrites go
 /// through the channel's fast path, unmapped reads are zero-filled, and the owner (polled in
-/// the same loop, idle) allocates nothing per poll.
+/// the same loop, idle) allocates nothing per poll. The last rounds split 1 MiB requests into
+/// 16 pieces each at depth 128: more pieces than the channel's credits, so requests wait for
+/// credits and slide their windows, still without allocating.
 #[test]
 fn a_steady_thin_loop_allocates_nothing() {
     use bdev_thin::host::{BlockDevice, NoopWaker};
@@ -171,12 +173,17 @@ fn a_steady_thin_loop_allocates_nothing() {
     };
     let view = shared.view(volume).unwrap();
     let lbas = view.size_lbas();
-    for (workload, provision_first) in [
-        (Workload::RandRead, false),
-        (Workload::RandWrite, true),
-        (Workload::RandRead, true),
-        (Workload::RandRw, true),
+    for (workload, provision_first, queue_depth, io_size_bytes, measured_ios) in [
+        (Workload::RandRead, false, 64, 4096u64, 100_000),
+        (Workload::RandWrite, true, 64, 4096, 100_000),
+        (Workload::RandRead, true, 64, 4096, 100_000),
+        (Workload::RandRw, true, 64, 4096, 100_000),
+        (Workload::RandRead, false, 128, 1 << 20, 2_000),
+        (Workload::RandRw, true, 128, 1 << 20, 2_000),
     ] {
+        let pieces = queue_depth * io_size_bytes.div_ceil(64 << 10);
+        let credits = bdev_thin::limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX as u64;
+        assert!(io_size_bytes == 4096 || pieces > credits, "more pieces than credits");
         let channel = VolumeChannel::open(
             Arc::clone(&shared),
             Arc::clone(&view),
@@ -193,8 +200,8 @@ fn a_steady_thin_loop_allocates_nothing() {
             core: 0,
             workload: if provision_first { Workload::Write } else { workload },
             rwmixread: 70,
-            queue_depth: 64,
-            io_size_bytes: 4096,
+            queue_depth: queue_depth as u32,
+            io_size_bytes,
             block_size_bytes: 4096,
             time_s: 3600,
             prefill: false,
@@ -212,7 +219,7 @@ fn a_steady_thin_loop_allocates_nothing() {
         );
         if provision_first {
             // Every block of the volume written once (provisioning allocates: not measured).
-            while job.ios() < lbas {
+            while job.ios() < lbas / (io_size_bytes / 4096) {
                 job.poll();
                 owner.poll();
             }
@@ -235,18 +242,21 @@ fn a_steady_thin_loop_allocates_nothing() {
             Arc::new(JobProgress::default()),
             Box::new(|_| {}),
         );
-        while job.ios() < 20_000 {
+        while job.ios() < measured_ios / 5 {
             job.poll();
             owner.poll();
         }
         let before = allocations();
         let ios_before = job.ios();
-        while job.ios() < ios_before + 100_000 {
+        while job.ios() < ios_before + measured_ios {
             job.poll();
             owner.poll();
         }
         let count = allocations() - before;
-        assert_eq!(count, 0, "thin {workload:?}: {count} allocations over 100000 IOs");
+        assert_eq!(
+            count, 0,
+            "thin {workload:?}, {io_size_bytes} bytes: {count} allocations in {measured_ios} IOs"
+        );
         let _ = device.info();
     }
 }

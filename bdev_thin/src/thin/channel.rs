@@ -4,15 +4,24 @@
 //! else to the pool owner through the ring. Every device IO enters the pool's epoch before the
 //! view is read and leaves when the device completes (I3: no read sees a reused block).
 //!
-//! A request is split at data-block boundaries into pieces, at most
-//! `THIN_PIECES_PER_ROUND_MAX` at a time (longer requests are served in rounds); pieces come
-//! back in any order and their buffers are joined back in order, so the frontend gets its
-//! request whole. Slots, rings and queues are sized at creation: nothing allocates per IO.
+//! A request is split at data-block boundaries into pieces; each request keeps at most
+//! `THIN_REQUEST_PIECES_IN_FLIGHT_MAX` pieces in flight and issues the next as one completes.
+//! Pieces come back in any order and their buffers are joined back in order, so the frontend
+//! gets its request whole.
+//!
+//! Every piece on the data device and every message to the owner holds one of the channel's
+//! `THIN_CHANNEL_PIECES_IN_FLIGHT_MAX` *credits* until it comes back. The owner's reply ring,
+//! the channel's outbox and its device backlog hold that many, and the data device's channel
+//! takes at least that many, so none of them can overflow however many pieces the admitted
+//! requests split into: a request that finds no credit waits in the channel's queue
+//! (back-pressure, first come first served) and goes on when a piece comes back. Slots, rings
+//! and queues are sized at creation: nothing allocates per IO.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::grace::EpochTicket;
+use super::mutations::{Mutation, Mutations};
 use super::pool::{ChannelShared, OwnerMessage, OwnerOp, PoolLimits, PoolShared};
 use super::types::{VirtBlock, VolumeId};
 use super::view::{Resolved, VolumeView};
@@ -22,7 +31,7 @@ use crate::host::{
 };
 use crate::limits;
 
-const PIECES: usize = limits::THIN_PIECES_PER_ROUND_MAX;
+const WINDOW: usize = limits::THIN_REQUEST_PIECES_IN_FLIGHT_MAX;
 /// Piece number of a request sent to the owner whole (unmap, write_zeroes, flush).
 const WHOLE: u64 = 0xff;
 /// Piece number of a request inside one data block sent whole to the device (the fast path:
@@ -30,6 +39,8 @@ const WHOLE: u64 = 0xff;
 const SINGLE_DEVICE: u64 = 0xfe;
 /// Piece number of a request inside one data block sent whole to the owner.
 const SINGLE_OWNER: u64 = 0xfd;
+
+const _: () = assert!(WINDOW < SINGLE_OWNER as usize);
 
 /// Geometry a channel needs, fixed for the pool's life.
 #[derive(Clone, Copy, Debug)]
@@ -43,21 +54,60 @@ pub struct ChannelGeometry {
 struct Slot {
     busy: bool,
     request: Option<IoRequest>,
+    /// The request was split and its pieces are being issued; false while it waits to start.
+    split: bool,
     /// Bytes of the request not yet issued, and the LBA they start at.
     remaining: SgList,
     next_lba: u64,
     end_lba: u64,
-    /// Finished pieces of earlier rounds, joined in order.
+    /// Pieces issued and pieces joined back into `done`, in order.
+    issued: u64,
+    joined: u64,
+    /// Finished pieces of the request, joined in order.
     done: SgList,
-    pieces: [Option<SgList>; PIECES],
-    piece_count: usize,
-    outstanding: usize,
-    device_outstanding: usize,
-    ticket: Option<EpochTicket>,
+    /// Pieces that came back but wait for an earlier one, by piece number modulo `WINDOW`.
+    pieces: [Option<SgList>; WINDOW],
+    /// The epochs of the pieces on the data device, by piece number modulo `WINDOW`.
+    tickets: [Option<EpochTicket>; WINDOW],
+    /// In the channel's queue of requests waiting for a credit.
+    waiting: bool,
+    /// Parked until a new snapshot's view is filled far enough.
+    parked: bool,
     status: IoStatus,
+    /// The epoch of a single-block request on the data device.
+    ticket: Option<EpochTicket>,
     /// A single-block request's own offset and tag, restored at completion.
     original_offset: u64,
     original_tag: u64,
+}
+
+impl Slot {
+    /// Joins the finished pieces that follow the joined ones, in order.
+    fn join_pieces(&mut self) {
+        while self.joined < self.issued {
+            let place = (self.joined % WINDOW as u64) as usize;
+            let Some(buffers) = self.pieces[place].take() else {
+                break;
+            };
+            if let Err(buffers) = self.done.rejoin(buffers) {
+                // Cannot happen for pieces split from one list; keep the bytes anyway.
+                debug_assert!(false, "pieces did not rejoin");
+                drop(buffers);
+                self.status = IoStatus::Failed(libc::EIO);
+            }
+            self.joined += 1;
+        }
+    }
+}
+
+/// Where one piece of a split request went.
+enum Piece {
+    /// On the data device or with the owner: holds a credit until it comes back.
+    Sent,
+    /// An unmapped block read as zeroes: done at once.
+    Zeroed,
+    /// Its part of the view is not ready yet: the request parks.
+    NotReady,
 }
 
 /// One core's channel of one thin volume.
@@ -73,13 +123,22 @@ pub struct VolumeChannel<D: BlockDevice, W: Waker> {
     depth: usize,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
+    /// Credits not held by a piece in flight (see the module's comment).
+    credits: usize,
+    /// Credits in all (the pool's `channel_credits`).
+    credits_max: usize,
+    /// Requests waiting for a credit, first come first served (each slot at most once).
+    waiting: VecDeque<usize>,
     /// Requests for the owner that found its inbox full (back-pressure).
     outbox: VecDeque<OwnerMessage>,
+    /// Pieces the data device's channel refused for now, retried in order at each poll.
+    device_backlog: VecDeque<IoRequest>,
     /// Requests waiting for a new snapshot's view: (slot, end virtual block).
     parked: VecDeque<(usize, u64)>,
     /// Finished requests waiting for the next poll's `complete` callback.
     ready: VecDeque<IoCompletion>,
     completed: Vec<IoCompletion>,
+    mutations: Mutations,
 }
 
 fn token(slot: usize, piece: u64) -> u64 {
@@ -105,7 +164,10 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         assert!(limits.is_valid(), "pool limits out of range: {limits:?}");
         let data = device.open_channel()?;
         let depth = limits.channel_depth;
-        let (index, shared) = pool.register_channel(waker, depth);
+        let credits = limits.channel_credits;
+        let (index, shared) = pool.register_channel(waker, credits);
+        debug_assert!(shared.replies.capacity() >= credits, "the reply ring holds every credit");
+        let mutations = pool.mutations();
         Ok(VolumeChannel {
             volume: view.id(),
             view,
@@ -117,10 +179,15 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             depth,
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free_slots: (0..depth).rev().collect(),
-            outbox: VecDeque::with_capacity(depth),
+            credits,
+            credits_max: credits,
+            waiting: VecDeque::with_capacity(depth),
+            outbox: VecDeque::with_capacity(credits),
+            device_backlog: VecDeque::with_capacity(credits),
             parked: VecDeque::with_capacity(depth),
             ready: VecDeque::with_capacity(depth),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
+            mutations,
         })
     }
 
@@ -128,6 +195,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         self.volume
     }
 
+    /// Sends `message` to the owner; the caller took its credit.
     fn send_to_owner(&mut self, message: OwnerMessage) {
         if !self.outbox.is_empty() {
             self.outbox.push_back(message);
@@ -138,126 +206,271 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         }
     }
 
-    fn flush_outbox(&mut self) -> bool {
-        let mut moved = false;
+    fn flush_outbox(&mut self) {
         while let Some(message) = self.outbox.pop_front() {
-            match self.pool.inbox.push(message) {
-                Ok(()) => moved = true,
-                Err(message) => {
-                    self.outbox.push_front(message);
+            if let Err(message) = self.pool.inbox.push(message) {
+                self.outbox.push_front(message);
+                break;
+            }
+        }
+    }
+
+    /// Submits a piece to the data device; the caller took its credit.
+    fn submit_device(&mut self, io: IoRequest) {
+        if !self.device_backlog.is_empty() {
+            self.device_backlog.push_back(io);
+            return;
+        }
+        if let Err(io) = self.data.submit(io) {
+            if self.mutations.is_on(Mutation::RingsSizedForRequests) {
+                // Failed at the next poll, as a completion.
+                let status = IoStatus::Failed(libc::EAGAIN);
+                self.completed.push(IoCompletion { request: io, status });
+                return;
+            }
+            self.device_backlog.push_back(io);
+        }
+    }
+
+    fn flush_device_backlog(&mut self) {
+        while let Some(io) = self.device_backlog.pop_front() {
+            if let Err(io) = self.data.submit(io) {
+                self.device_backlog.push_front(io);
+                break;
+            }
+        }
+    }
+
+    /// Queues slot `index` until a credit comes back.
+    fn wait_for_credit(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if !slot.waiting {
+            slot.waiting = true;
+            self.waiting.push_back(index);
+        }
+    }
+
+    /// Parks slot `index` until the view is ready below `end_vblock`.
+    fn park(&mut self, index: usize, end_vblock: u64) {
+        let slot = &mut self.slots[index];
+        if !slot.parked {
+            slot.parked = true;
+            self.parked.push_back((index, end_vblock));
+        }
+    }
+
+    /// Starts (or restarts, after waiting) the request of slot `index`.
+    fn start(&mut self, index: usize) {
+        let Some(request) = self.slots[index].request.as_ref() else {
+            return;
+        };
+        let (kind, first_lba, lbas) = (request.kind, request.offset_blocks, request.num_blocks);
+        match kind {
+            IoKind::Read | IoKind::Write => {
+                let block_lbas = self.geometry.lbas_per_block;
+                let end_vblock = (first_lba + lbas).div_ceil(block_lbas);
+                if self.view.is_deleted() {
+                    // A deleted snapshot's view is never filled: a request parked for it would
+                    // wait for ever (found by thin_sim).
+                    if let Some(request) = self.slots[index].request.take() {
+                        self.finish(index, request, IoStatus::Failed(libc::ENODEV));
+                    }
+                    return;
+                }
+                if !self.view.is_ready_below(VirtBlock(end_vblock)) {
+                    // A new snapshot's view is still being filled: wait for this range.
+                    return self.park(index, end_vblock);
+                }
+                if self.credits == 0 {
+                    return self.wait_for_credit(index);
+                }
+                if first_lba / block_lbas == end_vblock - 1 {
+                    if let Some(request) = self.slots[index].request.take() {
+                        self.submit_single(index, request);
+                    }
+                    return;
+                }
+                let slot = &mut self.slots[index];
+                let Some(request) = slot.request.as_mut() else {
+                    return;
+                };
+                slot.remaining = request.buffers.take();
+                slot.next_lba = first_lba;
+                slot.end_lba = first_lba + lbas;
+                slot.split = true;
+                self.issue_pieces(index);
+            }
+            IoKind::Unmap | IoKind::WriteZeroes | IoKind::Flush => {
+                if self.credits == 0 {
+                    return self.wait_for_credit(index);
+                }
+                self.credits -= 1;
+                let op = match kind {
+                    IoKind::Unmap => OwnerOp::Unmap,
+                    IoKind::WriteZeroes => OwnerOp::WriteZeroes,
+                    _ => OwnerOp::Flush,
+                };
+                let tag = token(index, WHOLE);
+                let flags = self.slots[index].request.as_ref().map_or(IoFlags::NONE, |r| r.flags);
+                let own = IoRequest::new(kind, first_lba, lbas, tag).with_flags(flags);
+                self.send_to_owner(OwnerMessage {
+                    channel: self.index,
+                    volume: self.volume,
+                    op,
+                    request: own,
+                    token: tag,
+                });
+            }
+            IoKind::Reset => {
+                if let Some(request) = self.slots[index].request.take() {
+                    self.finish(index, request, IoStatus::Success);
+                }
+            }
+        }
+    }
+
+    /// Goes on with slot `index` after it waited for a credit or for its view.
+    fn resume(&mut self, index: usize) {
+        if self.slots[index].split {
+            self.issue_pieces(index);
+        } else {
+            self.start(index);
+        }
+    }
+
+    /// Issues pieces of split slot `index` while its window and the channel's credits allow.
+    fn issue_pieces(&mut self, index: usize) {
+        loop {
+            let slot = &self.slots[index];
+            if slot.next_lba >= slot.end_lba || slot.issued - slot.joined >= WINDOW as u64 {
+                // All issued, or the window is full: a returning piece goes on from here.
+                break;
+            }
+            if self.credits == 0 && !self.mutations.is_on(Mutation::RingsSizedForRequests) {
+                self.wait_for_credit(index);
+                break;
+            }
+            match self.issue_piece(index) {
+                Piece::Sent => {}
+                // Join at once: a long unmapped read must not fill the window with pieces
+                // nothing would join.
+                Piece::Zeroed => self.slots[index].join_pieces(),
+                Piece::NotReady => {
+                    let slot = &self.slots[index];
+                    let end_vblock = slot.end_lba.div_ceil(self.geometry.lbas_per_block);
+                    self.park(index, end_vblock);
                     break;
                 }
             }
         }
-        moved
+        self.finish_if_joined(index);
     }
 
-    /// Issues the next round of pieces of slot `index`.
-    fn issue_round(&mut self, index: usize) {
+    /// Issues the next piece of split slot `index`; a credit is free.
+    fn issue_piece(&mut self, index: usize) -> Piece {
         let geometry = self.geometry;
         let block_lbas = geometry.lbas_per_block;
         let slot = &mut self.slots[index];
         let Some(request) = slot.request.as_ref() else {
-            return;
+            return Piece::Zeroed;
         };
         let (kind, flags) = (request.kind, request.flags);
-        slot.piece_count = 0;
-        slot.outstanding = 0;
-        slot.device_outstanding = 0;
-        // Enter before reading the view (see grace.rs for the protocol).
+        let lba = slot.next_lba;
+        let vblock = lba / block_lbas;
+        let in_block = lba % block_lbas;
+        // Enter before reading the view (see grace.rs for the protocol), and read the quiesce
+        // flag before the mapping: a write that saw the flag clear and then resolved its block
+        // exclusive was either counted before the snapshot's drain, or resolved after the view
+        // time moved on (the loom model in grace.rs checks both orders).
         let ticket = self.shared.epochs.enter(&self.pool.epochs);
-        let mut device_ios: arrayvec::ArrayVec<IoRequest, PIECES> = arrayvec::ArrayVec::new();
-        let mut owner_ios: arrayvec::ArrayVec<OwnerMessage, PIECES> = arrayvec::ArrayVec::new();
-        while slot.next_lba < slot.end_lba && slot.piece_count < PIECES {
-            let piece = slot.piece_count;
-            let lba = slot.next_lba;
-            let vblock = lba / block_lbas;
-            let in_block = lba % block_lbas;
-            let count = (block_lbas - in_block).min(slot.end_lba - lba);
-            let bytes = (count * geometry.lba_bytes) as usize;
-            let tail = slot.remaining.split_off(bytes).unwrap_or_default();
-            let mut buffers = std::mem::replace(&mut slot.remaining, tail);
-            slot.next_lba += count;
-            slot.piece_count += 1;
-            slot.outstanding += 1;
-            let resolved = self.view.resolve(VirtBlock(vblock));
-            let tag = token(index, piece as u64);
-            match (kind, resolved) {
-                (IoKind::Read, Resolved::Unmapped) => {
-                    buffers.fill(0);
-                    slot.pieces[piece] = Some(buffers);
-                    slot.outstanding -= 1;
-                }
-                (IoKind::Read, Resolved::Mapped { data_block, .. }) => {
-                    let device_lba = geometry.data_offset_lbas + data_block.0 * block_lbas;
-                    let io = IoRequest::new(IoKind::Read, device_lba + in_block, count, tag)
-                        .with_buffers(buffers);
-                    device_ios.push(io);
-                }
-                (_, Resolved::Mapped { data_block, exclusive: true })
-                    if !flags.contains(IoFlags::FUA) && !self.view.is_quiesced() =>
-                {
-                    let device_lba = geometry.data_offset_lbas + data_block.0 * block_lbas;
-                    let io = IoRequest::new(IoKind::Write, device_lba + in_block, count, tag)
-                        .with_buffers(buffers);
-                    device_ios.push(io);
-                }
-                _ => {
-                    // Provision, break sharing, quiesced or FUA: the owner's work.
-                    let io = IoRequest::new(IoKind::Write, lba, count, tag)
-                        .with_buffers(buffers)
-                        .with_flags(flags);
-                    owner_ios.push(OwnerMessage {
-                        channel: self.index,
-                        volume: self.volume,
-                        op: OwnerOp::Write,
-                        request: io,
-                        token: tag,
-                    });
-                }
-            }
-        }
-        slot.device_outstanding = device_ios.len();
-        if device_ios.is_empty() {
-            // Nothing of this round touches the device: the epoch is left at once (a request
-            // handed to the owner leaves its epoch at the hand-off).
+        if self.view.is_deleted() {
+            // The volume was deleted since the request started: its blocks went through their
+            // grace period and may belong to another volume now, so the rest of the request
+            // fails instead of resolving the dead view (found by thin_sim). The delete marked
+            // the view before advancing the epoch this entry saw.
             self.shared.epochs.leave(ticket);
-        } else {
-            slot.ticket = Some(ticket);
+            let rest = slot.remaining.take();
+            let piece = slot.issued;
+            slot.issued += 1;
+            slot.next_lba = slot.end_lba;
+            slot.pieces[(piece % WINDOW as u64) as usize] = Some(rest);
+            slot.status = IoStatus::Failed(libc::ENODEV);
+            return Piece::Zeroed;
         }
-        for io in device_ios {
-            if let Err(io) = self.data.submit(io) {
-                // The device channel is as deep as this channel: cannot happen; fail the piece.
-                debug_assert!(false, "data channel full");
-                self.piece_done(
-                    IoCompletion { request: io, status: IoStatus::Failed(libc::EAGAIN) },
-                    true,
-                );
+        let quiesced = kind == IoKind::Write && self.view.is_quiesced();
+        let resolved = self.view.resolve(VirtBlock(vblock));
+        if resolved == Resolved::NotReady {
+            self.shared.epochs.leave(ticket);
+            return Piece::NotReady;
+        }
+        let count = (block_lbas - in_block).min(slot.end_lba - lba);
+        let bytes = (count * geometry.lba_bytes) as usize;
+        let tail = slot.remaining.split_off(bytes).unwrap_or_default();
+        let mut buffers = std::mem::replace(&mut slot.remaining, tail);
+        let piece = slot.issued;
+        slot.issued += 1;
+        slot.next_lba += count;
+        let place = (piece % WINDOW as u64) as usize;
+        let tag = token(index, piece % WINDOW as u64);
+        let device_block = match (kind, resolved) {
+            (IoKind::Read, Resolved::Unmapped) => {
+                self.shared.epochs.leave(ticket);
+                buffers.fill(0);
+                slot.pieces[place] = Some(buffers);
+                return Piece::Zeroed;
+            }
+            (IoKind::Read, Resolved::Mapped { data_block, .. }) => Some(data_block),
+            (_, Resolved::Mapped { data_block, exclusive: true })
+                if !flags.contains(IoFlags::FUA) && !quiesced =>
+            {
+                Some(data_block)
+            }
+            _ => None,
+        };
+        if !self.mutations.is_on(Mutation::RingsSizedForRequests) {
+            self.credits -= 1;
+        }
+        match device_block {
+            Some(data_block) => {
+                slot.tickets[place] = Some(ticket);
+                let device_lba = geometry.data_offset_lbas + data_block.0 * block_lbas;
+                let io =
+                    IoRequest::new(kind, device_lba + in_block, count, tag).with_buffers(buffers);
+                self.submit_device(io);
+            }
+            None => {
+                // Provision, break sharing, quiesced or FUA: the owner's work. The epoch is
+                // left at the hand-off.
+                self.shared.epochs.leave(ticket);
+                let io = IoRequest::new(IoKind::Write, lba, count, tag)
+                    .with_buffers(buffers)
+                    .with_flags(flags);
+                self.send_to_owner(OwnerMessage {
+                    channel: self.index,
+                    volume: self.volume,
+                    op: OwnerOp::Write,
+                    request: io,
+                    token: tag,
+                });
             }
         }
-        for message in owner_ios {
-            self.send_to_owner(message);
-        }
-        if self.slots[index].outstanding == 0 {
-            self.round_done(index);
-        }
+        Piece::Sent
     }
 
-    /// Sends a read or write on its way: whole if it lies inside one data block, else split.
-    fn dispatch_data(&mut self, index: usize, mut request: IoRequest) {
-        let block_lbas = self.geometry.lbas_per_block;
-        let first = request.offset_blocks / block_lbas;
-        let last = (request.offset_blocks + request.num_blocks - 1) / block_lbas;
-        if first == last {
-            self.submit_single(index, request);
+    /// Finishes split slot `index` once every piece is issued and joined.
+    fn finish_if_joined(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.join_pieces();
+        if slot.joined < slot.issued || slot.next_lba < slot.end_lba {
             return;
         }
-        let slot = &mut self.slots[index];
-        slot.remaining = request.buffers.take();
-        slot.next_lba = request.offset_blocks;
-        slot.end_lba = request.offset_blocks + request.num_blocks;
-        slot.request = Some(request);
-        self.issue_round(index);
+        let Some(mut request) = slot.request.take() else {
+            debug_assert!(false, "a busy slot holds its request");
+            return;
+        };
+        request.buffers = slot.done.take();
+        let status = slot.status;
+        self.finish(index, request, status);
     }
 
     /// Retries requests parked until their range of a new snapshot's view is filled.
@@ -266,28 +479,55 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             let Some((index, end_vblock)) = self.parked.pop_front() else {
                 break;
             };
-            if !self.view.is_ready_below(VirtBlock(end_vblock)) {
+            if !self.view.is_deleted() && !self.view.is_ready_below(VirtBlock(end_vblock)) {
                 self.parked.push_back((index, end_vblock));
                 continue;
             }
-            if let Some(request) = self.slots[index].request.take() {
-                self.dispatch_data(index, request);
+            // Ready, or deleted: a resumed request then fails what remains of it.
+            self.slots[index].parked = false;
+            self.resume(index);
+        }
+    }
+
+    /// Gives the credits that came back to the requests waiting for them, in order.
+    fn resume_waiting(&mut self) {
+        for _ in 0..self.waiting.len() {
+            if self.credits == 0 {
+                break;
             }
+            let Some(index) = self.waiting.pop_front() else {
+                break;
+            };
+            self.slots[index].waiting = false;
+            self.resume(index);
         }
     }
 
     /// The fast path: a request inside one data block goes to the device (or the owner)
-    /// whole, with only its offset and tag rewritten.
+    /// whole, with only its offset and tag rewritten. A credit is free.
     fn submit_single(&mut self, index: usize, mut request: IoRequest) {
         let block_lbas = self.geometry.lbas_per_block;
         let vblock = request.offset_blocks / block_lbas;
         let in_block = request.offset_blocks % block_lbas;
-        // Enter before reading the view (see grace.rs for the protocol).
-        let ticket = self.shared.epochs.enter(&self.pool.epochs);
-        let resolved = self.view.resolve(VirtBlock(vblock));
         let write = request.kind == IoKind::Write;
-        debug_assert!(resolved != Resolved::NotReady, "dispatched before its view was ready");
+        // Enter, then the quiesce flag, then the mapping (see `issue_piece`).
+        let ticket = self.shared.epochs.enter(&self.pool.epochs);
+        if self.view.is_deleted() {
+            // Deleted while the request waited for a credit or its view (see `issue_piece`).
+            self.shared.epochs.leave(ticket);
+            self.finish(index, request, IoStatus::Failed(libc::ENODEV));
+            return;
+        }
+        let quiesced = write && self.view.is_quiesced();
+        let resolved = self.view.resolve(VirtBlock(vblock));
         let direct = match resolved {
+            Resolved::NotReady => {
+                // The view's ready mark fell behind this block: park as what it is (a read
+                // stays a read), never hand it to the owner.
+                self.shared.epochs.leave(ticket);
+                self.slots[index].request = Some(request);
+                return self.park(index, vblock + 1);
+            }
             Resolved::Unmapped if !write => {
                 self.shared.epochs.leave(ticket);
                 request.buffers.fill(0);
@@ -296,12 +536,13 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             }
             Resolved::Mapped { data_block, .. } if !write => Some(data_block),
             Resolved::Mapped { data_block, exclusive: true }
-                if !request.flags.contains(IoFlags::FUA) && !self.view.is_quiesced() =>
+                if !request.flags.contains(IoFlags::FUA) && !quiesced =>
             {
                 Some(data_block)
             }
             _ => None,
         };
+        self.credits -= 1;
         let slot = &mut self.slots[index];
         slot.original_offset = request.offset_blocks;
         slot.original_tag = request.tag;
@@ -311,12 +552,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
                 request.offset_blocks =
                     self.geometry.data_offset_lbas + data_block.0 * block_lbas + in_block;
                 request.tag = token(index, SINGLE_DEVICE);
-                if let Err(request) = self.data.submit(request) {
-                    // The device channel is as deep as this channel: cannot happen.
-                    debug_assert!(false, "data channel full");
-                    let status = IoStatus::Failed(libc::EAGAIN);
-                    self.piece_done(IoCompletion { request, status }, true);
-                }
+                self.submit_device(request);
             }
             None => {
                 // Provision, break sharing, quiesced or FUA: the owner's work. The epoch is
@@ -335,7 +571,8 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         }
     }
 
-    /// A piece came back (from the device when `device`, else from the owner).
+    /// A piece came back (from the device when `device`, else from the owner): its credit
+    /// with it.
     fn piece_done(&mut self, completion: IoCompletion, device: bool) {
         let IoCompletion { mut request, status } = completion;
         let (index, piece) = untoken(request.tag);
@@ -343,6 +580,11 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             debug_assert!(false, "completion for an idle slot");
             return;
         };
+        let split = piece < WINDOW as u64;
+        if !(split && self.mutations.is_on(Mutation::RingsSizedForRequests)) {
+            self.credits += 1;
+        }
+        debug_assert!(self.credits <= self.credits_max, "a credit came back twice");
         if piece == SINGLE_DEVICE || piece == SINGLE_OWNER {
             if let Some(ticket) = slot.ticket.take() {
                 self.shared.epochs.leave(ticket);
@@ -353,7 +595,10 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             return;
         }
         if piece == WHOLE {
-            let mut original = slot.request.take().expect("a busy slot holds its request");
+            let Some(mut original) = slot.request.take() else {
+                debug_assert!(false, "a busy slot holds its request");
+                return;
+            };
             original.buffers = request.buffers.take();
             self.finish(index, original, status);
             return;
@@ -361,49 +606,26 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         if !status.is_success() && slot.status.is_success() {
             slot.status = status;
         }
-        if let Some(place) = slot.pieces.get_mut(piece as usize) {
-            *place = Some(request.buffers.take());
+        let place = piece as usize % WINDOW;
+        if device && let Some(ticket) = slot.tickets[place].take() {
+            self.shared.epochs.leave(ticket);
         }
-        slot.outstanding -= 1;
-        if device {
-            slot.device_outstanding -= 1;
-            if slot.device_outstanding == 0
-                && let Some(ticket) = slot.ticket.take()
-            {
-                self.shared.epochs.leave(ticket);
-            }
+        slot.pieces[place] = Some(request.buffers.take());
+        let more = slot.next_lba < slot.end_lba && !slot.parked;
+        self.finish_if_joined(index);
+        if more {
+            // The window moved on: issue the next pieces when credits allow (in turn).
+            self.wait_for_credit(index);
         }
-        if slot.outstanding == 0 {
-            self.round_done(index);
-        }
-    }
-
-    fn round_done(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        for piece in 0..slot.piece_count {
-            if let Some(buffers) = slot.pieces[piece].take()
-                && let Err(buffers) = slot.done.rejoin(buffers)
-            {
-                // Cannot happen for pieces split from one list; keep the bytes anyway.
-                debug_assert!(false, "pieces did not rejoin");
-                drop(buffers);
-                slot.status = IoStatus::Failed(libc::EIO);
-            }
-        }
-        slot.piece_count = 0;
-        if slot.next_lba < slot.end_lba {
-            self.issue_round(index);
-            return;
-        }
-        let mut request = slot.request.take().expect("a busy slot holds its request");
-        request.buffers = slot.done.take();
-        let status = slot.status;
-        self.finish(index, request, status);
     }
 
     fn finish(&mut self, index: usize, request: IoRequest, status: IoStatus) {
         let slot = &mut self.slots[index];
+        debug_assert!(!slot.waiting && !slot.parked, "finished while queued");
         slot.busy = false;
+        slot.split = false;
+        slot.issued = 0;
+        slot.joined = 0;
         slot.status = IoStatus::Success;
         self.free_slots.push(index);
         self.ready.push_back(IoCompletion { request, status });
@@ -421,51 +643,35 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
         let lba_bytes = self.geometry.lba_bytes as u32;
         let invalid = request.validate(lba_bytes, self.view.size_lbas()).err();
         let deleted = self.view.is_deleted();
-        let slot = &mut self.slots[index];
-        slot.busy = true;
-        slot.status = IoStatus::Success;
+        self.slots[index].busy = true;
+        self.slots[index].status = IoStatus::Success;
         if let Some(status) = invalid.or(deleted.then_some(IoStatus::Failed(libc::ENODEV))) {
             self.finish(index, request, status);
             return Ok(());
         }
-        match request.kind {
-            IoKind::Read | IoKind::Write => {
-                let end_vblock = (request.offset_blocks + request.num_blocks)
-                    .div_ceil(self.geometry.lbas_per_block);
-                if self.view.is_ready_below(VirtBlock(end_vblock)) {
-                    self.dispatch_data(index, request);
-                } else {
-                    // A new snapshot's view is still being filled: wait for this range.
-                    slot.request = Some(request);
-                    self.parked.push_back((index, end_vblock));
-                }
+        if request.kind.has_data() && self.waiting.is_empty() && self.credits > 0 {
+            let block_lbas = self.geometry.lbas_per_block;
+            let first = request.offset_blocks / block_lbas;
+            let end_vblock = (request.offset_blocks + request.num_blocks).div_ceil(block_lbas);
+            if first + 1 == end_vblock && self.view.is_ready_below(VirtBlock(end_vblock)) {
+                // The fast path, without a detour through the slot.
+                self.submit_single(index, request);
+                return Ok(());
             }
-            IoKind::Unmap | IoKind::WriteZeroes | IoKind::Flush => {
-                let op = match request.kind {
-                    IoKind::Unmap => OwnerOp::Unmap,
-                    IoKind::WriteZeroes => OwnerOp::WriteZeroes,
-                    _ => OwnerOp::Flush,
-                };
-                let tag = token(index, WHOLE);
-                let own =
-                    IoRequest::new(request.kind, request.offset_blocks, request.num_blocks, tag)
-                        .with_flags(request.flags);
-                slot.request = Some(request);
-                self.send_to_owner(OwnerMessage {
-                    channel: self.index,
-                    volume: self.volume,
-                    op,
-                    request: own,
-                    token: tag,
-                });
-            }
-            IoKind::Reset => self.finish(index, request, IoStatus::Success),
+        }
+        self.slots[index].request = Some(request);
+        if self.waiting.is_empty() {
+            self.start(index);
+        } else {
+            // Earlier requests wait for credits: this one waits behind them.
+            self.wait_for_credit(index);
         }
         Ok(())
     }
 
     fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
         self.flush_outbox();
+        self.flush_device_backlog();
         if !self.parked.is_empty() {
             self.retry_parked();
         }
@@ -474,11 +680,12 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
         while let Some(completion) = self.ready.pop_front() {
             complete(completion);
         }
-        if self.data.in_flight() > 0 {
+        if self.data.in_flight() > 0 || !self.completed.is_empty() {
             let mut completed = std::mem::take(&mut self.completed);
             // The fast path's completions go straight to the frontend (offset and tag
-            // restored, epoch left); split pieces are joined after the device poll.
-            let Self { data, slots, shared, free_slots, .. } = self;
+            // restored, epoch left, credit back); split pieces are joined after the device
+            // poll.
+            let Self { data, slots, shared, free_slots, credits, .. } = self;
             data.poll(&mut |mut completion| {
                 let (index, piece) = untoken(completion.request.tag);
                 match slots.get_mut(index) {
@@ -491,6 +698,7 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
                         slot.busy = false;
                         slot.status = IoStatus::Success;
                         free_slots.push(index);
+                        *credits += 1;
                         count += 1;
                         complete(completion);
                     }
@@ -507,6 +715,10 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
             request.tag = reply.token;
             self.piece_done(IoCompletion { request, status: reply.status }, false);
         }
+        if !self.waiting.is_empty() {
+            self.resume_waiting();
+            self.flush_device_backlog();
+        }
         count += self.ready.len();
         while let Some(completion) = self.ready.pop_front() {
             complete(completion);
@@ -521,7 +733,9 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
     fn prepare_park(&mut self) -> bool {
         self.ready.is_empty()
             && self.outbox.is_empty()
+            && self.device_backlog.is_empty()
             && self.parked.is_empty()
+            && (self.waiting.is_empty() || self.credits == 0)
             && self.data.prepare_park()
     }
 }

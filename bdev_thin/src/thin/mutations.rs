@@ -32,11 +32,15 @@ pub enum Mutation {
     /// A block shared since its mapping was made is overwritten in place once its count says
     /// exclusive (the bug thin_sim found: a held read of the other volume sees the write).
     InPlaceOnceExclusive = 10,
+    /// A channel's pieces hold no credits and a piece the data device refuses fails with
+    /// EAGAIN: its rings are sized for requests, not for the pieces requests split into (the
+    /// overflow that aborted `perf -q 256 -o 1M`).
+    RingsSizedForRequests = 11,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -48,6 +52,7 @@ impl Mutation {
         Mutation::NoBlockOrder,
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
+        Mutation::RingsSizedForRequests,
     ];
 }
 

@@ -439,7 +439,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             free_ops: (0..settings.limits.owner_ops).rev().collect(),
             busy: HashMap::with_capacity(settings.limits.owner_ops),
             deferred: VecDeque::with_capacity(limits::POOL_INBOX_ENTRIES),
-            blocked_scratch: Vec::with_capacity(settings.limits.owner_ops),
+            blocked_scratch: Vec::with_capacity(limits::POOL_INBOX_ENTRIES),
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
             pending_control: VecDeque::new(),
@@ -467,6 +467,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             shared,
         };
         owner.meta.set_mutations(settings.mutations);
+        owner.shared.set_mutations(settings.mutations);
         owner.last_commit_ns = owner.host.now_ns();
         if owner.meta.pool().needs_check {
             owner.mode = PoolMode::ReadOnly;
@@ -489,6 +490,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     pub fn mode(&self) -> PoolMode {
         self.mode
+    }
+
+    /// Whether `vblock` of `volume` has an operation in progress in the per-block order
+    /// table (I6 excepts such blocks; the simulator asks).
+    pub fn is_busy(&self, volume: VolumeId, vblock: VirtBlock) -> bool {
+        self.busy.contains_key(&(volume, vblock))
     }
 
     fn vblocks_of(&self, size_bytes: u64) -> u64 {
@@ -674,7 +681,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         match target {
             Some(shared) if !shared.closed.load(Ordering::Relaxed) => {
                 if let Err(reply) = shared.replies.push(reply) {
-                    // The ring holds a channel's whole depth, so this is a bug; keep the reply.
+                    // The ring holds one reply per credit of the channel (each message holds
+                    // one), so this is a bug; keep the reply.
                     debug_assert!(false, "reply ring of channel {channel} full");
                     self.unsent.push_back((channel, reply));
                 }
@@ -727,7 +735,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     fn run_inbox(&mut self) -> bool {
         let mut handled = 0;
-        while handled < limits::OWNER_MESSAGES_PER_POLL_MAX && !self.free_ops.is_empty() {
+        // The deferred queue holds at most an inbox's worth: past it, requests wait in the
+        // inbox and then in their channels (back-pressure), so it never grows.
+        while handled < limits::OWNER_MESSAGES_PER_POLL_MAX
+            && !self.free_ops.is_empty()
+            && self.deferred.len() < limits::POOL_INBOX_ENTRIES
+        {
             let Some(message) = self.shared.inbox.pop() else {
                 break;
             };
@@ -1877,7 +1890,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) && self.meta.is_dirty() {
             // Nothing may be written; answer waiters as if committed (reads of committed
-            // state go on), flushes included, since nothing new is acknowledged.
+            // state go on), flushes included, since nothing new is acknowledged. The timer
+            // alone has nothing to answer: acting on it made every poll busy, so the reactor
+            // of a read-only pool never parked (found by thin_sim).
+            if !(waiting || self.commit_wanted) {
+                return false;
+            }
             self.commits_started += 1;
             self.commits_done += 1;
             self.commit_wanted = false;

@@ -4,9 +4,10 @@
 //! channels' own epoch counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::grace::{EpochClock, EpochCounters};
+use super::mutations::Mutations;
 use super::types::{PoolMode, VolumeId};
 use super::view::VolumeView;
 use crate::host::{IoRequest, IoStatus, MessageRing, Waker};
@@ -21,6 +22,9 @@ pub struct PoolLimits {
     pub owner_ops: usize,
     /// Requests one volume channel keeps in flight (`THIN_CHANNEL_DEPTH_MAX`).
     pub channel_depth: usize,
+    /// Pieces one volume channel keeps in flight, its credits
+    /// (`THIN_CHANNEL_PIECES_IN_FLIGHT_MAX`).
+    pub channel_credits: usize,
     /// Virtual blocks of a new snapshot's view filled per owner poll
     /// (`VIEW_BUILD_BLOCKS_PER_POLL`).
     pub view_fill_blocks_per_poll: u64,
@@ -32,9 +36,20 @@ impl PoolLimits {
     pub const PRODUCTION: PoolLimits = PoolLimits {
         owner_ops: limits::OWNER_OPS_MAX,
         channel_depth: limits::THIN_CHANNEL_DEPTH_MAX,
+        channel_credits: limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX,
         view_fill_blocks_per_poll: limits::VIEW_BUILD_BLOCKS_PER_POLL,
         copy_buffers: limits::OWNER_COPY_BUFFERS,
     };
+
+    /// These limits with twice as many credits as requests in flight (at most the production
+    /// credits), so requests that split into more pieces reach the credit bound too.
+    pub fn with_credits_for_depth(self) -> PoolLimits {
+        let credits = self.channel_depth.saturating_mul(2);
+        PoolLimits {
+            channel_credits: credits.min(limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX),
+            ..self
+        }
+    }
 
     /// Fewest owner op slots that still make progress: a range op needs three free slots (its
     /// own and one per partial edge).
@@ -45,6 +60,7 @@ impl PoolLimits {
     pub fn is_valid(&self) -> bool {
         (Self::OWNER_OPS_MIN..=limits::OWNER_OPS_MAX).contains(&self.owner_ops)
             && (1..=limits::THIN_CHANNEL_DEPTH_MAX).contains(&self.channel_depth)
+            && (1..=limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX).contains(&self.channel_credits)
             && self.view_fill_blocks_per_poll > 0
             && (1..=limits::OWNER_COPY_BUFFERS).contains(&self.copy_buffers)
     }
@@ -143,6 +159,8 @@ pub struct PoolShared<W: Waker> {
     channels_version: AtomicU64,
     views: Mutex<Vec<Arc<VolumeView>>>,
     pub home_waker: W,
+    /// The pool's mutations, set by its owner, read by channels when they open.
+    mutations: OnceLock<Mutations>,
 }
 
 impl<W: Waker> PoolShared<W> {
@@ -155,14 +173,25 @@ impl<W: Waker> PoolShared<W> {
             channels_version: AtomicU64::new(0),
             views: Mutex::new(Vec::new()),
             home_waker,
+            mutations: OnceLock::new(),
         })
     }
 
-    /// Registers a channel created on `waker`'s core that keeps up to `depth` requests in
+    /// Owner: the pool's mutations, for its channels (set once).
+    pub(crate) fn set_mutations(&self, mutations: Mutations) {
+        let _ = self.mutations.set(mutations);
+    }
+
+    pub(crate) fn mutations(&self) -> Mutations {
+        self.mutations.get().copied().unwrap_or(Mutations::NONE)
+    }
+
+    /// Registers a channel created on `waker`'s core that keeps up to `credits` pieces in
     /// flight; returns its index and shared side.
-    pub fn register_channel(&self, waker: W, depth: usize) -> (u32, Arc<ChannelShared<W>>) {
+    pub fn register_channel(&self, waker: W, credits: usize) -> (u32, Arc<ChannelShared<W>>) {
         let shared = Arc::new(ChannelShared {
-            replies: MessageRing::new(depth, waker),
+            // One reply per credit: the owner can always answer.
+            replies: MessageRing::new(credits, waker),
             epochs: self.epochs.register(),
             closed: AtomicBool::new(false),
         });
