@@ -16,128 +16,22 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-use bdev_thin::bdev::{Bdev, BdevChannel};
-use bdev_thin::host::{
-    DeviceChannel, IoBuffer, IoKind, IoRequest, IoStatus, PollStatus, Poller, SgList,
-};
-use bdev_thin::rpc::call_blocking;
-use bdev_thin::runtime::{CoreMask, Runtime, RuntimeHandle, RuntimeOptions};
-use bdev_thin::target::Target;
+use bdev_thin::host::{IoKind, IoRequest, IoStatus};
+use common::nvme::{NQN, Side, attach_params, remote_target, request, run};
 use common::nvme_proxy::NvmeProxy;
-use serde_json::{Value, json};
+use serde_json::json;
 
-const NQN: &str = "nqn.2016-06.io.spdk:race";
 const DATA_BLOCK: u64 = 65536;
 /// How long the proxy holds a deallocate no write overtakes.
 const HOLD: Duration = Duration::from_secs(1);
 
-fn runtime() -> Runtime {
-    let options = RuntimeOptions { mask: CoreMask(0x1), pin: false, ..Default::default() };
-    Runtime::start(options).expect("reactors start")
-}
-
-fn call(target: &Arc<Target>, method: &str, params: Value) -> Value {
-    call_blocking(target, method, Some(params)).unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
-/// Our target exporting a malloc namespace of `bytes` on a free port of 127.0.0.1.
-fn remote_target(bytes: u64) -> (Runtime, Arc<Target>, SocketAddr) {
-    let runtime = runtime();
-    let target = Target::new(runtime.handle());
-    call(&target, "nvmf_create_transport", json!({"trtype": "TCP"}));
-    call(&target, "nvmf_create_subsystem", json!({"nqn": NQN, "allow_any_host": true}));
-    let malloc = json!({"name": "Malloc0", "num_blocks": bytes / 512, "block_size": 512});
-    call(&target, "bdev_malloc_create", malloc);
-    call(
-        &target,
-        "nvmf_subsystem_add_ns",
-        json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}),
-    );
-    let listen = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "0"});
-    call(&target, "nvmf_subsystem_add_listener", json!({"nqn": NQN, "listen_address": listen}));
-    let bound = bdev_thin::export::nvmf_tcp::ListenAddress {
-        adrfam: "IPv4".into(),
-        traddr: "127.0.0.1".into(),
-        trsvcid: "0".into(),
-    };
-    let address = target.nvmf.bound_address(&bound).expect("bound");
-    (runtime, target, address)
-}
-
-/// Runs `requests` on `bdev` from a channel on core 0, all submitted at once, and returns them
-/// with their statuses in tag order.
-fn run(
-    handle: &RuntimeHandle,
-    bdev: &Arc<Bdev>,
-    requests: Vec<IoRequest>,
-) -> Vec<(IoRequest, IoStatus)> {
-    struct Batch {
-        channel: BdevChannel,
-        pending: VecDeque<IoRequest>,
-        done: Vec<(IoRequest, IoStatus)>,
-        expected: usize,
-        answer: SyncSender<Vec<(IoRequest, IoStatus)>>,
-        finished: bool,
-    }
-    impl Poller for Batch {
-        fn poll(&mut self) -> PollStatus {
-            while let Some(request) = self.pending.pop_front() {
-                if let Err(request) = self.channel.submit(request) {
-                    self.pending.push_front(request);
-                    break;
-                }
-            }
-            let done = &mut self.done;
-            self.channel.poll(&mut |c| done.push((c.request, c.status)));
-            if self.done.len() == self.expected && !self.finished {
-                self.finished = true;
-                let mut done = std::mem::take(&mut self.done);
-                done.sort_by_key(|(r, _)| r.tag);
-                let _ = self.answer.send(done);
-            }
-            PollStatus::Busy
-        }
-        fn is_finished(&self) -> bool {
-            self.finished
-        }
-    }
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    let bdev = Arc::clone(bdev);
-    let expected = requests.len();
-    handle
-        .send(0, move |ctx| {
-            let channel = bdev.open_channel().expect("a channel");
-            ctx.add_local_poller(Box::new(Batch {
-                channel,
-                pending: requests.into(),
-                done: Vec::new(),
-                expected,
-                answer: sender,
-                finished: false,
-            }))
-        })
-        .unwrap();
-    receiver.recv_timeout(Duration::from_secs(60)).expect("the IOs complete")
-}
-
 fn block_request(kind: IoKind, virtual_block: u64, fill: Option<u8>, tag: u64) -> IoRequest {
     let lbas = DATA_BLOCK / 512;
-    let request = IoRequest::new(kind, virtual_block * lbas, lbas, tag);
-    match fill {
-        Some(byte) => {
-            let mut buffer = IoBuffer::new(DATA_BLOCK as usize);
-            buffer.as_mut_slice().fill(byte);
-            request.with_buffers(SgList::single(buffer))
-        }
-        None => request,
-    }
+    request(kind, virtual_block * lbas, lbas, 512, fill, tag)
 }
 
 /// What one run of the race shows.
@@ -151,31 +45,27 @@ struct Outcome {
 /// A pool filling the remote namespace, then the unmap and the write that needs its block.
 fn race(upstream: SocketAddr) -> Outcome {
     let proxy = NvmeProxy::start(upstream, HOLD);
-    let runtime = runtime();
-    let handle = runtime.handle();
-    let target = Target::new(handle.clone());
-    let attach = json!({"name": "Nvme0", "trtype": "tcp", "adrfam": "IPv4",
-        "traddr": "127.0.0.1", "trsvcid": proxy.address.port().to_string(), "subnqn": NQN});
-    assert_eq!(call(&target, "bdev_nvme_attach_controller", attach), json!(["Nvme0n1"]));
-    call(
-        &target,
+    let local = Side::new();
+    let handle = local.handle();
+    let attach = attach_params(proxy.address, NQN, json!({}));
+    assert_eq!(local.call("bdev_nvme_attach_controller", attach), json!(["Nvme0n1"]));
+    local.call(
         "bdev_thin_pool_create",
         json!({"bdev_name": "Nvme0n1", "pool_name": "pool0", "data_block_size": DATA_BLOCK}),
     );
-    let pools = call(&target, "bdev_thin_get_pools", json!({"pool_name": "pool0"}));
+    let pools = local.call("bdev_thin_get_pools", json!({"pool_name": "pool0"}));
     let data_blocks = pools[0]["total_data_blocks"].as_u64().expect("data blocks");
-    let volume = call(
-        &target,
+    let volume = local.call(
         "bdev_thin_create",
         json!({"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 2 * data_blocks}),
     );
-    let bdev = target.bdevs.get(volume.as_str().expect("the volume's name")).unwrap();
+    let bdev = local.bdev(volume.as_str().expect("the volume's name"));
 
     let fill: Vec<IoRequest> = (0..data_blocks)
         .map(|block| block_request(IoKind::Write, block, Some(1 + block as u8), block))
         .collect();
     assert!(run(&handle, &bdev, fill).iter().all(|(_, s)| s.is_success()), "the pool fills");
-    let pools = call(&target, "bdev_thin_get_pools", json!({"pool_name": "pool0"}));
+    let pools = local.call("bdev_thin_get_pools", json!({"pool_name": "pool0"}));
     assert_eq!(pools[0]["free_data_blocks"], 0, "full: the next write needs the unmapped block");
 
     proxy.hold_deallocates(true);
@@ -202,7 +92,8 @@ fn race(upstream: SocketAddr) -> Outcome {
 #[test]
 fn the_hold_keeps_acknowledged_writes_and_without_it_the_late_deallocate_wipes_them() {
     // 4 MiB of metadata region and a handful of data blocks.
-    let (_remote_runtime, _remote, upstream) = remote_target(6 << 20);
+    let malloc = json!({"name": "Malloc0", "num_blocks": (6 << 20) / 512, "block_size": 512});
+    let (_remote, upstream) = remote_target(&[("bdev_malloc_create", malloc.clone())]);
     let held = race(upstream);
     assert!(held.held >= 1, "the passdown went out as a deallocate and the proxy held it");
     assert_eq!(held.released_after_write, 0, "no write reached the held block before it");
@@ -212,7 +103,7 @@ fn the_hold_keeps_acknowledged_writes_and_without_it_the_late_deallocate_wipes_t
     {
         use bdev_thin::thin::mutations::{Mutation, Mutations};
         Mutations::set_for_new_pools(Mutations::NONE.with(Mutation::NoHold));
-        let (_runtime, _remote, upstream) = remote_target(6 << 20);
+        let (_remote, upstream) = remote_target(&[("bdev_malloc_create", malloc)]);
         let broken = race(upstream);
         Mutations::set_for_new_pools(Mutations::NONE);
         assert_eq!(broken.read_back, 0, "the late deallocate wiped the acknowledged write");

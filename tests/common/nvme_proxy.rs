@@ -29,6 +29,9 @@ struct Held {
     since: Instant,
 }
 
+/// The Writes in flight on one connection by command id: (nsid, first LBA, LBAs).
+type WritesInFlight = Arc<Mutex<HashMap<u16, (u32, u64, u64)>>>;
+
 #[derive(Default)]
 pub struct ProxyCounters {
     pub connections: AtomicU64,
@@ -189,7 +192,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         let to_client = Arc::new(Mutex::new(client));
         let to_upstream = Arc::new(Mutex::new(upstream));
-        let writes: Arc<Mutex<HashMap<u16, (u32, u64, u64)>>> = Arc::default();
+        let writes: WritesInFlight = Arc::default();
         let (h2c_shared, h2c_writes, h2c_upstream) =
             (Arc::clone(&shared), Arc::clone(&writes), Arc::clone(&to_upstream));
         std::thread::spawn(move || {
@@ -205,7 +208,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn host_to_controller(
     mut client: TcpStream,
     upstream: Arc<Mutex<TcpStream>>,
-    writes: Arc<Mutex<HashMap<u16, (u32, u64, u64)>>>,
+    writes: WritesInFlight,
     shared: Arc<Shared>,
 ) {
     while let Some(pdu) = read_pdu(&mut client) {
@@ -240,7 +243,7 @@ fn host_to_controller(
 fn controller_to_host(
     mut upstream: TcpStream,
     client: Arc<Mutex<TcpStream>>,
-    writes: Arc<Mutex<HashMap<u16, (u32, u64, u64)>>>,
+    writes: WritesInFlight,
     shared: Arc<Shared>,
 ) {
     while let Some(pdu) = read_pdu(&mut upstream) {

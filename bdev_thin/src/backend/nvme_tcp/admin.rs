@@ -537,6 +537,7 @@ impl AdminPoller {
     /// Hot removal: every namespace fails its IO and is reported gone.
     fn remove(&mut self) {
         self.queue.abort_all(|_| {});
+        self.reset = None;
         self.controller.set_state(ControllerState::Removed, true);
         self.stage = Stage::Finished;
         let namespaces = std::mem::take(&mut *lock(&self.controller.namespaces));
@@ -709,7 +710,9 @@ impl Poller for AdminPoller {
             work += 1;
         }
         work += self.take_answers(now);
-        if self.queue.is_failed() {
+        let connection_expected =
+            !matches!(self.stage, Stage::WaitReconnect { .. } | Stage::Failed | Stage::Finished);
+        if self.queue.is_failed() && connection_expected {
             let error = self.queue.failure().cloned().unwrap_or(LinkError::Closed);
             self.lose(error, now);
             work += 1;
