@@ -36,11 +36,19 @@ pub enum Mutation {
     /// EAGAIN: its rings are sized for requests, not for the pieces requests split into (the
     /// overflow that aborted `perf -q 256 -o 1M`).
     RingsSizedForRequests = 11,
+    /// A snapshot neither quiesces its origin nor waits for the writes in flight to it.
+    NoQuiesce = 12,
+    /// A snapshot's answer clears its origin's quiesce flag even while another snapshot of
+    /// that origin waits: the second one shares blocks a fast-path write is still writing.
+    QuiesceEndsWithFirstSnapshot = 13,
+    /// A write that finished while a commit ran inserts and publishes its block as certainly
+    /// unshared after that commit failed: the fast path of the read-only pool writes it.
+    PublishAfterFailedCommit = 14,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -53,6 +61,9 @@ impl Mutation {
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
         Mutation::RingsSizedForRequests,
+        Mutation::NoQuiesce,
+        Mutation::QuiesceEndsWithFirstSnapshot,
+        Mutation::PublishAfterFailedCommit,
     ];
 }
 
