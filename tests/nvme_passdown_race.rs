@@ -9,14 +9,17 @@
 //! after it and reads back. With the hold switched off (`mutations` feature, `NoHold`), the
 //! write gets D while the deallocate is in flight, the proxy lets the deallocate go after the
 //! write's acknowledgement, and the acknowledged data is wiped: the test shows the loss. The
-//! target is ours on this test's reactors; `guest_nvme_initiator.rs` runs the same against
-//! the Linux kernel's.
+//! target is ours on this test's reactors, then the Linux kernel's (`nvmet-tcp` in a QEMU guest
+//! on a memory-backed `null_blk` with discard, the proxy in front of the harness's port
+//! forward).
 //!
-//! One test per binary: the mutation is set process-wide for the pools made after it.
+//! The mutation is set process-wide for the pools made after it: the tests take turns.
 
 mod common;
+mod guest;
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -33,6 +36,9 @@ fn block_request(kind: IoKind, virtual_block: u64, fill: Option<u8>, tag: u64) -
     let lbas = DATA_BLOCK / 512;
     request(kind, virtual_block * lbas, lbas, 512, fill, tag)
 }
+
+/// One test at a time: the mutation is process-wide.
+static TURN: Mutex<()> = Mutex::new(());
 
 /// What one run of the race shows.
 struct Outcome {
@@ -89,12 +95,10 @@ fn race(upstream: SocketAddr) -> Outcome {
     }
 }
 
-#[test]
-fn the_hold_keeps_acknowledged_writes_and_without_it_the_late_deallocate_wipes_them() {
-    // 4 MiB of metadata region and a handful of data blocks.
-    let malloc = json!({"name": "Malloc0", "num_blocks": (6 << 20) / 512, "block_size": 512});
-    let (_remote, upstream) = remote_target(&[("bdev_malloc_create", malloc.clone())]);
-    let held = race(upstream);
+/// Both outcomes, each on a clean namespace from `clean_target` (a pool's superblock left
+/// there would be found by examine at the next attach).
+fn both_outcomes(mut clean_target: impl FnMut() -> SocketAddr) {
+    let held = race(clean_target());
     assert!(held.held >= 1, "the passdown went out as a deallocate and the proxy held it");
     assert_eq!(held.released_after_write, 0, "no write reached the held block before it");
     assert_eq!(held.read_back, 0xAB, "the acknowledged write reads back");
@@ -103,10 +107,56 @@ fn the_hold_keeps_acknowledged_writes_and_without_it_the_late_deallocate_wipes_t
     {
         use bdev_thin::thin::mutations::{Mutation, Mutations};
         Mutations::set_for_new_pools(Mutations::NONE.with(Mutation::NoHold));
-        let (_remote, upstream) = remote_target(&[("bdev_malloc_create", malloc)]);
-        let broken = race(upstream);
+        let broken = race(clean_target());
         Mutations::set_for_new_pools(Mutations::NONE);
         assert_eq!(broken.read_back, 0, "the late deallocate wiped the acknowledged write");
         assert!(broken.held >= 1);
     }
+}
+
+/// 4 MiB of metadata region and a handful of data blocks.
+const NAMESPACE_MIB: u64 = 6;
+
+#[test]
+fn the_hold_keeps_acknowledged_writes_and_without_it_the_late_deallocate_wipes_them() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let malloc = json!({"name": "Malloc0", "num_blocks": (NAMESPACE_MIB << 20) / 512,
+        "block_size": 512});
+    let mut remotes = Vec::new();
+    both_outcomes(|| {
+        let (remote, upstream) = remote_target(&[("bdev_malloc_create", malloc.clone())]);
+        remotes.push(remote);
+        upstream
+    });
+}
+
+const KERNEL_TARGET_SCRIPT: &str = r#"
+nullb_create nullb0 "$NAMESPACE_MIB"
+nvmet_export "$NQN" /dev/nullb0 0.0.0.0 4420
+serve 300
+"#;
+
+#[test]
+fn the_same_race_against_the_linux_kernel_target() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let test = "the_same_race_against_the_linux_kernel_target";
+    let Some(kit) = guest::kit(test) else { return };
+    let spec = guest::GuestSpec::new("kernel_race", KERNEL_TARGET_SCRIPT)
+        .env("NQN", NQN)
+        .env("NAMESPACE_MIB", NAMESPACE_MIB)
+        .guest_port(4420);
+    let mut guest = guest::Guest::boot(kit, &spec);
+    guest.wait_for("SERVING");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], guest.forwarded_port(4420)));
+    let mut runs = 0;
+    both_outcomes(|| {
+        if runs > 0 {
+            guest.run_ok(&format!(
+                "dd if=/dev/zero of=/dev/nullb0 bs=1M count={NAMESPACE_MIB} oflag=direct"
+            ));
+        }
+        runs += 1;
+        upstream
+    });
+    guest.finish();
 }

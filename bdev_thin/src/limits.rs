@@ -346,6 +346,12 @@ pub const NVME_CONNECT_TIMEOUT_US_DEFAULT: u64 = 10_000_000;
 /// its connection counts as lost (a target that stopped answering but kept the socket open).
 pub const NVME_IO_PROGRESS_TIMEOUT_MS: u64 = 30_000;
 
+/// Attempts and spacing of an IO queue's Fabrics Connect refused with Command Sequence Error:
+/// a queue pair reopened on a core reuses its QID, and Linux's target refuses the QID until
+/// it has torn down the previous connection of that QID (asynchronously, milliseconds).
+pub const NVME_IO_CONNECT_RETRIES: u32 = 50;
+pub const NVME_IO_CONNECT_RETRY_DELAY_MS: u64 = 20;
+
 /// Namespaces one controller exposes as bdevs (the active list is read in pages of 1024).
 pub const NVME_NAMESPACES_MAX: usize = 1024;
 

@@ -41,6 +41,11 @@ enum Stage {
     Linking,
     /// Fabrics Connect sent.
     Connecting,
+    /// Connect refused for now (the QID's previous connection not yet torn down): connect
+    /// again at `at_ns`.
+    RetryConnect {
+        at_ns: u64,
+    },
     Ready,
     /// The controller refused this queue for this association (no QID left, Connect
     /// refused): its IO fails until the next association.
@@ -80,6 +85,8 @@ pub(super) struct IoQpair {
     /// When the queue pair last had nothing outstanding (the progress timeout counts from
     /// the later of this and the last PDU received).
     idle_since_ns: u64,
+    /// Connects refused for now in a row (see [`Stage::RetryConnect`]).
+    connect_retries: u32,
 }
 
 impl IoQpair {
@@ -102,6 +109,7 @@ impl IoQpair {
             channels: Vec::new(),
             next_sequence: 0,
             idle_since_ns: 0,
+            connect_retries: 0,
         }
     }
 
@@ -223,6 +231,12 @@ impl IoQpair {
     /// Moves everything along: the connection, answers, issuing. Returns units of work.
     pub fn poll(&mut self, now: u64) -> usize {
         let mut work = self.follow_controller(now);
+        if let Stage::RetryConnect { at_ns } = self.stage
+            && now >= at_ns
+        {
+            self.begin_connect(now);
+            work += 1;
+        }
         if matches!(self.stage, Stage::Linking | Stage::Connecting | Stage::Ready) {
             work += self.queue.poll(&mut self.store, now);
             while let Some(answer) = self.queue.pop_finished() {
@@ -255,6 +269,7 @@ impl IoQpair {
     /// Whether a poll now has work without waiting on the socket or the controller.
     pub fn has_pending_work(&self) -> bool {
         self.queue.has_pending_work()
+            || matches!(self.stage, Stage::RetryConnect { .. })
             || (self.stage == Stage::Ready && !self.issue.is_empty() && self.queue.has_free_slot())
     }
 
@@ -270,6 +285,7 @@ impl IoQpair {
                 if generation != self.generation {
                     self.drop_connection();
                     self.generation = generation;
+                    self.connect_retries = 0;
                     self.begin_connect(now);
                     return 1;
                 }
@@ -428,9 +444,17 @@ impl IoQpair {
         if answer.tag != TAG_CONNECT {
             return self.command_answered(answer);
         }
+        // Command Sequence Error: the QID is still held by its previous connection.
+        let qid_in_use = (answer.status.sct, answer.status.sc) == (0, 0x0C);
         if answer.status.is_success() {
             self.stage = Stage::Ready;
             self.idle_since_ns = now;
+            self.connect_retries = 0;
+        } else if qid_in_use && self.connect_retries < limits::NVME_IO_CONNECT_RETRIES {
+            self.connect_retries += 1;
+            self.queue.close();
+            let at_ns = now + limits::NVME_IO_CONNECT_RETRY_DELAY_MS * 1_000_000;
+            self.stage = Stage::RetryConnect { at_ns };
         } else {
             eprintln!(
                 "nvme {}: Fabrics Connect of IO queue {} refused (SCT {:#x} SC {:#x}); its IO \

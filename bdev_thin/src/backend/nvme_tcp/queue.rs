@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::TcpStream;
 
 use super::link::{Input, OutPdu};
-use crate::nvme::command::{Command, SglDescriptor, Status};
+use crate::nvme::command::{Command, PSDT_SGL_METABUF, SglDescriptor, Status};
 use crate::nvme::tcp::{Digests, Encoder, ReceiveRules, Role};
 
 /// Bits of a command identifier that name the slot; the bits above count reuses of the slot,
@@ -346,8 +346,9 @@ impl QueuePair {
         slot.output_refs = 0;
         slot.data_corrupt = false;
         slot.answer = None;
+        slot.command.flags = PSDT_SGL_METABUF;
         slot.command.sgl = match slot.data {
-            None => SglDescriptor::default(),
+            None => SglDescriptor::transport(0),
             Some(data) if slot.to_controller && data.len <= capsule_data_max => {
                 slot.in_capsule = true;
                 SglDescriptor::in_capsule(data.len)
