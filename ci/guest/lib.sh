@@ -5,8 +5,9 @@
 mark() { echo "@@ $*"; }
 
 # Busybox's shell runs its own applets before anything on PATH, and its blkdiscard, fstrim and
-# mke2fs lack what the tests use (-z, -E discard): these name the real tools.
+# mke2fs and fallocate lack what the tests use (-z, -E discard, -p): these name the real tools.
 blkdiscard() { /sbin/blkdiscard "$@"; }
+fallocate() { /sbin/fallocate "$@"; }
 fstrim() { /sbin/fstrim "$@"; }
 mke2fs() { /sbin/mke2fs "$@"; }
 mkfs_ext4() { /sbin/mke2fs -t ext4 "$@"; }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod nvme;
 pub mod nvme_proxy;
+pub mod spdk;
 pub mod writer;
 
 /// Longest any wait in these tests may take before it is a failure.
