@@ -8,10 +8,14 @@
 //! - with `ctrlr_loss_timeout_sec` 0 (no reconnect) IO fails and the controller stays failed
 //!   until detached;
 //! - an AER: a namespace resized on the target resizes the bdev; one added appears as a bdev,
-//!   one removed goes.
+//!   one removed goes;
+//! - a thin pool on the namespace rides out a reconnect (writes and their commits in flight at
+//!   the cut complete; the pool stays writable and clean), and another host's attach finds it
+//!   by examine with every write.
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -157,4 +161,69 @@ fn namespace_notices_resize_add_and_remove_bdevs() {
         blocks("Nvme0n2").is_none()
     });
     assert_eq!(blocks("Nvme0n1"), Some(16384), "the other namespace stays");
+}
+
+#[test]
+fn a_pool_on_the_namespace_rides_out_a_reconnect_and_comes_back_by_examine() {
+    let (_remote, upstream) = remote_target(&[malloc("Malloc0", 16)]);
+    let proxy = NvmeProxy::start(upstream, Duration::from_secs(1));
+    let local = Side::new();
+    let policy = json!({"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1,
+        "fast_io_fail_timeout_sec": 20});
+    local.call("bdev_nvme_attach_controller", attach_params(proxy.address, NQN, policy));
+    let pool = json!({"bdev_name": "Nvme0n1", "pool_name": "pool0", "data_block_size": 65536});
+    local.call("bdev_thin_pool_create", pool);
+    let volume = json!({"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 8});
+    let volume = local.call("bdev_thin_create", volume);
+    let bdev = local.bdev(volume.as_str().expect("the volume's name"));
+    let block = u64::from(bdev.info().block_size_bytes);
+    let blocks_per_write = 16384 / block;
+    let handle = local.handle();
+
+    // Writes provisioning blocks (their commits on the wire too) while the connection is cut
+    // and reconnects are refused twice.
+    let writer = {
+        let (handle, bdev) = (handle.clone(), Arc::clone(&bdev));
+        std::thread::spawn(move || {
+            let writes = (0..512u64)
+                .map(|i| {
+                    let fill = Some((i % 250) as u8 + 1);
+                    request(IoKind::Write, i * blocks_per_write, blocks_per_write, block, fill, i)
+                })
+                .collect();
+            run(&handle, &bdev, writes)
+        })
+    };
+    let before = proxy.counters().pdus.load(Ordering::SeqCst);
+    wait_for("writes on the wire", Duration::from_secs(30), || {
+        proxy.counters().pdus.load(Ordering::SeqCst) > before + 16
+    });
+    proxy.cut(true);
+    wait_for("two refused reconnects", Duration::from_secs(30), || {
+        proxy.counters().refused.load(Ordering::SeqCst) >= 2
+    });
+    proxy.allow();
+    let written = writer.join().expect("the writer thread");
+    assert!(written.iter().all(|(_, s)| s.is_success()), "no write failed across the reconnect");
+    let flush = run(&handle, &bdev, vec![request(IoKind::Flush, 0, 0, block, None, 0)]);
+    assert!(flush[0].1.is_success(), "the commit after the reconnect");
+    let pools = local.call("bdev_thin_get_pools", json!({"pool_name": "pool0"}));
+    assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("write"), &json!(false)));
+    drop(bdev);
+    drop(local);
+
+    // Another process's view: attach directly, examine finds the pool, every write reads back.
+    let again = Side::new();
+    again.call("bdev_nvme_attach_controller", attach_params(upstream, NQN, json!({})));
+    again.call("bdev_wait_for_examine", json!({}));
+    let bdev = again.bdev("pool0/vol0");
+    let reads = (0..512u64)
+        .map(|i| request(IoKind::Read, i * blocks_per_write, blocks_per_write, block, Some(0), i))
+        .collect();
+    for (request, status) in run(&again.handle(), &bdev, reads) {
+        assert!(status.is_success());
+        let expected = (request.tag % 250) as u8 + 1;
+        let bytes = request.buffers.segments()[0].as_slice();
+        assert!(bytes.iter().all(|&b| b == expected), "write {} lost", request.tag);
+    }
 }
