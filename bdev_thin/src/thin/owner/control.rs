@@ -119,7 +119,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
             view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
         });
-        if end >= view.capacity_vblocks() {
+        // Past the volume's size nothing is mapped (a shrink removed it, a grow adds nothing),
+        // so the fill ends there, not at the view's capacity, which holds room to grow.
+        if end >= view.size_vblocks() {
             view.set_ready(u64::MAX);
             self.view_builds.pop_front();
         } else {
