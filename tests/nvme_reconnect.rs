@@ -40,7 +40,8 @@ fn a_reconnect_within_fast_io_fail_loses_nothing_and_fails_nothing() {
     let (_remote, upstream) = remote_target(&[malloc("Malloc0", 16)]);
     let proxy = NvmeProxy::start(upstream, Duration::from_secs(1));
     let local = Side::new();
-    let policy = json!({"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 20});
+    let policy = json!({"ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1,
+        "fast_io_fail_timeout_sec": 20});
     local.call("bdev_nvme_attach_controller", attach_params(proxy.address, NQN, policy));
     let bdev = local.bdev("Nvme0n1");
     let handle = local.handle();
@@ -95,7 +96,8 @@ fn past_fast_io_fail_io_fails_and_past_ctrlr_loss_the_controller_is_removed() {
         "bdev_malloc_create",
         json!({"name": "Local0", "num_blocks": 2048, "block_size": 4096}),
     );
-    let policy = json!({"ctrlr_loss_timeout_sec": 3, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 1});
+    let policy = json!({"ctrlr_loss_timeout_sec": 3, "reconnect_delay_sec": 1,
+        "fast_io_fail_timeout_sec": 1});
     local.call("bdev_nvme_attach_controller", attach_params(proxy.address, NQN, policy));
     let handle = local.handle();
     let bdev = local.bdev("Nvme0n1");
