@@ -120,8 +120,8 @@ pub enum PoolError {
     #[error(
         "the volume can grow to {capacity_bytes} bytes ({capacity_vblocks} blocks): its view of \
          mappings is allocated up front for 4 times its size (in whole chunks of 4096 blocks) \
-         when it was made or the pool last opened, up to {table_mib} MiB (reopening the pool raises the limit to 4 times the \
-         current size)",
+         when it was made or the pool last opened, up to {table_mib} MiB (reopening the pool \
+         raises the limit to 4 times the current size)",
         table_mib = VOLUME_VIEW_TABLE_MIB_MAX
     )]
     TooLarge { capacity_vblocks: u64, capacity_bytes: u64 },
