@@ -337,3 +337,67 @@ const _: () = assert!(NVMF_QUEUE_DEPTH_MAX <= u16::MAX as usize);
 const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX >= IO_BYTES_MAX + NVMF_IN_CAPSULE_DATA_BYTES_MAX);
 const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(NVMF_INPUT_BUFFER_BYTES >= 2 * crate::nvme::tcp::RECEIVED_HEADER_BYTES_MAX);
+
+/// Entries of an NVMe/TCP initiator's admin queue (SQSIZE 31, as Linux asks): the attach
+/// sequence sends one command at a time, and steady state holds the AERs and a keep alive.
+pub const NVME_ADMIN_QUEUE_ENTRIES: u16 = 32;
+
+/// Most entries an initiator IO queue asks for; the controller's MQES + 1 and MAXCMD cap it.
+/// Linux's nvmet offers 1024, SPDK's target 128 by default.
+pub const NVME_IO_QUEUE_ENTRIES_MAX: u16 = 1024;
+
+/// Bdev IOs one core's IO queue pair holds at once, across the channels of that core (a
+/// request is split into as many NVMe commands as MDTS and the DSM limits need, issued as
+/// queue entries free up). Past it, `submit` hands the request back (back-pressure).
+pub const NVME_REQUESTS_PER_QPAIR_MAX: usize = 1024;
+
+/// Buffers for Dataset Management range lists one IO queue pair keeps: each holds the 256
+/// ranges of one command; more concurrent unmaps wait for one.
+pub const NVME_DSM_BUFFERS_PER_QPAIR: usize = 16;
+
+/// Staging buffer of one initiator connection: PDU headers and small data read in one call;
+/// larger read data goes from the socket straight into the request's buffers.
+pub const NVME_INPUT_BUFFER_BYTES: usize = 64 << 10;
+
+/// PDUs one initiator connection decodes per poll, so one queue cannot starve the reactor.
+pub const NVME_PDUS_PER_POLL_MAX: usize = 64;
+
+/// Buffers handed to one `writev` of an initiator connection (headers, data, digests).
+pub const NVME_OUTPUT_IOVECS_MAX: usize = 64;
+
+/// How often a controller's admin poller runs, in microseconds: admin traffic is rare (the
+/// attach sequence, keep alives, AERs), so it need not cost the IO path a syscall per turn.
+pub const NVME_ADMIN_POLL_PERIOD_US: u64 = 1000;
+
+/// Keep alive timeout an initiator asks for at Connect (SPDK's default); keep alives go out at
+/// half of it, and one unanswered past it counts the connection lost.
+pub const NVME_KEEP_ALIVE_TIMEOUT_MS: u32 = 10_000;
+
+/// Longest an initiator's admin command (Identify, Get Log Page, a Property Get) may take
+/// before the connection counts as lost.
+pub const NVME_ADMIN_COMMAND_TIMEOUT_MS: u64 = 10_000;
+
+/// Fabrics Connect and TCP connect timeout when `fabrics_connect_timeout_us` is not given.
+/// SPDK's 500 ms is tight for a target in an emulated guest; a given value is honoured.
+pub const NVME_CONNECT_TIMEOUT_US_DEFAULT: u64 = 10_000_000;
+
+/// Longest an IO queue pair with commands outstanding may go without receiving a PDU before
+/// its connection counts as lost (a target that stopped answering but kept the socket open).
+pub const NVME_IO_PROGRESS_TIMEOUT_MS: u64 = 30_000;
+
+/// Attempts and spacing of an IO queue's Fabrics Connect refused with Command Sequence Error:
+/// a queue pair reopened on a core reuses its QID, and Linux's target refuses the QID until
+/// it has torn down the previous connection of that QID (asynchronously, milliseconds).
+pub const NVME_IO_CONNECT_RETRIES: u32 = 50;
+pub const NVME_IO_CONNECT_RETRY_DELAY_MS: u64 = 20;
+
+/// Namespaces one controller exposes as bdevs (the active list is read in pages of 1024).
+pub const NVME_NAMESPACES_MAX: usize = 1024;
+
+/// Asynchronous Event Requests an initiator keeps outstanding (AERL + 1 of the controller,
+/// capped here; SPDK's host keeps up to 4).
+pub const NVME_ASYNC_EVENTS_MAX: usize = 4;
+
+const _: () = assert!(NVME_IO_QUEUE_ENTRIES_MAX as usize <= NVME_REQUESTS_PER_QPAIR_MAX);
+const _: () = assert!(NVME_INPUT_BUFFER_BYTES >= 2 * crate::nvme::tcp::RECEIVED_HEADER_BYTES_MAX);
+const _: () = assert!(NVME_ASYNC_EVENTS_MAX + 2 < NVME_ADMIN_QUEUE_ENTRIES as usize);

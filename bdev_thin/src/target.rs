@@ -23,6 +23,8 @@ pub struct Target {
     connection_timeouts: ConnectionTimeouts,
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
+    /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
+    pub nvme_controllers: crate::rpc::methods::bdev_nvme::NvmeControllers,
     initialized: AtomicBool,
 }
 
@@ -45,6 +47,7 @@ impl Target {
             nbd: crate::export::nbd::NbdServer::default(),
             connection_timeouts: timeouts,
             nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
+            nvme_controllers: Default::default(),
             initialized: AtomicBool::new(false),
         })
     }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod nvme;
+pub mod nvme_proxy;
 pub mod spdk;
 pub mod writer;
 

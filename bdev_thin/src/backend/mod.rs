@@ -1,9 +1,11 @@
-//! Base devices: `malloc` (RAM), `null` (no data) and `uring` (a file or block device through
-//! io_uring), and [`BaseDevice`], the enum a pool's data device is: static dispatch over the
-//! three, so the IO path never goes through a vtable.
+//! Base devices: `malloc` (RAM), `null` (no data), `uring` (a file or block device through
+//! io_uring) and `nvme_tcp` (a namespace of a remote NVMe-oF controller), and [`BaseDevice`],
+//! the enum a pool's data device is: static dispatch over the four, so the IO path never goes
+//! through a vtable.
 
 pub mod malloc;
 pub mod null;
+pub mod nvme_tcp;
 pub mod uring;
 
 use std::collections::VecDeque;
@@ -16,6 +18,7 @@ use crate::limits;
 
 pub use malloc::MallocDevice;
 pub use null::NullDevice;
+pub use nvme_tcp::NvmeDevice;
 pub use uring::UringDevice;
 
 /// Checks a base device's block size and block count against what bdevs and their exports can
@@ -84,12 +87,14 @@ pub enum BaseDevice {
     Malloc(Arc<MallocDevice>),
     Null(Arc<NullDevice>),
     Uring(Arc<UringDevice>),
+    Nvme(NvmeDevice),
 }
 
 pub enum BaseChannel {
     Malloc(malloc::MallocChannel),
     Null(null::NullChannel),
     Uring(uring::UringChannel),
+    Nvme(nvme_tcp::NvmeChannel),
 }
 
 impl BaseDevice {
@@ -99,6 +104,7 @@ impl BaseDevice {
             BaseDevice::Malloc(_) => "Malloc disk",
             BaseDevice::Null(_) => "Null disk",
             BaseDevice::Uring(_) => "URING bdev",
+            BaseDevice::Nvme(_) => "NVMe disk",
         }
     }
 
@@ -113,6 +119,7 @@ impl BaseDevice {
                 Ok(())
             }
             BaseDevice::Uring(d) => d.read_sync(offset_bytes, out),
+            BaseDevice::Nvme(d) => d.0.read_sync(offset_bytes, out),
         }
     }
 
@@ -130,6 +137,7 @@ impl BlockDevice for BaseDevice {
             BaseDevice::Malloc(d) => d.info(),
             BaseDevice::Null(d) => d.info(),
             BaseDevice::Uring(d) => d.info(),
+            BaseDevice::Nvme(d) => d.info(),
         }
     }
 
@@ -138,6 +146,7 @@ impl BlockDevice for BaseDevice {
             BaseDevice::Malloc(d) => d.supports(kind),
             BaseDevice::Null(d) => d.supports(kind),
             BaseDevice::Uring(d) => d.supports(kind),
+            BaseDevice::Nvme(d) => d.supports(kind),
         }
     }
 
@@ -146,6 +155,7 @@ impl BlockDevice for BaseDevice {
             BaseDevice::Malloc(d) => BaseChannel::Malloc(d.open_channel()?),
             BaseDevice::Null(d) => BaseChannel::Null(d.open_channel()?),
             BaseDevice::Uring(d) => BaseChannel::Uring(d.open_channel()?),
+            BaseDevice::Nvme(d) => BaseChannel::Nvme(d.open_channel()?),
         })
     }
 }
@@ -157,6 +167,7 @@ impl DeviceChannel for BaseChannel {
             BaseChannel::Malloc(c) => c.submit(request),
             BaseChannel::Null(c) => c.submit(request),
             BaseChannel::Uring(c) => c.submit(request),
+            BaseChannel::Nvme(c) => c.submit(request),
         }
     }
 
@@ -166,6 +177,7 @@ impl DeviceChannel for BaseChannel {
             BaseChannel::Malloc(c) => c.poll(complete),
             BaseChannel::Null(c) => c.poll(complete),
             BaseChannel::Uring(c) => c.poll(complete),
+            BaseChannel::Nvme(c) => c.poll(complete),
         }
     }
 
@@ -174,6 +186,7 @@ impl DeviceChannel for BaseChannel {
             BaseChannel::Malloc(c) => c.in_flight(),
             BaseChannel::Null(c) => c.in_flight(),
             BaseChannel::Uring(c) => c.in_flight(),
+            BaseChannel::Nvme(c) => c.in_flight(),
         }
     }
 
@@ -182,6 +195,7 @@ impl DeviceChannel for BaseChannel {
             BaseChannel::Malloc(c) => c.prepare_park(),
             BaseChannel::Null(c) => c.prepare_park(),
             BaseChannel::Uring(c) => c.prepare_park(),
+            BaseChannel::Nvme(c) => c.prepare_park(),
         }
     }
 }

@@ -299,7 +299,8 @@ impl Poller for OwnerPoller {
     }
 }
 
-/// Settings of a pool, from its record.
+/// Settings of a pool, from its record (and, in a build with the `mutations` feature, the
+/// mutations a test asked for).
 pub fn owner_settings(record: &PoolRecord) -> OwnerSettings {
-    OwnerSettings::from_record(record, crate::thin::mutations::Mutations::NONE)
+    OwnerSettings::from_record(record, crate::thin::mutations::Mutations::for_new_pools())
 }

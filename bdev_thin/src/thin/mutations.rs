@@ -106,6 +106,44 @@ impl Mutations {
     }
 }
 
+/// The mutations a test asked for in pools this process opens through its RPC methods (not
+/// the stepping host's, whose tests pass their own): set by [`Mutations::set_for_new_pools`],
+/// else named in `BDEV_THIN_MUTATIONS` (comma-separated, as in `NoHold,NoGrace`), so a real
+/// `thin_tgt` or `perf` built with the feature can run a pool with a mechanism switched off.
+#[cfg(feature = "mutations")]
+static FOR_NEW_POOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+impl Mutations {
+    /// What pools opened by this process's RPC methods get (always none without the feature).
+    pub fn for_new_pools() -> Mutations {
+        #[cfg(feature = "mutations")]
+        {
+            use std::sync::atomic::Ordering;
+            let set = FOR_NEW_POOLS.load(Ordering::Acquire);
+            if set != u64::MAX {
+                return Mutations { bits: set as u32 };
+            }
+            let named = std::env::var("BDEV_THIN_MUTATIONS").unwrap_or_default();
+            let mut mutations = Mutations::NONE;
+            for name in named.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match Mutation::ALL.iter().find(|m| format!("{m:?}") == name) {
+                    Some(mutation) => mutations = mutations.with(*mutation),
+                    None => eprintln!("BDEV_THIN_MUTATIONS: no mutation named {name}"),
+                }
+            }
+            mutations
+        }
+        #[cfg(not(feature = "mutations"))]
+        Mutations::NONE
+    }
+
+    /// Sets what pools opened from now on get (a test in one process).
+    #[cfg(feature = "mutations")]
+    pub fn set_for_new_pools(mutations: Mutations) {
+        FOR_NEW_POOLS.store(u64::from(mutations.bits), std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Crash points for the recovery tests in real processes: with the `mutations` feature and
 /// `BDEV_THIN_CRASH_AT=POINT[:N]` in the environment, the N-th (default first) arrival at
 /// `POINT` prints `crash point POINT reached` on stderr and kills the process with SIGKILL,

@@ -308,6 +308,7 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
             json!({"uring": {"filename": d.path().display().to_string()}})
         }
         Device::Thin(d) => super::thin::driver_specific(d),
+        Device::Base(BaseDevice::Nvme(d)) => super::bdev_nvme::driver_specific(d),
         _ => json!({}),
     };
     object.insert("driver_specific".into(), driver_specific);
@@ -496,6 +497,8 @@ pub(crate) fn create_entry(bdev: &Bdev) -> Option<Value> {
                 "uuid": uuid
             }
         }),
+        // One entry per controller, at its first namespace (`subsystem_config` drops repeats).
+        BaseDevice::Nvme(d) => super::bdev_nvme::attach_entry(&d.0.controller.options),
     })
 }
 
@@ -504,7 +507,11 @@ pub(crate) fn create_entry(bdev: &Bdev) -> Option<Value> {
 /// `bdev_wait_for_examine` last, so pools on the bdevs are open before the next subsystem.
 pub(super) fn subsystem_config(target: &Arc<Target>) -> Option<Vec<Value>> {
     let mut entries = vec![bdev_set_options_entry()];
-    entries.extend(target.bdevs.all().iter().filter_map(|bdev| create_entry(bdev)));
+    for entry in target.bdevs.all().iter().filter_map(|bdev| create_entry(bdev)) {
+        if !entries.contains(&entry) {
+            entries.push(entry);
+        }
+    }
     entries.push(json!({"method": "bdev_wait_for_examine"}));
     Some(entries)
 }
