@@ -36,11 +36,20 @@ pub enum Mutation {
     /// EAGAIN: its rings are sized for requests, not for the pieces requests split into (the
     /// overflow that aborted `perf -q 256 -o 1M`).
     RingsSizedForRequests = 11,
+    /// A piece whose part of the view is not ready yet goes to the owner as a write, carrying
+    /// a read's buffer, instead of parking as what it is.
+    UnreadyPieceToOwner = 12,
+    /// A write_zeroes (or unmap) with FUA that passes nothing down is answered at once, before
+    /// a commit makes it durable.
+    FuaZeroesBeforeCommit = 13,
+    /// A block of a write_zeroes that finds no op slot, copy buffer or free block fails with
+    /// EAGAIN instead of waiting for one.
+    ZeroingFailsWhenBusy = 14,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -53,6 +62,9 @@ impl Mutation {
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
         Mutation::RingsSizedForRequests,
+        Mutation::UnreadyPieceToOwner,
+        Mutation::FuaZeroesBeforeCommit,
+        Mutation::ZeroingFailsWhenBusy,
     ];
 }
 
