@@ -8,7 +8,8 @@
 //!   pollers, bounded rings, parking in one `epoll_wait` when idle.
 //! - [`backend`] holds the base devices (`malloc`, `null`, `uring`).
 //! - [`bdev`] is the registry of named devices, per-core channels and `bdev_get_iostat`.
-//! - [`export`] serves bdevs to other processes: the NBD server over TCP.
+//! - [`export`] serves bdevs to other processes: the NBD server and the NVMe-oF/TCP target.
+//! - [`nvme`] is NVMe and NVMe/TCP on the wire: commands, Identify, log pages, PDUs (no IO).
 //! - [`testing`] (feature `testing`) is the deterministic stepping host and its simulated device.
 //!
 //! Modules allowed `unsafe` (the workspace denies it everywhere else), each block with a
@@ -23,6 +24,7 @@ pub mod config;
 pub mod export;
 pub mod host;
 pub mod limits;
+pub mod nvme;
 pub mod rpc;
 pub mod runtime;
 pub mod sys;

@@ -78,7 +78,9 @@ const _: () = assert!(REACTOR_EVENTS_PER_TURN_MAX <= REACTOR_EVENT_RING_ENTRIES)
 /// makes the channel keep the request in its own queue (back-pressure).
 pub const POOL_INBOX_ENTRIES: usize = 4096;
 
-/// Frontend requests one thin volume channel admits at once, of any size up to the volume's.
+/// Frontend requests one thin volume channel admits at once, of any size up to the volume's
+/// (this, the credits below and the owner's op slots, copy buffers and view-fill slice are a
+/// pool's `PoolLimits`, which tests may lower).
 pub const THIN_CHANNEL_DEPTH_MAX: usize = 1024;
 
 /// Pieces (data-block parts of requests) one thin volume channel keeps in flight, on the data
@@ -224,3 +226,75 @@ const _: () = assert!(NBD_CONNECTION_BUFFER_BYTES >= NBD_PAYLOAD_BYTES_MAX);
 const _: () = assert!(NBD_INPUT_BUFFER_BYTES >= NBD_OPTION_BYTES_MAX + 16);
 const _: () = assert!(NBD_CONNECTION_BUFFER_BYTES <= u32::MAX as usize);
 const _: () = assert!(NBD_REQUESTS_PER_CONNECTION_MAX <= u16::MAX as usize);
+
+/// Deepest queue an NVMe-oF/TCP queue pair takes (`max_queue_depth`, `max_aq_depth`): the
+/// command slots of one connection. SPDK's default is 128.
+pub const NVMF_QUEUE_DEPTH_MAX: usize = 1024;
+
+/// Largest in-capsule data of an IO queue (`in_capsule_data_size`; SPDK's default 4 KiB).
+pub const NVMF_IN_CAPSULE_DATA_BYTES_MAX: usize = 64 << 10;
+
+/// In-capsule data the admin queue and fabrics commands may carry whatever the transport says:
+/// the NVMe/TCP specification lets hosts send 8 KiB there (Linux does).
+pub const NVMF_ADMIN_IN_CAPSULE_DATA_BYTES: usize = 8 << 10;
+
+/// Data buffer of one queue pair, split among its commands (first fit, like NBD's arena):
+/// `max_queue_depth × max_io_size`, capped here. A command that finds no room waits, and the
+/// connection stops reading: back-pressure through TCP.
+pub const NVMF_QPAIR_BUFFER_BYTES_MAX: usize = 16 << 20;
+
+/// Connections (queue pairs) the target serves at once; one more is accepted and closed.
+pub const NVMF_CONNECTIONS_MAX: usize = 256;
+
+/// Subsystems of a target (SPDK's default `max_subsystems`).
+pub const NVMF_SUBSYSTEMS_MAX: usize = 1024;
+
+/// Namespaces of one subsystem (`max_namespaces`, SPDK's default 32): each IO queue pair opens
+/// a bdev channel per namespace, and a poll looks only at channels with IO in flight.
+pub const NVMF_NAMESPACES_MAX: usize = 1024;
+
+/// Hosts one subsystem lists, and listeners of one target.
+pub const NVMF_HOSTS_MAX: usize = 1024;
+pub const NVMF_LISTENERS_MAX: usize = 64;
+
+/// Controllers one subsystem hosts at once (each an admin queue and its IO queues).
+pub const NVMF_CONTROLLERS_MAX: usize = 256;
+
+/// Bdev IOs one command keeps in flight: Write Zeroes and Dataset Management split into
+/// pieces of at most [`NVMF_ZEROES_BYTES_PER_IO`] and the device's unmap limit.
+pub const NVMF_IOS_PER_COMMAND_MAX: usize = 8;
+
+/// Bytes one write-zeroes or deallocate bdev IO covers, so one 256 MiB Write Zeroes cannot make
+/// one device call hog a reactor (malloc zeroes in place).
+pub const NVMF_ZEROES_BYTES_PER_IO: usize = 64 << 20;
+
+/// Staging buffer of one connection: PDU headers and small data read from the socket in one
+/// call; larger data goes straight from the socket into the command's buffer.
+pub const NVMF_INPUT_BUFFER_BYTES: usize = 64 << 10;
+
+/// PDUs one connection decodes per poll, so one host cannot starve the others.
+pub const NVMF_PDUS_PER_POLL_MAX: usize = 64;
+
+/// Buffers handed to one `writev` of PDUs (headers, data, digests).
+pub const NVMF_OUTPUT_IOVECS_MAX: usize = 64;
+
+/// Asynchronous Event Requests a controller holds (AERL + 1; SPDK holds 4).
+pub const NVMF_ASYNC_EVENTS_MAX: usize = 4;
+
+/// How often the target looks for namespaces that changed size and controllers whose keep
+/// alive timer expired, in microseconds: the latency of a resize notice and of a keep-alive
+/// teardown, at a cost proportional to namespaces and controllers only every period.
+pub const NVMF_HOUSEKEEPING_PERIOD_US: u64 = 50_000;
+
+/// Keep alive timeout of a discovery controller whose host asked for none (NVMe-oF 1.1 lets
+/// the transport choose; SPDK uses two minutes), so stale discovery sessions end.
+pub const NVMF_DISCOVERY_KATO_MS: u32 = 120_000;
+
+/// Worst-case time to enable, reset or shut down a controller, in 500 ms units (CAP.TO): a
+/// shutdown flushes every namespace, which commits every pool.
+pub const NVMF_CONTROLLER_TIMEOUT_500MS: u8 = 60;
+
+const _: () = assert!(NVMF_QUEUE_DEPTH_MAX <= u16::MAX as usize);
+const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX >= IO_BYTES_MAX + NVMF_IN_CAPSULE_DATA_BYTES_MAX);
+const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(NVMF_INPUT_BUFFER_BYTES >= 2 * crate::nvme::tcp::RECEIVED_HEADER_BYTES_MAX);

@@ -18,6 +18,8 @@ pub struct Target {
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
+    /// The NVMe-oF/TCP target (`nvmf_*` methods).
+    pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
     initialized: AtomicBool,
 }
 
@@ -30,6 +32,7 @@ impl Target {
             examines: std::sync::Mutex::new((0, Vec::new())),
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
+            nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
             initialized: AtomicBool::new(false),
         })
     }

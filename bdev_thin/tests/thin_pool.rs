@@ -3,231 +3,17 @@
 //! provisioning, sharing and snapshots, discard modes, flush. Every IO's completion is held,
 //! reordered or delivered as the test says (`testing::SimDevice`).
 
-use std::sync::Arc;
+mod support;
 
 use bdev_thin::host::{
-    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, NoopWaker, SgList,
+    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, SgList,
 };
-use bdev_thin::testing::{SimDevice, SteppingHost};
-use bdev_thin::thin::channel::{ChannelGeometry, VolumeChannel};
-use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
+use bdev_thin::testing::SimDevice;
+use bdev_thin::thin::metadata::{Layout, PoolMetadata, check};
 use bdev_thin::thin::mutations::Mutations;
-use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
-use bdev_thin::thin::pool::PoolShared;
-use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
-use crossbeam_queue::ArrayQueue;
-
-const LBA: u32 = 512;
-const BLOCK: u32 = 4096;
-const LBAS_PER_BLOCK: u64 = (BLOCK / LBA) as u64;
-
-type Channel = VolumeChannel<SimDevice, NoopWaker>;
-
-struct Rig {
-    device: SimDevice,
-    shared: Arc<PoolShared<NoopWaker>>,
-    control: Arc<ArrayQueue<ControlOp>>,
-    owner: Owner<SimDevice, SteppingHost>,
-    geometry: ChannelGeometry,
-    settings: OwnerSettings,
-}
-
-fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
-    OwnerSettings {
-        discard,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
-        mutations,
-    }
-}
-
-impl Rig {
-    /// A pool whose data area holds `data_blocks` blocks of 4 KiB.
-    fn new(data_blocks: u64, settings: OwnerSettings) -> Rig {
-        Rig::with_block_size(data_blocks, BLOCK, settings)
-    }
-
-    /// A pool whose data area holds `data_blocks` blocks of `block_bytes`.
-    fn with_block_size(data_blocks: u64, block_bytes: u32, settings: OwnerSettings) -> Rig {
-        let mut device_bytes = 64 << 20;
-        let layout = loop {
-            let layout = Layout::on_data_device(device_bytes, block_bytes, device_bytes).unwrap();
-            if layout.data_blocks == data_blocks {
-                break layout;
-            }
-            device_bytes = layout.data_offset_bytes + data_blocks * u64::from(block_bytes);
-        };
-        let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
-        let record = settings.to_record([7; 16], "pool0");
-        let meta = PoolMetadata::format(layout, record).unwrap();
-        let shared = PoolShared::new(NoopWaker);
-        let control = Arc::new(ArrayQueue::new(16));
-        let host = SteppingHost::new();
-        let owner =
-            Owner::new(host, Arc::clone(&shared), Arc::clone(&control), meta, &device, settings)
-                .unwrap();
-        let geometry = ChannelGeometry {
-            lba_bytes: u64::from(LBA),
-            lbas_per_block: u64::from(block_bytes / LBA),
-            data_offset_lbas: layout.data_offset_bytes / u64::from(LBA),
-        };
-        Rig { device, shared, control, owner, geometry, settings }
-    }
-
-    /// Loses power (every write since the last flush is gone, IO in flight vanishes), then
-    /// opens the pool again from what the device holds, as a restarted daemon would. Channels
-    /// opened before belong to the lost pool: open new ones.
-    fn crash_and_reopen(&mut self) {
-        self.device.crash();
-        let device = self.device.clone();
-        let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
-        let mut read = |block: MetaBlock, out: &mut [u8]| {
-            out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
-            Ok(())
-        };
-        if let Err(problems) = check(&mut read) {
-            panic!("thinctl check after the crash failed: {problems:#?}");
-        }
-        let meta = PoolMetadata::open(&mut read).expect("the pool opens after a crash");
-        self.shared = PoolShared::new(NoopWaker);
-        self.control = Arc::new(ArrayQueue::new(16));
-        self.owner = Owner::new(
-            SteppingHost::new(),
-            Arc::clone(&self.shared),
-            Arc::clone(&self.control),
-            meta,
-            &self.device,
-            self.settings,
-        )
-        .unwrap();
-    }
-
-    fn commits(&self) -> u64 {
-        self.shared.counters.commits.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn control<T: Send + 'static>(
-        &mut self,
-        make: impl FnOnce(Box<dyn FnOnce(Result<T, PoolError>) + Send>) -> ControlOp,
-    ) -> Result<T, PoolError> {
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let answer = Arc::clone(&slot);
-        let op = make(Box::new(move |result| *answer.lock().unwrap() = Some(result)));
-        assert!(self.control.push(op).is_ok());
-        for _ in 0..1000 {
-            self.owner.poll();
-            if let Some(result) = slot.lock().unwrap().take() {
-                return result;
-            }
-        }
-        panic!("control operation not answered after 1000 polls");
-    }
-
-    fn create_volume(&mut self, name: &str, blocks: u64) -> VolumeId {
-        let name = name.to_string();
-        let size_bytes = blocks * self.geometry.lbas_per_block * u64::from(LBA);
-        self.control(|done| ControlOp::CreateVolume { uuid: [1; 16], name, size_bytes, done })
-            .unwrap()
-    }
-
-    fn snapshot(&mut self, origin: VolumeId, name: &str) -> VolumeId {
-        let name = name.to_string();
-        self.control(|done| ControlOp::Snapshot { origin, uuid: [2; 16], name, done }).unwrap()
-    }
-
-    fn channel(&self, volume: VolumeId) -> Channel {
-        let view = self.shared.view(volume).unwrap();
-        VolumeChannel::open(Arc::clone(&self.shared), view, &self.device, self.geometry, NoopWaker)
-            .unwrap()
-    }
-
-    /// Commits, then checks the metadata on the device as `thinctl check` does: checksums,
-    /// structure, committed counts = committed references. Every test ends with it.
-    fn check(&mut self) {
-        let commit = self.control(|done| ControlOp::Commit { done });
-        assert_eq!(commit, Ok(()));
-        let device = self.device.clone();
-        let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
-        let mut read = |block: MetaBlock, out: &mut [u8]| {
-            out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
-            Ok(())
-        };
-        if let Err(problems) = check(&mut read) {
-            panic!("thinctl check failed: {problems:#?}");
-        }
-    }
-
-    /// Submits and runs owner and channel until the request completes (or panics).
-    fn run(&mut self, channel: &mut Channel, request: IoRequest) -> IoCompletion {
-        channel.submit(request).unwrap();
-        self.wait(channel, 1000).expect("the request did not complete")
-    }
-
-    /// Submits `request` and polls until it, and nothing else, completes.
-    fn wait_for(
-        &mut self,
-        channel: &mut Channel,
-        request: IoRequest,
-        rounds: usize,
-    ) -> IoCompletion {
-        channel.submit(request).unwrap();
-        self.wait(channel, rounds).expect("the request completes")
-    }
-
-    /// Polls owner and channel up to `rounds` times; the first completion, if any.
-    fn wait(&mut self, channel: &mut Channel, rounds: usize) -> Option<IoCompletion> {
-        for _ in 0..rounds {
-            let mut done = None;
-            channel.poll(&mut |c| done = Some(c));
-            if done.is_some() {
-                return done;
-            }
-            self.owner.poll();
-        }
-        None
-    }
-}
-
-fn block_data(byte: u8, blocks: u64) -> SgList {
-    let mut buffer = IoBuffer::new((blocks * u64::from(BLOCK)) as usize);
-    buffer.as_mut_slice().fill(byte);
-    SgList::single(buffer)
-}
-
-fn write(vblock: u64, byte: u8) -> IoRequest {
-    IoRequest::new(IoKind::Write, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
-        .with_buffers(block_data(byte, 1))
-}
-
-fn read(vblock: u64) -> IoRequest {
-    IoRequest::new(IoKind::Read, vblock * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
-        .with_buffers(block_data(0xee, 1))
-}
-
-fn bytes_of(completion: &IoCompletion) -> Vec<u8> {
-    let mut out = vec![0; completion.request.buffers.len_bytes()];
-    completion.request.buffers.copy_to(0, &mut out);
-    out
-}
-
-fn unmap(vblock: u64, blocks: u64) -> IoRequest {
-    IoRequest::new(IoKind::Unmap, vblock * LBAS_PER_BLOCK, blocks * LBAS_PER_BLOCK, 0)
-}
-
-/// Fills every data block but one through volume `filler`, so the next provision in the pool
-/// can only take the last block.
-fn fill_all_but_one(rig: &mut Rig, data_blocks: u64) -> (VolumeId, Channel) {
-    let filler = rig.create_volume("filler", data_blocks);
-    let mut channel = rig.channel(filler);
-    for vblock in 0..data_blocks - 1 {
-        let done = rig.run(&mut channel, write(vblock, 0x11));
-        assert_eq!(done.status, IoStatus::Success);
-    }
-    (filler, channel)
-}
+use bdev_thin::thin::owner::{ControlOp, OwnerSettings};
+use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode};
+use support::*;
 
 #[test]
 fn writes_read_back_and_unmapped_blocks_read_zeroes() {
@@ -498,86 +284,25 @@ fn flush_commits_and_fua_writes_wait_for_the_commit() {
     let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
     let volume = rig.create_volume("v", 8);
     let mut channel = rig.channel(volume);
-    let before = rig.commits();
+    let before = commits(&rig);
     assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
-    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
-    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
-    assert_eq!(rig.commits(), before + 1);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    assert_eq!(commits(&rig), before + 1);
     assert!(!rig.owner.metadata().is_dirty());
     let fua = write(1, 2).with_flags(IoFlags::FUA);
     assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
-    assert_eq!(rig.commits(), before + 2, "a FUA provision is answered after its commit");
+    assert_eq!(commits(&rig), before + 2, "a FUA provision is answered after its commit");
     // A FUA overwrite of a mapped block goes to the owner too (the fast path takes no FUA).
     let fua = write(0, 3).with_flags(IoFlags::FUA);
     assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
     rig.check();
     // What the flush and the FUA writes acknowledged survives a power loss.
-    rig.crash_and_reopen();
+    drop(channel);
+    let mut rig = rig.reopen();
     let mut channel = rig.channel(volume);
-    assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![3; BLOCK as usize]);
-    assert_eq!(bytes_of(&rig.run(&mut channel, read(1))), vec![2; BLOCK as usize]);
+    assert_reads(&mut rig, &mut channel, 0, 3);
+    assert_reads(&mut rig, &mut channel, 1, 2);
     rig.check();
-}
-
-/// A FLUSH that arrives while a commit runs is not answered by that commit's flushes, issued
-/// before it arrived: it waits for a commit whose data flush was issued after it (DESIGN.md
-/// "Metadata"), and what was acknowledged before it then survives a power loss. Here an
-/// overwrite in place completes while the commit's data flush is held, then the FLUSH comes.
-#[test]
-fn a_flush_during_a_commit_waits_for_a_device_flush_issued_after_it() {
-    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
-    let volume = rig.create_volume("v", 8);
-    let mut channel = rig.channel(volume);
-    assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
-    assert_eq!(rig.run(&mut channel, write(1, 1)).status, IoStatus::Success);
-    rig.device.hold(|io| io.kind == IoKind::Flush);
-    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 21)).unwrap();
-    let mut commit_flush = None;
-    for _ in 0..50 {
-        rig.owner.poll();
-        channel.poll(&mut |c| panic!("{:?} completed while its commit is held", c.request.tag));
-        commit_flush = rig.device.pending().into_iter().find(|p| p.kind == IoKind::Flush);
-        if commit_flush.is_some() {
-            break;
-        }
-    }
-    let commit_flush = commit_flush.expect("the first flush started a commit");
-    // While that commit runs, an overwrite in place (the fast path) completes...
-    let overwrite = rig.wait_for(&mut channel, write(1, 2), 50);
-    assert_eq!(overwrite.status, IoStatus::Success);
-    // ...and then a flush arrives: the commit's data flush was issued before both.
-    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 22)).unwrap();
-    let arrived_after = rig.device.pending().iter().map(|p| p.id).max().unwrap();
-    assert!(arrived_after >= commit_flush.id);
-    let mut later_flush_done = false;
-    let mut done = Vec::new();
-    for _ in 0..500 {
-        rig.owner.poll();
-        channel.poll(&mut |c| {
-            if c.request.tag == 22 {
-                assert!(later_flush_done, "the flush was answered by a flush issued before it");
-            }
-            assert_eq!(c.status, IoStatus::Success);
-            done.push(c.request.tag);
-        });
-        for flush in rig.device.pending().into_iter().filter(|p| p.kind == IoKind::Flush) {
-            rig.device.complete(flush.id);
-            later_flush_done |= flush.id > arrived_after;
-        }
-        if done.contains(&22) {
-            break;
-        }
-    }
-    assert_eq!(done, vec![21, 22], "both flushes answered, in order");
-    rig.device.release_hold();
-    rig.crash_and_reopen();
-    let mut channel = rig.channel(volume);
-    assert!(bytes_of(&rig.run(&mut channel, read(1))) == vec![2; BLOCK as usize]);
-    rig.check();
-}
-
-fn passdowns(rig: &Rig) -> u64 {
-    rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[test]
@@ -650,13 +375,8 @@ fn a_failed_metadata_write_turns_the_pool_read_only_and_keeps_what_was_committed
     assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![0x31; BLOCK as usize]);
     assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Failed(libc::EROFS));
     // What is on the device is the last committed transaction, and it checks clean.
-    let device = rig.device.clone();
-    let lbas = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
-    let mut read_block = |block: MetaBlock, out: &mut [u8]| {
-        out.copy_from_slice(&device.read_content(block.0 * lbas, lbas));
-        Ok(())
-    };
-    let report = check(&mut read_block).expect("the committed metadata is intact");
+    let report =
+        check(&mut metadata_reader(&rig.device)).expect("the committed metadata is intact");
     assert_eq!(report.mappings, 1);
 }
 
@@ -811,6 +531,65 @@ fn rings_sized_for_requests_fail_a_full_queue() {
     assert!(refused > 0, "pieces past the device's depth fail with EAGAIN");
 }
 
+/// A FLUSH that arrives while a commit runs is not answered by that commit's flushes, issued
+/// before it arrived: it waits for a commit whose data flush was issued after it (DESIGN.md
+/// "Metadata"), and what was acknowledged before it then survives a power loss. Here an
+/// overwrite in place completes while the commit's data flush is held, then the FLUSH comes.
+#[test]
+fn a_flush_during_a_commit_waits_for_a_device_flush_issued_after_it() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, write(1, 1)).status, IoStatus::Success);
+    rig.device.hold(|io| io.kind == IoKind::Flush);
+    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 21)).unwrap();
+    let mut commit_flush = None;
+    for _ in 0..50 {
+        rig.owner.poll();
+        channel.poll(&mut |c| panic!("{:?} completed while its commit is held", c.request.tag));
+        commit_flush = rig.device.pending().into_iter().find(|p| p.kind == IoKind::Flush);
+        if commit_flush.is_some() {
+            break;
+        }
+    }
+    let commit_flush = commit_flush.expect("the first flush started a commit");
+    // While that commit runs, an overwrite in place (the fast path) completes...
+    channel.submit(write(1, 2)).unwrap();
+    let overwrite = rig.wait(&mut channel, 50).expect("the overwrite completes");
+    assert_eq!(overwrite.status, IoStatus::Success);
+    // ...and then a flush arrives: the commit's data flush was issued before both.
+    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 22)).unwrap();
+    let arrived_after = rig.device.pending().iter().map(|p| p.id).max().unwrap();
+    assert!(arrived_after >= commit_flush.id);
+    let mut later_flush_done = false;
+    let mut done = Vec::new();
+    for _ in 0..500 {
+        rig.owner.poll();
+        channel.poll(&mut |c| {
+            if c.request.tag == 22 {
+                assert!(later_flush_done, "the flush was answered by a flush issued before it");
+            }
+            assert_eq!(c.status, IoStatus::Success);
+            done.push(c.request.tag);
+        });
+        for flush in rig.device.pending().into_iter().filter(|p| p.kind == IoKind::Flush) {
+            rig.device.complete(flush.id);
+            later_flush_done |= flush.id > arrived_after;
+        }
+        if done.contains(&22) {
+            break;
+        }
+    }
+    assert_eq!(done, vec![21, 22], "both flushes answered, in order");
+    rig.device.release_hold();
+    drop(channel);
+    let mut rig = rig.reopen();
+    let mut channel = rig.channel(volume);
+    assert!(bytes_of(&rig.run(&mut channel, read(1))) == vec![2; BLOCK as usize]);
+    rig.check();
+}
+
 /// A read that finds its part of the view not ready parks as a read until it is ready. Here
 /// the ready mark falls behind a 16-block read while its first pieces are on the device (as a
 /// view being filled again would). Returns whether the read completed while its view was not
@@ -898,7 +677,8 @@ fn fua_write_zeroes_after_a_power_loss(mutations: Mutations) -> Vec<(&'static st
         let flags = zeroes.flags.with(IoFlags::FUA);
         let done = rig.run(&mut channel, zeroes.with_flags(flags));
         assert_eq!(done.status, IoStatus::Success, "{name}");
-        rig.crash_and_reopen();
+        drop(channel);
+        let mut rig = rig.reopen();
         let mut channel = rig.channel(volume);
         let all = IoRequest::new(IoKind::Read, 0, 4 * LBAS_PER_BLOCK, 0)
             .with_buffers(block_data(0xee, 4));
@@ -949,13 +729,18 @@ fn clone_range(request: &IoRequest) -> IoRequest {
 fn a_no_unmap_write_zeroes_of_1024_blocks_succeeds() {
     const BLOCKS: u64 = 1024;
     for block_bytes in [4096u32, 65536] {
-        let mut rig = Rig::with_block_size(
-            2 * BLOCKS,
-            block_bytes,
-            settings(DiscardMode::Passdown, Mutations::NONE),
-        );
+        let settings = settings(DiscardMode::Passdown, Mutations::NONE);
+        let mut rig = rig_with_block_size(2 * BLOCKS, block_bytes, settings);
         let lbas_per_block = u64::from(block_bytes / LBA);
-        let volume = rig.create_volume("v", BLOCKS);
+        let size_bytes = BLOCKS * u64::from(block_bytes);
+        let volume = rig
+            .control(|done| ControlOp::CreateVolume {
+                uuid: [1; 16],
+                name: "v".into(),
+                size_bytes,
+                done,
+            })
+            .unwrap();
         let mut channel = rig.channel(volume);
         let data = |byte: u8, blocks: u64| {
             let mut buffer = IoBuffer::new((blocks * u64::from(block_bytes)) as usize);
@@ -1055,4 +840,21 @@ fn zeroing_that_fails_when_busy_answers_eagain() {
     let statuses = zeroing_that_needs_copy_buffers_and_free_blocks(mutations);
     let refused = statuses.iter().filter(|s| **s == IoStatus::Failed(libc::EAGAIN)).count();
     assert!(refused > 1 && statuses[32] == IoStatus::Failed(libc::EAGAIN), "{statuses:?}");
+}
+
+/// A rig whose pool has `data_blocks` blocks of `block_bytes` (the shared rig's are 4 KiB).
+fn rig_with_block_size(data_blocks: u64, block_bytes: u32, settings: OwnerSettings) -> Rig {
+    let mut device_bytes = 64 << 20;
+    let layout = loop {
+        let layout = Layout::on_data_device(device_bytes, block_bytes, device_bytes).unwrap();
+        if layout.data_blocks == data_blocks {
+            break layout;
+        }
+        device_bytes = layout.data_offset_bytes + data_blocks * u64::from(block_bytes);
+    };
+    let meta = PoolMetadata::format(layout, settings.to_record([7; 16], "pool0")).unwrap();
+    let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
+    let mut rig = Rig::with_metadata(device, meta, settings);
+    rig.geometry.lbas_per_block = u64::from(block_bytes / LBA);
+    rig
 }

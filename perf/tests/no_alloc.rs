@@ -189,6 +189,7 @@ fn a_steady_thin_loop_allocates_nothing() {
             Arc::clone(&view),
             &device,
             geometry,
+            settings.limits,
             NoopWaker,
         )
         .unwrap();
@@ -229,6 +230,7 @@ fn a_steady_thin_loop_allocates_nothing() {
             Arc::clone(&view),
             &device,
             geometry,
+            settings.limits,
             NoopWaker,
         )
         .unwrap();

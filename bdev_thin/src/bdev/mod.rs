@@ -52,6 +52,27 @@ impl Device {
         }
     }
 
+    /// Preferred IO sizes, as SPDK's bdev fields (`optimal_write_size`, `preferred_unmap_*`)
+    /// and NVMe's NPWG/NPWA/NPDG/NPDA/NOWS say them: a thin volume prefers whole data blocks
+    /// (a partial write to a new block zeroes the rest; a partial deallocate frees nothing).
+    /// Base devices state no preference.
+    pub fn io_hints(&self) -> IoHints {
+        match self {
+            Device::Base(_) => IoHints::default(),
+            Device::Thin(d) => {
+                let lba_bytes = d.info().block_size_bytes.max(1);
+                let blocks = (d.pool.layout.data_block_bytes / lba_bytes).max(1);
+                IoHints {
+                    write_granularity_blocks: blocks,
+                    write_alignment_blocks: blocks,
+                    optimal_write_blocks: blocks,
+                    unmap_granularity_blocks: blocks,
+                    unmap_alignment_blocks: blocks,
+                }
+            }
+        }
+    }
+
     pub fn product_name(&self) -> &'static str {
         match self {
             Device::Base(d) => d.product_name(),
@@ -65,6 +86,16 @@ impl Device {
             Device::Thin(d) => AnyChannel::Thin(Box::new(d.open_channel()?)),
         })
     }
+}
+
+/// Preferred IO sizes of a device, in blocks; 0 where it states none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoHints {
+    pub write_granularity_blocks: u32,
+    pub write_alignment_blocks: u32,
+    pub optimal_write_blocks: u32,
+    pub unmap_granularity_blocks: u32,
+    pub unmap_alignment_blocks: u32,
 }
 
 /// A channel of any device kind (static dispatch).

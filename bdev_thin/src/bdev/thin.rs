@@ -91,8 +91,9 @@ impl BlockDevice for ThinVolumeDevice {
             block_size_bytes: lba_bytes as u32,
             num_blocks: size_lbas,
             max_unmap_blocks: size_lbas,
-            // Unmap is advisory (edges keep their data): promise nothing.
-            unmap_reads_zeroes: false,
+            // A whole deallocated data block reads zeroes; a partial one is simply not
+            // deallocated, which unmap (and NVMe's advisory Dataset Management) allows.
+            unmap_reads_zeroes: true,
         }
     }
 
@@ -116,6 +117,7 @@ impl BlockDevice for ThinVolumeDevice {
             Arc::clone(&self.view),
             &self.pool.device,
             self.pool.geometry,
+            crate::thin::pool::PoolLimits::PRODUCTION,
             waker,
         )
     }

@@ -26,7 +26,7 @@ use crate::thin::channel::{ChannelGeometry, VolumeChannel};
 use crate::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, check};
 use crate::thin::mutations::Mutations;
 use crate::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
-use crate::thin::pool::PoolShared;
+use crate::thin::pool::{PoolLimits, PoolShared};
 use crate::thin::types::{DataBlock, DiscardMode, MetaBlock, OutOfSpaceMode, PoolMode, VolumeId};
 
 const LBA: u32 = 512;
@@ -473,6 +473,7 @@ impl Sim {
             low_water_mark: 0,
             commit_interval_ms: rng.range(10, 2000) as u32,
             mutations: config.mutations,
+            limits: PoolLimits::PRODUCTION,
         };
         let record = settings.to_record([7; 16], "simpool");
         let meta = PoolMetadata::format(layout, record).map_err(|e| format!("format: {e}"))?;
@@ -542,8 +543,16 @@ impl Sim {
         let Some(view) = self.shared.view(volume) else {
             return fail(format!("no view for {volume}"));
         };
-        VolumeChannel::open(Arc::clone(&self.shared), view, &self.device, self.geometry, NoopWaker)
-            .map_err(|e| format!("open channel: {e}"))
+        let limits = self.settings.limits;
+        VolumeChannel::open(
+            Arc::clone(&self.shared),
+            view,
+            &self.device,
+            self.geometry,
+            limits,
+            NoopWaker,
+        )
+        .map_err(|e| format!("open channel: {e}"))
     }
 
     fn add_volume(&mut self, volume: VolumeId, blocks: u64) -> Result<(), Failure> {

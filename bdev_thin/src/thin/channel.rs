@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use super::grace::EpochTicket;
 use super::mutations::{Mutation, Mutations};
-use super::pool::{ChannelShared, OwnerMessage, OwnerOp, PoolShared};
+use super::pool::{ChannelShared, OwnerMessage, OwnerOp, PoolLimits, PoolShared};
 use super::types::{VirtBlock, VolumeId};
 use super::view::{Resolved, VolumeView};
 use crate::host::{
@@ -32,7 +32,6 @@ use crate::host::{
 use crate::limits;
 
 const WINDOW: usize = limits::THIN_REQUEST_PIECES_IN_FLIGHT_MAX;
-const CREDITS: usize = limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX;
 /// Piece number of a request sent to the owner whole (unmap, write_zeroes, flush).
 const WHOLE: u64 = 0xff;
 /// Piece number of a request inside one data block sent whole to the device (the fast path:
@@ -120,10 +119,14 @@ pub struct VolumeChannel<D: BlockDevice, W: Waker> {
     shared: Arc<ChannelShared<W>>,
     data: D::Channel,
     geometry: ChannelGeometry,
+    /// Requests in flight at most (the pool's `channel_depth`).
+    depth: usize,
     slots: Vec<Slot>,
     free_slots: Vec<usize>,
     /// Credits not held by a piece in flight (see the module's comment).
     credits: usize,
+    /// Credits in all (the pool's `channel_credits`).
+    credits_max: usize,
     /// Requests waiting for a credit, first come first served (each slot at most once).
     waiting: VecDeque<usize>,
     /// Requests for the owner that found its inbox full (back-pressure).
@@ -149,17 +152,21 @@ fn untoken(token: u64) -> (usize, u64) {
 
 impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
     /// Opens a channel on the calling core; `waker` wakes this core when the owner replies.
+    /// `limits` are the pool's (the channel takes its depth from them).
     pub fn open(
         pool: Arc<PoolShared<W>>,
         view: Arc<VolumeView>,
         device: &D,
         geometry: ChannelGeometry,
+        limits: PoolLimits,
         waker: W,
     ) -> Result<VolumeChannel<D, W>, DeviceError> {
+        assert!(limits.is_valid(), "pool limits out of range: {limits:?}");
         let data = device.open_channel()?;
-        let (index, shared) = pool.register_channel(waker);
-        debug_assert!(shared.replies.capacity() >= CREDITS, "the reply ring holds every credit");
-        let depth = limits::THIN_CHANNEL_DEPTH_MAX;
+        let depth = limits.channel_depth;
+        let credits = limits.channel_credits;
+        let (index, shared) = pool.register_channel(waker, credits);
+        debug_assert!(shared.replies.capacity() >= credits, "the reply ring holds every credit");
         let mutations = pool.mutations();
         Ok(VolumeChannel {
             volume: view.id(),
@@ -169,12 +176,14 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             shared,
             data,
             geometry,
+            depth,
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free_slots: (0..depth).rev().collect(),
-            credits: CREDITS,
+            credits,
+            credits_max: credits,
             waiting: VecDeque::with_capacity(depth),
-            outbox: VecDeque::with_capacity(CREDITS),
-            device_backlog: VecDeque::with_capacity(CREDITS),
+            outbox: VecDeque::with_capacity(credits),
+            device_backlog: VecDeque::with_capacity(credits),
             parked: VecDeque::with_capacity(depth),
             ready: VecDeque::with_capacity(depth),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
@@ -546,7 +555,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         if !(split && self.mutations.is_on(Mutation::RingsSizedForRequests)) {
             self.credits += 1;
         }
-        debug_assert!(self.credits <= CREDITS, "a credit came back twice");
+        debug_assert!(self.credits <= self.credits_max, "a credit came back twice");
         if piece == SINGLE_DEVICE || piece == SINGLE_OWNER {
             if let Some(ticket) = slot.ticket.take() {
                 self.shared.epochs.leave(ticket);
@@ -596,7 +605,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
 
 impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
     fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
-        if self.ready.len() + self.in_flight_slots() >= limits::THIN_CHANNEL_DEPTH_MAX {
+        if self.ready.len() + self.in_flight_slots() >= self.depth {
             return Err(request);
         }
         let Some(index) = self.free_slots.pop() else {
@@ -704,7 +713,7 @@ impl<D: BlockDevice, W: Waker> DeviceChannel for VolumeChannel<D, W> {
 
 impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
     fn in_flight_slots(&self) -> usize {
-        limits::THIN_CHANNEL_DEPTH_MAX - self.free_slots.len()
+        self.depth - self.free_slots.len()
     }
 }
 

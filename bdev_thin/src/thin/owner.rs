@@ -20,7 +20,7 @@ use super::discard::{self, PassdownRun};
 use super::grace::GraceKeeper;
 use super::metadata::{CommitPlan, MetadataError, PoolMetadata, PoolRecord, Removed};
 use super::mutations::{self, Mutation, Mutations};
-use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolShared};
+use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolLimits, PoolShared};
 use super::space_map::{Counts, NoBlock, SpaceMap};
 use super::types::{
     DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, VirtBlock, VolumeId,
@@ -138,6 +138,8 @@ pub struct OwnerSettings {
     pub low_water_mark: u64,
     pub commit_interval_ms: u32,
     pub mutations: Mutations,
+    /// The bounds the owner and the channels size themselves by.
+    pub limits: PoolLimits,
 }
 
 /// The counts the allocator sees; `.1` is mutation `ReuseFreedBeforeCommit`.
@@ -152,6 +154,7 @@ impl OwnerSettings {
             low_water_mark: record.low_water_mark,
             commit_interval_ms: record.commit_interval_ms,
             mutations,
+            limits: PoolLimits::PRODUCTION,
         }
     }
 
@@ -441,6 +444,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         metadata_device: Option<&D>,
         settings: OwnerSettings,
     ) -> Result<Owner<D, H>, crate::host::DeviceError> {
+        assert!(settings.limits.is_valid(), "pool limits out of range: {:?}", settings.limits);
         let metadata_channel = match metadata_device {
             Some(device) => Some(device.open_channel()?),
             None => None,
@@ -474,11 +478,11 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             views: BTreeMap::new(),
             channels: Vec::new(),
             channels_version: u64::MAX,
-            ops: (0..limits::OWNER_OPS_MAX).map(|_| None).collect(),
-            free_ops: (0..limits::OWNER_OPS_MAX).rev().collect(),
-            busy: HashMap::with_capacity(limits::OWNER_OPS_MAX),
+            ops: (0..settings.limits.owner_ops).map(|_| None).collect(),
+            free_ops: (0..settings.limits.owner_ops).rev().collect(),
+            busy: HashMap::with_capacity(settings.limits.owner_ops),
             deferred: VecDeque::with_capacity(limits::POOL_INBOX_ENTRIES),
-            zeroing: VecDeque::with_capacity(limits::OWNER_OPS_MAX),
+            zeroing: VecDeque::with_capacity(settings.limits.owner_ops),
             blocked_scratch: Vec::with_capacity(limits::POOL_INBOX_ENTRIES),
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
@@ -492,12 +496,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             commits_done: 0,
             commit_wanted: false,
             last_commit_ns: 0,
-            passdown_done: VecDeque::with_capacity(limits::OWNER_OPS_MAX),
+            passdown_done: VecDeque::with_capacity(settings.limits.owner_ops),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
-            finish_after_commit: Vec::with_capacity(limits::OWNER_OPS_MAX),
+            finish_after_commit: Vec::with_capacity(settings.limits.owner_ops),
             backlog: VecDeque::new(),
             unsent: VecDeque::new(),
-            copy_buffers: (0..limits::OWNER_COPY_BUFFERS)
+            copy_buffers: (0..settings.limits.copy_buffers)
                 .map(|_| IoBuffer::new(copy_bytes))
                 .collect(),
             mode: PoolMode::Write,
@@ -563,7 +567,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.views.insert(id, view);
     }
 
-    /// Fills the views of new snapshots, `VIEW_BUILD_BLOCKS_PER_POLL` virtual blocks a poll.
+    /// Fills the views of new snapshots, the pool's `view_fill_blocks_per_poll` virtual blocks
+    /// a poll.
     fn run_view_builds(&mut self) -> bool {
         // A snapshot is acknowledged first (its commit), then its view is filled: the
         // acknowledgement costs the same at any volume size.
@@ -580,7 +585,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         };
         let snapshot_time = record.snapshot_time;
         let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-        let end = next.saturating_add(limits::VIEW_BUILD_BLOCKS_PER_POLL);
+        let end = next.saturating_add(self.settings.limits.view_fill_blocks_per_poll);
         self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
             view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
         });

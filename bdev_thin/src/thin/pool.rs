@@ -13,6 +13,55 @@ use super::view::VolumeView;
 use crate::host::{IoRequest, IoStatus, MessageRing, Waker};
 use crate::limits;
 
+/// Bounds of one pool that a test may lower, so that small simulated volumes reach every one
+/// of them quickly. Production pools use [`PoolLimits::PRODUCTION`] (`limits.rs` gives each
+/// value its reason); the owner takes them in its settings, each channel at open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Owner operations in progress at once (`OWNER_OPS_MAX`).
+    pub owner_ops: usize,
+    /// Requests one volume channel keeps in flight (`THIN_CHANNEL_DEPTH_MAX`).
+    pub channel_depth: usize,
+    /// Pieces one volume channel keeps in flight, its credits
+    /// (`THIN_CHANNEL_PIECES_IN_FLIGHT_MAX`).
+    pub channel_credits: usize,
+    /// Virtual blocks of a new snapshot's view filled per owner poll
+    /// (`VIEW_BUILD_BLOCKS_PER_POLL`).
+    pub view_fill_blocks_per_poll: u64,
+    /// Copy buffers of the owner for breaking sharing (`OWNER_COPY_BUFFERS`).
+    pub copy_buffers: usize,
+}
+
+impl PoolLimits {
+    pub const PRODUCTION: PoolLimits = PoolLimits {
+        owner_ops: limits::OWNER_OPS_MAX,
+        channel_depth: limits::THIN_CHANNEL_DEPTH_MAX,
+        channel_credits: limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX,
+        view_fill_blocks_per_poll: limits::VIEW_BUILD_BLOCKS_PER_POLL,
+        copy_buffers: limits::OWNER_COPY_BUFFERS,
+    };
+
+    /// Fewest owner op slots that still make progress: a range op needs three free slots (its
+    /// own and one per partial edge).
+    pub const OWNER_OPS_MIN: usize = 3;
+
+    /// Whether every value lies within what the code is built for (the production values are
+    /// the maxima).
+    pub fn is_valid(&self) -> bool {
+        (Self::OWNER_OPS_MIN..=limits::OWNER_OPS_MAX).contains(&self.owner_ops)
+            && (1..=limits::THIN_CHANNEL_DEPTH_MAX).contains(&self.channel_depth)
+            && (1..=limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX).contains(&self.channel_credits)
+            && self.view_fill_blocks_per_poll > 0
+            && (1..=limits::OWNER_COPY_BUFFERS).contains(&self.copy_buffers)
+    }
+}
+
+impl Default for PoolLimits {
+    fn default() -> PoolLimits {
+        PoolLimits::PRODUCTION
+    }
+}
+
 /// What a channel asks the owner to do with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerOp {
@@ -127,11 +176,12 @@ impl<W: Waker> PoolShared<W> {
         self.mutations.get().copied().unwrap_or(Mutations::NONE)
     }
 
-    /// Registers a channel created on `waker`'s core; returns its index and shared side.
-    pub fn register_channel(&self, waker: W) -> (u32, Arc<ChannelShared<W>>) {
+    /// Registers a channel created on `waker`'s core that keeps up to `credits` pieces in
+    /// flight; returns its index and shared side.
+    pub fn register_channel(&self, waker: W, credits: usize) -> (u32, Arc<ChannelShared<W>>) {
         let shared = Arc::new(ChannelShared {
             // One reply per credit: the owner can always answer.
-            replies: MessageRing::new(limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX, waker),
+            replies: MessageRing::new(credits, waker),
             epochs: self.epochs.register(),
             closed: AtomicBool::new(false),
         });

@@ -228,11 +228,12 @@ pub(crate) fn bdev_json(bdev: &Bdev) -> Value {
     object.insert("product_name".into(), json!(bdev.device().product_name()));
     object.insert("block_size".into(), json!(info.block_size_bytes));
     object.insert("num_blocks".into(), json!(info.num_blocks));
-    object.insert("preferred_write_alignment".into(), json!(0));
-    object.insert("preferred_write_granularity".into(), json!(0));
-    object.insert("optimal_write_size".into(), json!(0));
-    object.insert("preferred_unmap_alignment".into(), json!(0));
-    object.insert("preferred_unmap_granularity".into(), json!(0));
+    let hints = bdev.device().io_hints();
+    object.insert("preferred_write_alignment".into(), json!(hints.write_alignment_blocks));
+    object.insert("preferred_write_granularity".into(), json!(hints.write_granularity_blocks));
+    object.insert("optimal_write_size".into(), json!(hints.optimal_write_blocks));
+    object.insert("preferred_unmap_alignment".into(), json!(hints.unmap_alignment_blocks));
+    object.insert("preferred_unmap_granularity".into(), json!(hints.unmap_granularity_blocks));
     object.insert("uuid".into(), json!(uuid));
     if matches!(bdev.device(), Device::Base(BaseDevice::Malloc(_))) {
         object.insert("numa_id".into(), json!(-1));

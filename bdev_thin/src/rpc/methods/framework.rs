@@ -28,7 +28,13 @@ pub struct Subsystem {
 pub static SUBSYSTEMS: &[Subsystem] = &[
     Subsystem { name: "bdev", depends_on: &[], config: super::bdev::subsystem_config },
     Subsystem { name: "nbd", depends_on: &["bdev"], config: nbd_config },
+    Subsystem { name: "nvmf", depends_on: &["bdev"], config: nvmf_config },
 ];
+
+fn nvmf_config(target: &Arc<Target>) -> Option<Vec<Value>> {
+    let entries = super::nvmf::config_entries(target);
+    if entries.is_empty() { None } else { Some(entries) }
+}
 
 fn nbd_config(target: &Arc<Target>) -> Option<Vec<Value>> {
     Some(super::nbd::config_entries(target))

@@ -4,6 +4,7 @@
 mod bdev;
 pub mod framework;
 pub mod nbd;
+pub mod nvmf;
 mod thin;
 
 use std::sync::Arc;
@@ -65,6 +66,21 @@ pub static METHODS: &[Method] = &[
     method("nbd_start_disk", nbd::kernel_disk),
     method("nbd_stop_disk", nbd::kernel_disk),
     method("nbd_get_disks", nbd::get_disks),
+    method("nvmf_create_transport", nvmf::create_transport),
+    method("nvmf_get_transports", nvmf::get_transports),
+    method("nvmf_create_subsystem", nvmf::create_subsystem),
+    method("nvmf_delete_subsystem", nvmf::delete_subsystem),
+    method("nvmf_subsystem_add_ns", nvmf::add_ns),
+    method("nvmf_subsystem_remove_ns", nvmf::remove_ns),
+    method("nvmf_subsystem_add_listener", nvmf::add_listener),
+    method("nvmf_subsystem_remove_listener", nvmf::remove_listener),
+    method("nvmf_subsystem_add_host", nvmf::add_host),
+    method("nvmf_subsystem_remove_host", nvmf::remove_host),
+    method("nvmf_subsystem_allow_any_host", nvmf::allow_any_host),
+    method("nvmf_get_subsystems", nvmf::get_subsystems),
+    method("nvmf_subsystem_get_controllers", nvmf::get_controllers),
+    method("nvmf_subsystem_get_qpairs", nvmf::get_qpairs),
+    method("nvmf_subsystem_get_listeners", nvmf::get_listeners),
     // Option setters of SPDK modules: listed so saved configs pass the client's method check,
     // served by `call` before this table is consulted.
     method("bdev_set_options", unreachable_setter),
@@ -74,6 +90,9 @@ pub static METHODS: &[Method] = &[
     method("bdev_iscsi_set_options", unreachable_setter),
     method("bdev_aio_set_options", unreachable_setter),
     method("bdev_lvol_set_options", unreachable_setter),
+    method("nvmf_set_config", unreachable_setter),
+    method("nvmf_set_max_subsystems", unreachable_setter),
+    method("nvmf_set_crdt", unreachable_setter),
 ];
 
 /// Option setters of SPDK modules we do not have: accepted (types checked) and ignored.
