@@ -2,7 +2,8 @@
 //!
 //! `thin_sim --seed S` replays one seed; `thin_sim --seeds N --from S` runs N seeds from S
 //! (a soak, in chunks of any size) and prints steps/s and a summary; `--file PATH` runs the
-//! seeds listed in a file (one per line, `#` comments). A failing seed prints the seed, its
+//! seeds listed in a file (one seed or range `A..B` a line, `#` comments); `--profile large`
+//! draws volumes of 2^20 blocks and more, requests up to 4 MiB and depths up to 1024. A failing seed prints the seed, its
 //! replay command and the last steps of its trace, and exits 1. A panic inside the pool does
 //! the same through the panic hook.
 
@@ -10,7 +11,7 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bdev_thin::testing::sim::{self, SimConfig};
+use bdev_thin::testing::sim::{self, Profile, SimConfig};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -52,6 +53,9 @@ struct Args {
     /// Switch on a mutation by name (builds with the `mutations` feature), e.g. NoGrace.
     #[arg(long)]
     mutation: Vec<String>,
+    /// What the seeds draw: `default` (small pools, lowered limits) or `large`.
+    #[arg(long, default_value = "default")]
+    profile: String,
 }
 
 #[cfg(feature = "mutations")]
@@ -89,7 +93,7 @@ fn main() -> Result<()> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         sim::parse_seed_list(&text).map_err(anyhow::Error::msg)?
     } else if args.ci {
-        sim::CI_SEEDS.collect()
+        sim::ci_seeds()
     } else if let Some(count) = args.seeds {
         (args.from..args.from.saturating_add(count)).collect()
     } else {
@@ -97,11 +101,21 @@ fn main() -> Result<()> {
     };
     let steps = args.steps;
     let mutations = mutations(&args.mutation)?;
+    let Some(profile) = Profile::parse(&args.profile) else {
+        bail!("unknown profile {:?}: default or large", args.profile);
+    };
+    let profile_flag = if profile == Profile::Default {
+        String::new()
+    } else {
+        format!(" --profile {}", args.profile)
+    };
+    let replay_flags = format!("--steps {steps}{profile_flag}");
     let default_hook = std::panic::take_hook();
+    let hook_flags = replay_flags.clone();
     std::panic::set_hook(Box::new(move |info| {
-        if let Some((seed, steps)) = CURRENT.with(Cell::get) {
+        if let Some((seed, _)) = CURRENT.with(Cell::get) {
             eprintln!("seed {seed} PANICKED: {info}");
-            eprintln!("replay: thin_sim --seed {seed} --steps {steps}");
+            eprintln!("replay: thin_sim --seed {seed} {hook_flags}");
             eprintln!("last steps:");
             for line in sim::last_trace() {
                 eprintln!("  {line}");
@@ -121,10 +135,16 @@ fn main() -> Result<()> {
             crashes: !args.no_crashes,
             faults: !args.no_faults,
             mutations,
+            profile,
             ..SimConfig::new(seed)
         };
         CURRENT.with(|c| c.set(Some((seed, steps))));
-        match sim::run(config) {
+        // A panic inside the pool is a failing seed too (builds that unwind keep going; the
+        // release profile aborts, after the hook printed the replay command).
+        let outcome = std::panic::catch_unwind(|| sim::run(config)).unwrap_or_else(|_| {
+            Err(sim::SimFailure { seed, step: 0, message: "panic".into(), trace: Vec::new() })
+        });
+        match outcome {
             Ok(report) => {
                 total_steps += report.steps;
                 totals.ios += report.ios;
@@ -133,6 +153,8 @@ fn main() -> Result<()> {
                 totals.deallocates_checked += report.deallocates_checked;
                 totals.crashes += report.crashes;
                 totals.io_errors += report.io_errors;
+                totals.allocations_checked += report.allocations_checked;
+                totals.view_entries_checked += report.view_entries_checked;
                 if report.read_only {
                     totals.steps += 1; // seeds that ended read-only
                 }
@@ -142,7 +164,7 @@ fn main() -> Result<()> {
             }
             Err(failure) => {
                 eprintln!("{failure}");
-                eprintln!("replay: thin_sim --seed {seed} --steps {steps}");
+                eprintln!("replay: thin_sim --seed {seed} {replay_flags}");
                 failed.push(seed);
                 if !args.keep_going {
                     break;
@@ -154,8 +176,8 @@ fn main() -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{} seeds ({} failed) from {}, {} steps in {:.1} s = {:.0} steps/s; {} user IOs, {} \
-         reads checked ({} sectors), {} deallocate checks, {} crashes, {} injected IO errors, \
-         {} seeds ended read-only",
+         reads checked ({} sectors), {} deallocate checks, {} allocations checked, {} view \
+         entries checked, {} crashes, {} injected IO errors, {} seeds ended read-only",
         seeds.len(),
         failed.len(),
         seeds.first().copied().unwrap_or(0),
@@ -166,6 +188,8 @@ fn main() -> Result<()> {
         totals.reads_checked,
         totals.sectors_checked,
         totals.deallocates_checked,
+        totals.allocations_checked,
+        totals.view_entries_checked,
         totals.crashes,
         totals.io_errors,
         totals.steps,

@@ -3,9 +3,13 @@
 //! Each submitted IO waits in a pending list until the test (or the automatic mode) completes
 //! it. A write, unmap or write_zeroes takes effect on the content at an instant the test picks
 //! between issue and completion ([`SimDevice::apply`]; at the latest at completion); a read's
-//! buffer is filled from the content at completion. Writes land in a volatile cache: they become
-//! durable when a flush takes effect (or at once with FUA), and [`SimDevice::crash`] keeps only
-//! durable content. Completions are delivered to the submitting channel at its next poll.
+//! buffer is filled from the content at completion. Writes land in a volatile cache: a flush
+//! makes durable only what completed before the flush was issued (the version of each block
+//! that the last completed write left, even when a later write in flight already changed the
+//! cache), FUA makes its own write durable, and [`SimDevice::crash`] keeps only durable
+//! content (or, with [`SimDevice::crash_keeping`], some of the cache). Completions are
+//! delivered to the submitting channel at its next poll. Each channel takes at most the
+//! device's channel depth of IO at once, as io_uring's submission queue does.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,9 +44,15 @@ pub struct SimFault {
     pub remaining: u32,
 }
 
+/// What a flush makes durable: block → content (None: zeroes).
+type FlushSet = Vec<(u64, Option<Box<[u8]>>)>;
+
 struct InFlight {
     info: PendingIo,
     request: IoRequest,
+    /// A flush: what it makes durable, taken when it was issued (block → content, None for
+    /// zeroes).
+    flushes: Option<FlushSet>,
 }
 
 type HoldRule = Box<dyn Fn(&PendingIo) -> bool + Send>;
@@ -53,6 +63,12 @@ struct SimState {
     content: HashMap<u64, Box<[u8]>>,
     durable: HashMap<u64, Box<[u8]>>,
     dirty: BTreeSet<u64>,
+    /// Dirty blocks whose cached content a write still in flight made: its id.
+    written_by: HashMap<u64, u64>,
+    /// For those blocks, the content the last completed IO left (None: zeroes), which a flush
+    /// issued now makes durable.
+    completed_content: HashMap<u64, Option<Box<[u8]>>>,
+    channel_depth: usize,
     pending: Vec<InFlight>,
     completed: HashMap<u64, VecDeque<IoCompletion>>,
     auto_complete: bool,
@@ -73,6 +89,7 @@ impl SimState {
         let first = entry.request.offset_blocks;
         let count = entry.request.num_blocks;
         let fua = entry.request.flags.contains(IoFlags::FUA);
+        let id = entry.info.id;
         match entry.request.kind {
             IoKind::Write => {
                 let mut data = vec![0u8; block_size];
@@ -80,29 +97,113 @@ impl SimState {
                     entry.request.buffers.copy_to(i as usize * block_size, &mut data);
                     let block: Box<[u8]> = data.clone().into_boxed_slice();
                     if fua {
+                        // Durable when it completes; taking effect early is allowed too.
                         self.durable.insert(first + i, block.clone());
-                    } else {
-                        self.dirty.insert(first + i);
                     }
+                    Self::note_cache_write(
+                        &mut self.content,
+                        &mut self.written_by,
+                        &mut self.completed_content,
+                        first + i,
+                        id,
+                    );
+                    self.dirty.insert(first + i);
                     self.content.insert(first + i, block);
                 }
             }
             IoKind::Unmap | IoKind::WriteZeroes => {
                 for block in first..first + count {
+                    Self::note_cache_write(
+                        &mut self.content,
+                        &mut self.written_by,
+                        &mut self.completed_content,
+                        block,
+                        id,
+                    );
+                    if fua {
+                        self.durable.remove(&block);
+                    }
                     self.content.remove(&block);
                     self.dirty.insert(block);
                 }
             }
             IoKind::Flush => {
-                for block in std::mem::take(&mut self.dirty) {
-                    match self.content.get(&block) {
-                        Some(data) => self.durable.insert(block, data.clone()),
+                for (block, data) in entry.flushes.take().unwrap_or_default() {
+                    let settled = !self.written_by.contains_key(&block)
+                        && self.content.get(&block) == data.as_ref();
+                    if settled {
+                        self.dirty.remove(&block);
+                    }
+                    match data {
+                        Some(data) => self.durable.insert(block, data),
                         None => self.durable.remove(&block),
                     };
                 }
             }
             IoKind::Read | IoKind::Reset => {}
         }
+    }
+
+    /// IO `id` changes the cache of `block`: remember what the last completed IO left there,
+    /// unless an IO still in flight already changed it (then that is remembered already).
+    fn note_cache_write(
+        content: &mut HashMap<u64, Box<[u8]>>,
+        written_by: &mut HashMap<u64, u64>,
+        completed_content: &mut HashMap<u64, Option<Box<[u8]>>>,
+        block: u64,
+        id: u64,
+    ) {
+        if written_by.insert(block, id).is_none() {
+            completed_content.insert(block, content.get(&block).cloned());
+        }
+    }
+
+    /// IO `index` completed with success: the blocks whose cache it made now hold completed
+    /// content; where a later IO in flight changed the cache since, this IO's version is the
+    /// completed one a flush would make durable.
+    fn note_completion(&mut self, index: usize) {
+        let entry = &self.pending[index];
+        let (kind, first, count, id) = (
+            entry.request.kind,
+            entry.request.offset_blocks,
+            entry.request.num_blocks,
+            entry.info.id,
+        );
+        if !matches!(kind, IoKind::Write | IoKind::Unmap | IoKind::WriteZeroes) {
+            return;
+        }
+        let block_size = self.block_size_bytes as usize;
+        for i in 0..count {
+            let block = first + i;
+            match self.written_by.get(&block) {
+                Some(&writer) if writer == id => {
+                    self.written_by.remove(&block);
+                    self.completed_content.remove(&block);
+                }
+                Some(_) => {
+                    // A later IO in flight overwrote this one in the cache, so this one is
+                    // the block's completed version now.
+                    let data = (kind == IoKind::Write).then(|| {
+                        let mut data = vec![0u8; block_size];
+                        entry.request.buffers.copy_to(i as usize * block_size, &mut data);
+                        data.into_boxed_slice()
+                    });
+                    self.completed_content.insert(block, data);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// What a flush issued now makes durable: every dirty block's completed content.
+    fn flush_set(&self) -> FlushSet {
+        self.dirty
+            .iter()
+            .map(|&block| match self.completed_content.get(&block) {
+                Some(data) => (block, data.clone()),
+                None => (block, self.content.get(&block).cloned()),
+            })
+            .collect()
     }
 
     fn fault_for(&mut self, info: &PendingIo) -> Option<i32> {
@@ -128,8 +229,13 @@ impl SimState {
         };
         if status.is_success() {
             self.apply(index);
+            self.note_completion(index);
+        } else if self.pending[index].info.applied {
+            // It took effect and then failed: its version counts as completed (the cache
+            // holds it and a flush may keep it).
+            self.note_completion(index);
         }
-        let InFlight { info, mut request } = self.pending.remove(index);
+        let InFlight { info, mut request, .. } = self.pending.remove(index);
         if status.is_success() && request.kind == IoKind::Read {
             let block_size = self.block_size_bytes as usize;
             let zeroes = vec![0u8; block_size];
@@ -167,6 +273,9 @@ impl SimDevice {
                 content: HashMap::new(),
                 durable: HashMap::new(),
                 dirty: BTreeSet::new(),
+                written_by: HashMap::new(),
+                completed_content: HashMap::new(),
+                channel_depth: limits::DEVICE_CHANNEL_DEPTH_MAX,
                 pending: Vec::new(),
                 completed: HashMap::new(),
                 auto_complete: true,
@@ -192,6 +301,12 @@ impl SimDevice {
     /// hold rule matches, in issue order. Off, only the test completes IOs.
     pub fn set_auto_complete(&self, on: bool) {
         self.state().auto_complete = on;
+    }
+
+    /// IOs one channel takes at once (default `DEVICE_CHANNEL_DEPTH_MAX`); a full channel
+    /// refuses the submission, as a full submission queue does.
+    pub fn set_channel_depth(&self, depth: usize) {
+        self.state().channel_depth = depth;
     }
 
     /// IOs matching `rule` wait for the test even in automatic mode.
@@ -274,6 +389,8 @@ impl SimDevice {
         let mut state = self.state();
         state.pending.clear();
         state.completed.clear();
+        state.written_by.clear();
+        state.completed_content.clear();
         for block in std::mem::take(&mut state.dirty) {
             if keep(block) {
                 match state.content.get(&block).cloned() {
@@ -292,6 +409,8 @@ impl SimDevice {
         state.pending.clear();
         state.completed.clear();
         state.dirty.clear();
+        state.written_by.clear();
+        state.completed_content.clear();
         state.content = state.durable.clone();
     }
 }
@@ -324,10 +443,10 @@ pub struct SimChannel {
 
 impl DeviceChannel for SimChannel {
     fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
-        if self.in_flight >= limits::DEVICE_CHANNEL_DEPTH_MAX {
+        let mut state = self.device.state();
+        if self.in_flight >= state.channel_depth {
             return Err(request);
         }
-        let mut state = self.device.state();
         let validation = request.validate(state.block_size_bytes, state.num_blocks);
         let id = state.next_id;
         state.next_id += 1;
@@ -341,8 +460,9 @@ impl DeviceChannel for SimChannel {
             applied: false,
         };
         self.in_flight += 1;
+        let flushes = (request.kind == IoKind::Flush).then(|| state.flush_set());
         match validation {
-            Ok(()) => state.pending.push(InFlight { info, request }),
+            Ok(()) => state.pending.push(InFlight { info, request, flushes }),
             Err(status) => state
                 .completed
                 .entry(self.id)
@@ -436,6 +556,40 @@ mod tests {
         assert!(device.is_written(1));
         assert_eq!(device.read_content(1, 1)[0], 1, "the flushed version survives");
         assert!(!device.is_written(2), "the unflushed write is lost");
+    }
+
+    #[test]
+    fn a_flush_makes_durable_only_what_completed_before_it_was_issued() {
+        let device = SimDevice::new(512, 16);
+        device.set_auto_complete(false);
+        let mut channel = device.open_channel().unwrap();
+        write(&mut channel, 1, 1);
+        let first = device.pending()[0].id;
+        device.complete(first);
+        write(&mut channel, 1, 2); // in flight, applied to the cache before the flush
+        write(&mut channel, 3, 3); // in flight, completes after the flush was issued
+        let ids: Vec<u64> = device.pending().iter().map(|p| p.id).collect();
+        device.apply(ids[0]);
+        channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 0)).unwrap();
+        let flush = device.pending().last().unwrap().id;
+        device.complete(ids[1]);
+        device.complete(flush);
+        device.complete(ids[0]);
+        device.crash();
+        assert_eq!(device.read_content(1, 1)[0], 1, "the completed version, not the newer one");
+        assert!(!device.is_written(3), "completed after the flush was issued: not covered");
+    }
+
+    #[test]
+    fn a_channel_takes_at_most_its_depth() {
+        let device = SimDevice::new(512, 16);
+        device.set_auto_complete(false);
+        device.set_channel_depth(2);
+        let mut channel = device.open_channel().unwrap();
+        write(&mut channel, 1, 1);
+        write(&mut channel, 2, 2);
+        let refused = IoRequest::new(IoKind::Flush, 0, 0, 0);
+        assert!(channel.submit(refused).is_err());
     }
 
     #[test]

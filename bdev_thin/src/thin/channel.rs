@@ -269,6 +269,14 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             IoKind::Read | IoKind::Write => {
                 let block_lbas = self.geometry.lbas_per_block;
                 let end_vblock = (first_lba + lbas).div_ceil(block_lbas);
+                if self.view.is_deleted() {
+                    // A deleted snapshot's view is never filled: a request parked for it would
+                    // wait for ever (found by thin_sim).
+                    if let Some(request) = self.slots[index].request.take() {
+                        self.finish(index, request, IoStatus::Failed(libc::ENODEV));
+                    }
+                    return;
+                }
                 if !self.view.is_ready_below(VirtBlock(end_vblock)) {
                     // A new snapshot's view is still being filled: wait for this range.
                     return self.park(index, end_vblock);
@@ -375,6 +383,20 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         // exclusive was either counted before the snapshot's drain, or resolved after the view
         // time moved on (the loom model in grace.rs checks both orders).
         let ticket = self.shared.epochs.enter(&self.pool.epochs);
+        if self.view.is_deleted() {
+            // The volume was deleted since the request started: its blocks went through their
+            // grace period and may belong to another volume now, so the rest of the request
+            // fails instead of resolving the dead view (found by thin_sim). The delete marked
+            // the view before advancing the epoch this entry saw.
+            self.shared.epochs.leave(ticket);
+            let rest = slot.remaining.take();
+            let piece = slot.issued;
+            slot.issued += 1;
+            slot.next_lba = slot.end_lba;
+            slot.pieces[(piece % WINDOW as u64) as usize] = Some(rest);
+            slot.status = IoStatus::Failed(libc::ENODEV);
+            return Piece::Zeroed;
+        }
         let quiesced = kind == IoKind::Write && self.view.is_quiesced();
         let resolved = self.view.resolve(VirtBlock(vblock));
         if resolved == Resolved::NotReady && !self.mutations.is_on(Mutation::UnreadyPieceToOwner) {
@@ -457,10 +479,11 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
             let Some((index, end_vblock)) = self.parked.pop_front() else {
                 break;
             };
-            if !self.view.is_ready_below(VirtBlock(end_vblock)) {
+            if !self.view.is_deleted() && !self.view.is_ready_below(VirtBlock(end_vblock)) {
                 self.parked.push_back((index, end_vblock));
                 continue;
             }
+            // Ready, or deleted: a resumed request then fails what remains of it.
             self.slots[index].parked = false;
             self.resume(index);
         }
@@ -489,6 +512,12 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         let write = request.kind == IoKind::Write;
         // Enter, then the quiesce flag, then the mapping (see `issue_piece`).
         let ticket = self.shared.epochs.enter(&self.pool.epochs);
+        if self.view.is_deleted() {
+            // Deleted while the request waited for a credit or its view (see `issue_piece`).
+            self.shared.epochs.leave(ticket);
+            self.finish(index, request, IoStatus::Failed(libc::ENODEV));
+            return;
+        }
         let quiesced = write && self.view.is_quiesced();
         let resolved = self.view.resolve(VirtBlock(vblock));
         let direct = match resolved {

@@ -41,6 +41,16 @@ impl PoolLimits {
         copy_buffers: limits::OWNER_COPY_BUFFERS,
     };
 
+    /// These limits with twice as many credits as requests in flight (at most the production
+    /// credits), so requests that split into more pieces reach the credit bound too.
+    pub fn with_credits_for_depth(self) -> PoolLimits {
+        let credits = self.channel_depth.saturating_mul(2);
+        PoolLimits {
+            channel_credits: credits.min(limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX),
+            ..self
+        }
+    }
+
     /// Fewest owner op slots that still make progress: a range op needs three free slots (its
     /// own and one per partial edge).
     pub const OWNER_OPS_MIN: usize = 3;

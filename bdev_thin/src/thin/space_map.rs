@@ -12,6 +12,10 @@ use std::collections::VecDeque;
 
 use super::types::DataBlock;
 
+/// Allocations [`SpaceMap::recent_allocations`] remembers, so a test can check I2 at each one
+/// between two owner polls (an owner poll allocates at most one block per op slot).
+pub const ALLOCATION_LOG_ENTRIES: usize = crate::limits::OWNER_OPS_MAX;
+
 const HELD: u8 = 1;
 const RESERVED: u8 = 2;
 const IN_GRACE: u8 = 4;
@@ -40,6 +44,9 @@ pub struct SpaceMap {
     grace: VecDeque<(u64, DataBlock)>,
     held_count: u64,
     reserved_count: u64,
+    /// Blocks handed out so far, and the last `ALLOCATION_LOG_ENTRIES` of them (a ring).
+    allocation_count: u64,
+    allocation_log: Box<[DataBlock]>,
 }
 
 impl SpaceMap {
@@ -51,6 +58,8 @@ impl SpaceMap {
             grace: VecDeque::new(),
             held_count: 0,
             reserved_count: 0,
+            allocation_count: 0,
+            allocation_log: vec![DataBlock(0); ALLOCATION_LOG_ENTRIES].into(),
         }
     }
 
@@ -99,6 +108,24 @@ impl SpaceMap {
         self.grace.len()
     }
 
+    /// Whether `block` is inside its grace period (read from its flag, not the queue).
+    pub fn is_in_grace(&self, block: DataBlock) -> bool {
+        self.flag(block) & IN_GRACE != 0
+    }
+
+    /// Blocks handed out so far.
+    pub fn allocation_count(&self) -> u64 {
+        self.allocation_count
+    }
+
+    /// The blocks handed out after the first `seen` allocations, oldest first, as far as the
+    /// log reaches (its last `ALLOCATION_LOG_ENTRIES`).
+    pub fn recent_allocations(&self, seen: u64) -> impl Iterator<Item = DataBlock> + '_ {
+        let first = seen.max(self.allocation_count.saturating_sub(ALLOCATION_LOG_ENTRIES as u64));
+        (first..self.allocation_count)
+            .map(|n| self.allocation_log[(n % ALLOCATION_LOG_ENTRIES as u64) as usize])
+    }
+
     fn is_allocatable(&self, block: DataBlock, counts: &impl Counts) -> bool {
         self.flag(block) == 0 && counts.open_count(block) == 0 && counts.committed_count(block) == 0
     }
@@ -115,6 +142,9 @@ impl SpaceMap {
                 self.cursor = (block.0 + 1) % total;
                 self.set(block, RESERVED);
                 self.reserved_count += 1;
+                let slot = (self.allocation_count % ALLOCATION_LOG_ENTRIES as u64) as usize;
+                self.allocation_log[slot] = block;
+                self.allocation_count += 1;
                 return Ok(block);
             }
             if counts.open_count(block) == 0 {

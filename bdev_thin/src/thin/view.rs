@@ -127,6 +127,27 @@ impl VolumeView {
         }
     }
 
+    /// Every published entry, resolved, in order (a full check of I6 walks the chunks the
+    /// owner allocated, not the whole capacity).
+    pub fn for_each_published(&self, f: &mut dyn FnMut(VirtBlock, Resolved)) {
+        for (chunk, entries) in self.chunks.iter().enumerate() {
+            let Some(entries) = entries.get() else {
+                continue;
+            };
+            for (index, entry) in entries.iter().enumerate() {
+                if entry.load(Ordering::Acquire) != 0 {
+                    let vblock = VirtBlock(chunk as u64 * VIEW_CHUNK_ENTRIES + index as u64);
+                    f(vblock, self.resolve(vblock));
+                }
+            }
+        }
+    }
+
+    /// The first virtual block not yet published (u64::MAX once the view is whole).
+    pub fn ready_vblocks(&self) -> u64 {
+        self.ready_vblocks.load(Ordering::Acquire)
+    }
+
     pub fn is_quiesced(&self) -> bool {
         self.quiesced.load(Ordering::SeqCst)
     }

@@ -442,6 +442,13 @@ impl PoolMetadata {
         Ok(())
     }
 
+    /// Takes up to `count` free metadata blocks out of use, in memory only (never written, so
+    /// a reopened pool has them back): the simulator's way to run a pool whose region is
+    /// nearly full without formatting one below the smallest region. Returns how many.
+    pub fn occupy_metadata_blocks(&mut self, count: u64) -> u64 {
+        self.store.meta.occupy(count)
+    }
+
     /// Whether a mutation that allocates may proceed now.
     pub fn metadata_space_ok(&self) -> bool {
         self.check_space().is_ok()

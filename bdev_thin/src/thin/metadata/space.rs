@@ -112,6 +112,23 @@ impl MetaSpace {
         unreachable!("free_both > 0 but no free block found")
     }
 
+    /// Takes up to `count` free blocks out of use, in memory only, in the open and the
+    /// committed state alike: the region then behaves as a smaller one. Returns how many.
+    pub fn occupy(&mut self, count: u64) -> u64 {
+        let mut taken = 0;
+        for block in (2..self.blocks()).rev() {
+            if taken == count {
+                break;
+            }
+            if self.is_free_both(block) && !self.committed.contains_key(&block) {
+                self.counts[block as usize] = 1;
+                self.free_both -= 1;
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// Used by open: counts rebuilt from the trees become both the open and committed state.
     pub fn load(&mut self, counts: Vec<u32>) {
         self.free_both = counts.iter().filter(|c| **c == 0).count() as u64;
