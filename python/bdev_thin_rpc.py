@@ -78,6 +78,15 @@ def spdk_rpc_plugin_initialize(subparsers):
          print_json, [uuid, pool_name])
     _add(subparsers, 'bdev_thin_pool_grow', 'Grow a thin pool after its data bdev grew',
          print_json, [uuid, pool_name])
+    _add(subparsers, 'bdev_thin_pool_check',
+         'Check a read-only pool\'s metadata; clear needs_check if asked and clean',
+         print_dict, [
+             uuid,
+             pool_name,
+             (('-c', '--clear-needs-check'),
+              {'action': 'store_true', 'default': None,
+               'help': 'When the check passes, clear needs_check (the pool takes writes)'}),
+         ])
     _add(subparsers, 'bdev_thin_get_pools', 'List thin pools (all, or the one named)',
          print_dict, [uuid, pool_name])
     _add(subparsers, 'bdev_thin_create',

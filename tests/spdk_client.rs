@@ -492,3 +492,80 @@ fn pools_volumes_and_snapshots_come_back_by_examine_after_save_config() {
         );
     }
 }
+
+/// Writes `needs_check` into the pool on `image` (metadata at its start) the way the pool's
+/// owner does after a failed metadata write: a superblock alone over the last commit.
+fn flag_needs_check(image: &Path) {
+    use bdev_thin::thin::metadata::{METADATA_BLOCK_BYTES, PoolMetadata};
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(image).unwrap();
+    let block_bytes = METADATA_BLOCK_BYTES as u64;
+    let mut read = |block: bdev_thin::thin::types::MetaBlock, out: &mut [u8]| {
+        file.read_exact_at(out, block.0 * block_bytes)
+    };
+    let metadata = PoolMetadata::open(&mut read).unwrap();
+    let (block, bytes) = metadata.needs_check_superblock(true);
+    file.write_all_at(&bytes, block.0 * block_bytes).unwrap();
+}
+
+/// `spdk-rpc --plugin bdev_thin_rpc ARGS` that must fail; returns the JSON-RPC error code.
+fn thin_error_code(spdk: &Spdk, args: &[&str]) -> Value {
+    let mut all = vec!["--plugin", "bdev_thin_rpc"];
+    all.extend_from_slice(args);
+    let output = spdk.run(&all);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    request_and_error(&text).1["code"].clone()
+}
+
+#[test]
+fn a_pool_that_needs_a_check_opens_read_only_until_bdev_thin_pool_check_clears_it() {
+    let Some(bin) = client_bin() else { return };
+    let dir = Scratch::new("spdk_check");
+    let image = dir.path("pool.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let image_path = image.to_str().unwrap();
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let spdk = Spdk { bin: bin.clone(), socket: daemon.socket.clone() };
+    spdk.ok(&["bdev_uring_create", image_path, "Uring0", "4096"]);
+    spdk.thin_text(&["bdev_thin_pool_create", "Uring0", "pool0", "-d", "65536"]);
+    let vol0 = spdk.thin_text(&["bdev_thin_create", "vol0", "16", "-l", "pool0"]);
+    // A writable pool is not checked online: its metadata changes under the check.
+    assert_eq!(thin_error_code(&spdk, &["bdev_thin_pool_check", "-l", "pool0"]), -16);
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+
+    // As a failed metadata write leaves it; the restarted pool is read-only.
+    flag_needs_check(&image);
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let spdk = Spdk { bin, socket: daemon.socket.clone() };
+    spdk.ok(&["bdev_uring_create", image_path, "Uring0", "4096"]);
+    spdk.ok(&["bdev_wait_for_examine"]);
+    let pools = spdk.thin(&["bdev_thin_get_pools", "-l", "pool0"]);
+    assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("read_only"), &json!(true)));
+    // A delete the pool refuses leaves the volume's bdev as it was.
+    assert_eq!(thin_error_code(&spdk, &["bdev_thin_delete", "pool0/vol0"]), -30);
+    assert_eq!(spdk.json(&["bdev_get_bdevs", "-b", "pool0/vol0"])[0]["name"], vol0.as_str());
+    // A check alone reports and keeps the flag.
+    let checked = spdk.thin(&["bdev_thin_pool_check", "-l", "pool0"]);
+    assert_eq!((&checked["clean"], &checked["needs_check"]), (&json!(true), &json!(true)));
+    assert_eq!(checked["volumes"], 1);
+    assert_eq!(spdk.thin(&["bdev_thin_get_pools"])[0]["mode"], "read_only");
+    // Clean: cleared, and the pool takes writes and control operations again.
+    let cleared = spdk.thin(&["bdev_thin_pool_check", "-l", "pool0", "--clear-needs-check"]);
+    assert_eq!((&cleared["clean"], &cleared["needs_check"]), (&json!(true), &json!(false)));
+    let pools = spdk.thin(&["bdev_thin_get_pools", "-l", "pool0"]);
+    assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("write"), &json!(false)));
+    spdk.thin_text(&["bdev_thin_create", "vol1", "16", "-l", "pool0"]);
+    assert_eq!(spdk.thin(&["bdev_thin_delete", "pool0/vol0"]), json!(true));
+    assert!(spdk.run(&["bdev_get_bdevs", "-b", "pool0/vol0"]).status.code() != Some(0));
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+
+    // And it stays cleared: the next start finds a writable pool.
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    spdk.ok(&["bdev_uring_create", image_path, "Uring0", "4096"]);
+    spdk.ok(&["bdev_wait_for_examine"]);
+    let pools = spdk.thin(&["bdev_thin_get_pools", "-l", "pool0"]);
+    assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("write"), &json!(false)));
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+}

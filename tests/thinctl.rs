@@ -162,3 +162,75 @@ fn separate_metadata_and_non_pools() {
     assert_ne!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("not a pool"));
 }
+
+/// A pool whose last commit carries needs_check (a failed metadata write turned it
+/// read-only), written as the owner writes the flag: a superblock alone over the last commit.
+fn flag_needs_check(path: &Path) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut read = |block: bdev_thin::thin::types::MetaBlock, out: &mut [u8]| {
+        file.read_exact_at(out, block.0 * METADATA_BLOCK_BYTES as u64)
+    };
+    let md = PoolMetadata::open(&mut read).unwrap();
+    let (block, bytes) = md.needs_check_superblock(true);
+    file.write_all_at(&bytes, block.0 * METADATA_BLOCK_BYTES as u64).unwrap();
+}
+
+fn needs_check(path: &Path) -> bool {
+    let file = std::fs::File::open(path).unwrap();
+    let mut read = |block: bdev_thin::thin::types::MetaBlock, out: &mut [u8]| {
+        file.read_exact_at(out, block.0 * METADATA_BLOCK_BYTES as u64)
+    };
+    PoolMetadata::probe(&mut read).unwrap().unwrap().1.needs_check
+}
+
+#[test]
+fn check_clears_needs_check_only_when_clean_and_only_when_no_one_holds_the_pool() {
+    let image = TempFile::new("flagged.img");
+    let node = build_pool(&image.0, 64 << 20);
+    let path = image.0.to_str().unwrap();
+    flag_needs_check(&image.0);
+    assert!(needs_check(&image.0));
+
+    // Refused while another process holds the device (as a daemon serving the pool does).
+    let holder = std::fs::File::open(&image.0).unwrap();
+    assert!(
+        bdev_thin::sys::lock_exclusive(std::os::unix::io::AsRawFd::as_raw_fd(&holder)).unwrap()
+    );
+    let busy = thinctl(&["check", "--clear-needs-check", path]);
+    assert_eq!(busy.status.code(), Some(2), "{}", String::from_utf8_lossy(&busy.stdout));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    drop(holder);
+    assert!(needs_check(&image.0));
+
+    // A plain check reports the flag and leaves it.
+    let plain = thinctl(&["check", path]);
+    assert_eq!(plain.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("needs_check flag is set"));
+    assert!(needs_check(&image.0));
+
+    // Clean: cleared, with the next transaction id; the pool checks clean after.
+    let cleared = thinctl(&["check", "--clear-needs-check", path]);
+    let stdout = String::from_utf8_lossy(&cleared.stdout);
+    assert_eq!(
+        cleared.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&cleared.stderr)
+    );
+    assert!(stdout.contains("needs_check cleared: transaction 4"), "{stdout}");
+    assert!(!needs_check(&image.0));
+    let again = thinctl(&["check", path]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("clean: transaction 4, 2 volumes"));
+
+    // Not clean: the flag stays.
+    flag_needs_check(&image.0);
+    let file = std::fs::OpenOptions::new().write(true).read(true).open(&image.0).unwrap();
+    let offset = node * METADATA_BLOCK_BYTES as u64 + 40;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x01], offset).unwrap();
+    let corrupt = thinctl(&["check", "--clear-needs-check", path]);
+    assert_eq!(corrupt.status.code(), Some(1));
+    assert!(needs_check(&image.0), "a pool that fails its check keeps the flag");
+}

@@ -12,7 +12,7 @@ use bdev_thin::testing::SimDevice;
 use bdev_thin::thin::metadata::{Layout, PoolMetadata, check};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, OwnerSettings};
-use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode};
+use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, PoolMode};
 use support::*;
 
 #[test]
@@ -350,34 +350,85 @@ fn shrinking_a_volume_frees_what_lies_past_the_end() {
     rig.check();
 }
 
-#[test]
-fn a_failed_metadata_write_turns_the_pool_read_only_and_keeps_what_was_committed() {
+/// A commit fails on its first metadata write. The pool turns read-only and writes
+/// `needs_check` on the device; after a restart it opens read-only with the last committed
+/// data; a passed check clears the flag and the pool takes writes again, also after the next
+/// restart. `failures`: how many metadata writes fail (all of them: nothing more is written,
+/// and the restarted pool is the last commit as it was).
+fn failed_metadata_write(failures: u32) -> Rig {
     let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
     let volume = rig.create_volume("v", 8);
     let mut channel = rig.channel(volume);
     assert_eq!(rig.run(&mut channel, write(0, 0x31)).status, IoStatus::Success);
-    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
-    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
-    // Every write to the metadata region fails from now on.
-    let region_lbas = rig.geometry.data_offset_lbas;
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    let region_lbas = rig.metadata_region_lbas();
     rig.device.add_fault(bdev_thin::testing::SimFault {
         kind: IoKind::Write,
         blocks: (0, region_lbas - 1),
         errno: libc::EIO,
-        remaining: u32::MAX,
+        remaining: failures,
     });
     assert_eq!(rig.run(&mut channel, write(1, 0x32)).status, IoStatus::Success);
-    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
-    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Failed(libc::EIO));
-    assert_eq!(rig.owner.mode(), bdev_thin::thin::types::PoolMode::ReadOnly);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Failed(libc::EIO));
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
     assert!(rig.shared.counters.needs_check.load(std::sync::atomic::Ordering::Relaxed));
     // Reads of committed mappings go on; writes are refused.
-    assert_eq!(bytes_of(&rig.run(&mut channel, read(0))), vec![0x31; BLOCK as usize]);
+    assert_reads(&mut rig, &mut channel, 0, 0x31);
     assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Failed(libc::EROFS));
     // What is on the device is the last committed transaction, and it checks clean.
     let report =
         check(&mut metadata_reader(&rig.device)).expect("the committed metadata is intact");
     assert_eq!(report.mappings, 1);
+    rig
+}
+
+#[test]
+fn a_failed_metadata_write_turns_the_pool_read_only_and_keeps_what_was_committed() {
+    let rig = failed_metadata_write(1);
+    let mut rig = rig.reopen();
+    assert!(rig.owner.metadata().pool().needs_check, "needs_check was written");
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly, "and the pool opens read-only");
+    let volume = rig.owner.metadata().volumes().next().unwrap().id;
+    let mut channel = rig.channel(volume);
+    assert_reads(&mut rig, &mut channel, 0, 0x31);
+    assert_reads(&mut rig, &mut channel, 1, 0);
+    assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Failed(libc::EROFS));
+    // A passed check clears the flag: the pool takes writes, now and after a restart.
+    assert_eq!(rig.control(|done| ControlOp::ClearNeedsCheck { done }), Ok(()));
+    assert_eq!(rig.owner.mode(), PoolMode::Write);
+    assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, write(0, 0x34)).status, IoStatus::Success);
+    rig.check();
+    drop(channel);
+    let mut rig = rig.reopen();
+    assert!(!rig.owner.metadata().pool().needs_check);
+    assert_eq!(rig.owner.mode(), PoolMode::Write);
+    let mut channel = rig.channel(volume);
+    assert_reads(&mut rig, &mut channel, 0, 0x34);
+    assert_reads(&mut rig, &mut channel, 2, 0x33);
+}
+
+#[test]
+fn a_device_that_fails_every_metadata_write_keeps_its_last_commit() {
+    let mut rig = failed_metadata_write(u32::MAX);
+    // The needs_check write failed too; the owner does not retry it in a loop.
+    for _ in 0..10 {
+        rig.owner.poll();
+    }
+    assert_eq!(rig.device.pending(), Vec::new(), "nothing more is written");
+    let err = rig.control(|done| ControlOp::ClearNeedsCheck { done }).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "the flag cannot be cleared on a failing device");
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
+    let rig = rig.reopen();
+    assert!(!rig.owner.metadata().pool().needs_check, "never written: the device failed");
+    assert_eq!(rig.owner.metadata().volumes().next().unwrap().mapped_blocks, 1);
+}
+
+#[test]
+fn only_a_read_only_pool_clears_needs_check() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let err = rig.control(|done| ControlOp::ClearNeedsCheck { done }).unwrap_err();
+    assert_eq!(err.errno(), libc::EBUSY);
 }
 
 #[test]

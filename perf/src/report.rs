@@ -1,8 +1,11 @@
 //! perf's output: bdevperf's results table (reference/spdk.md §5) with p50/p99/p99.9 added, the
-//! progress line, and the `--json-results` file in the schema of bdevperf's `perform_tests`.
+//! progress line, and the `--json-results` file in the schema of bdevperf's `perform_tests`,
+//! with the percentiles and the latency histogram added so one run gives every plot.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::args::Workload;
@@ -192,7 +195,51 @@ pub fn table(results: &[JobResult]) -> String {
     out
 }
 
-/// `perform_tests`' result schema, plus p50/p99/p99.9 and our verify_only counts.
+/// Sub-buckets per power of two of the JSON histogram: bucket widths of 1/16 octave (at most
+/// 6.25 % of their lower bound), as fine as a plotted distribution needs, and at most 16 buckets
+/// per octave of latency, so a result stays a few KiB (the recording histogram keeps 3
+/// significant digits: thousands of distinct values).
+const BUCKETS_PER_OCTAVE_LOG2: u32 = 4;
+
+/// The lower bound of the JSON bucket holding `ns`: values below 16 ns are their own bucket,
+/// above that the octave's 16 equal parts.
+fn bucket_floor_ns(ns: u64) -> (u64, u64) {
+    let octave = 63 - ns.max(1).leading_zeros();
+    if octave < BUCKETS_PER_OCTAVE_LOG2 {
+        return (ns, ns + 1);
+    }
+    let shift = octave - BUCKETS_PER_OCTAVE_LOG2;
+    let low = (ns >> shift) << shift;
+    (low, low.saturating_add(1u64 << shift))
+}
+
+/// The timed IOs' latencies as `[{low_us, high_us, count}]`, ascending, empty buckets left out:
+/// each IO counted once in the bucket whose `[low_us, high_us)` holds its latency. The
+/// recording histogram's own buckets are narrower than these and aligned to powers of two, so
+/// each falls inside one of them.
+pub fn latency_buckets(latency_ns: &Histogram<u64>) -> Value {
+    let mut counts: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for recorded in latency_ns.iter_recorded() {
+        let value = latency_ns.lowest_equivalent(recorded.value_iterated_to());
+        let (low, high) = bucket_floor_ns(value);
+        counts.entry(low).or_insert((high, 0)).1 += recorded.count_at_value();
+    }
+    Value::Array(
+        counts
+            .into_iter()
+            .map(|(low, (high, count))| {
+                json!({
+                    "low_us": low as f64 / 1000.0,
+                    "high_us": high as f64 / 1000.0,
+                    "count": count,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `perform_tests`' result schema, plus p50/p99/p99.9, the latency histogram and our
+/// verify_only counts.
 pub fn json(results: &[JobResult], core_count: usize) -> Value {
     let entries: Vec<Value> = results
         .iter()
@@ -228,6 +275,7 @@ pub fn json(results: &[JobResult], core_count: usize) -> Value {
                 ("p99_latency_us", json!(f.p99_us)),
                 ("p99_9_latency_us", json!(f.p999_us)),
                 ("mismatched_blocks", json!(result.mismatched_blocks)),
+                ("latency_buckets", latency_buckets(&result.latency_ns)),
             ] {
                 entry[key] = value;
             }
@@ -283,4 +331,52 @@ pub fn period_table(rows: &[(&crate::job::JobSpec, f64, u64, u64, u64, u64)]) ->
         "Total", "", iops_total, mibps_total, fail_total, 0.0, avg, 0.0, 0.0
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_sixteenths_of_an_octave() {
+        assert_eq!(bucket_floor_ns(0), (0, 1));
+        assert_eq!(bucket_floor_ns(15), (15, 16));
+        assert_eq!(bucket_floor_ns(16), (16, 17));
+        assert_eq!(bucket_floor_ns(31), (31, 32));
+        assert_eq!(bucket_floor_ns(32), (32, 34));
+        assert_eq!(bucket_floor_ns(1000), (992, 1024));
+        assert_eq!(bucket_floor_ns(1024), (1024, 1088));
+        assert_eq!(bucket_floor_ns(u64::MAX).0, 0xf800_0000_0000_0000);
+    }
+
+    #[test]
+    fn every_recorded_latency_lands_in_the_bucket_that_holds_it() {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap();
+        let latencies = [1u64, 999, 1000, 1001, 5_000, 5_050, 250_000, 3_000_000_000];
+        for (i, &ns) in latencies.iter().enumerate() {
+            histogram.record_n(ns, i as u64 + 1).unwrap();
+        }
+        let buckets = latency_buckets(&histogram);
+        let buckets = buckets.as_array().unwrap();
+        let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, histogram.len());
+        for (i, &ns) in latencies.iter().enumerate() {
+            let us = ns as f64 / 1000.0;
+            let holding = buckets
+                .iter()
+                .find(|b| {
+                    b["low_us"].as_f64().unwrap() <= us && us < b["high_us"].as_f64().unwrap()
+                })
+                .unwrap_or_else(|| panic!("no bucket holds {ns} ns"));
+            assert!(holding["count"].as_u64().unwrap() > i as u64, "{ns} ns: {holding}");
+        }
+        let lows: Vec<f64> = buckets.iter().map(|b| b["low_us"].as_f64().unwrap()).collect();
+        assert!(lows.windows(2).all(|w| w[0] < w[1]), "ascending: {lows:?}");
+    }
+
+    #[test]
+    fn an_empty_histogram_has_no_buckets() {
+        let histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap();
+        assert_eq!(latency_buckets(&histogram), json!([]));
+    }
 }

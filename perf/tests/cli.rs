@@ -196,6 +196,15 @@ fn every_workload_runs_and_reports_json() {
         assert_eq!(result["status"], "finished");
         assert_eq!(result["io_failed"], 0, "{workload}");
         assert!(result["iops"].as_f64().unwrap() > 0.0, "{workload}");
+        // The histogram counts every successful timed IO once.
+        let bucketed: u64 = result["latency_buckets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{workload}: no latency_buckets"))
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        let ios = result["iops"].as_f64().unwrap() * result["runtime"].as_f64().unwrap();
+        assert!((bucketed as f64 - ios).abs() < 1.5, "{workload}: {bucketed} bucketed, {ios} IOs");
     }
 }
 

@@ -1,7 +1,9 @@
 //! `thinctl`: offline tools for a pool's metadata (thin-provisioning-tools' `thin_check` and
 //! `thin_dump`). Reads a device or image file with plain positioned reads, never a reactor:
 //! run it on a pool nobody has open. `check` verifies checksums, structure and counts
-//! (exit 0 clean, 1 with a report); `dump` prints the superblock, volumes and mappings as runs.
+//! (exit 0 clean, 1 with a report) and, with `--clear-needs-check`, clears the flag a failed
+//! metadata write left once the check passed (the pool then opens writable again); `dump`
+//! prints the superblock, volumes and mappings as runs.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -30,6 +32,10 @@ enum Command {
         /// The metadata device, when metadata is separate.
         #[arg(long)]
         metadata: Option<PathBuf>,
+        /// When the check passes, clear the pool's needs_check flag (it then opens writable).
+        /// Refused while another process (a daemon) holds the device.
+        #[arg(long)]
+        clear_needs_check: bool,
     },
     /// Print the superblock, volumes and mappings (runs of consecutive blocks).
     Dump {
@@ -70,7 +76,9 @@ impl Region {
 fn main() {
     let args = Args::parse();
     let result = match &args.command {
-        Command::Check { device, metadata } => check(device, metadata.as_deref()),
+        Command::Check { device, metadata, clear_needs_check } => {
+            check(device, metadata.as_deref(), *clear_needs_check)
+        }
         Command::Dump { device, metadata, json } => dump(device, metadata.as_deref(), *json),
     };
     match result {
@@ -82,8 +90,12 @@ fn main() {
     }
 }
 
-fn check(device: &Path, metadata_path: Option<&Path>) -> anyhow::Result<i32> {
-    let region = Region::open(metadata_path.unwrap_or(device))?;
+fn check(device: &Path, metadata_path: Option<&Path>, clear: bool) -> anyhow::Result<i32> {
+    let path = metadata_path.unwrap_or(device);
+    // Clearing writes: take the device as the daemon does (exclusive), so a pool in use is
+    // never changed under its owner.
+    let writer = if clear { Some(open_exclusive(path)?) } else { None };
+    let region = Region::open(path)?;
     let mut problems = Vec::new();
     if let Ok(Some((layout, pool, _))) = PoolMetadata::probe(&mut region.reader()) {
         if pool.needs_check {
@@ -122,6 +134,9 @@ fn check(device: &Path, metadata_path: Option<&Path>) -> anyhow::Result<i32> {
                 report.metadata_blocks_used,
                 report.metadata_blocks
             );
+            if let Some(file) = writer {
+                clear_needs_check(&region, &file)?;
+            }
             Ok(0)
         }
         Ok(_) => report_problems(&problems),
@@ -130,6 +145,47 @@ fn check(device: &Path, metadata_path: Option<&Path>) -> anyhow::Result<i32> {
             report_problems(&problems)
         }
     }
+}
+
+/// Opens `path` for writing as the daemon opens a base device: O_EXCL on a block device and
+/// an exclusive flock, both refused while a daemon has it.
+fn open_exclusive(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::io::AsRawFd;
+    let is_block_device = std::fs::metadata(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .file_type()
+        .is_block_device();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true);
+    if is_block_device {
+        options.custom_flags(libc::O_EXCL);
+    }
+    let busy = || anyhow::anyhow!("{} is in use (is a daemon serving the pool?)", path.display());
+    let file = options.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => busy(),
+        _ => anyhow::Error::new(e).context(format!("opening {} for writing", path.display())),
+    })?;
+    if !bdev_thin::sys::lock_exclusive(file.as_raw_fd()).context("locking the device")? {
+        return Err(busy());
+    }
+    Ok(file)
+}
+
+/// Writes the superblock of the checked pool with needs_check down (the next transaction
+/// id, the same trees), then syncs it to the device.
+fn clear_needs_check(region: &Region, file: &File) -> anyhow::Result<()> {
+    let metadata = PoolMetadata::open(&mut region.reader()).context("opening the pool")?;
+    if !metadata.pool().needs_check {
+        println!("needs_check was not set");
+        return Ok(());
+    }
+    let (block, bytes) = metadata.needs_check_superblock(false);
+    file.write_all_at(&bytes, block.0 * METADATA_BLOCK_BYTES as u64)
+        .context("writing the superblock")?;
+    file.sync_all().context("syncing the superblock")?;
+    println!("needs_check cleared: transaction {}", metadata.transaction_id() + 1);
+    Ok(())
 }
 
 fn report_problems(problems: &[String]) -> anyhow::Result<i32> {

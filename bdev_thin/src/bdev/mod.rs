@@ -429,6 +429,28 @@ impl BdevRegistry {
         Ok(bdevs.remove(index))
     }
 
+    /// Removes a bdev that `module` claimed in order to delete it (a thin volume while its
+    /// pool deletes it): nobody could open it meanwhile, and a refused delete leaves it.
+    pub fn unregister_claimed(&self, name: &str, module: &str) -> Result<Arc<Bdev>, BdevError> {
+        let mut bdevs = lock(&self.bdevs);
+        let index = bdevs
+            .iter()
+            .position(|b| b.answers_to(name))
+            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        let bdev = &bdevs[index];
+        match bdev.claim() {
+            Some(claim) if claim.module == module => {}
+            Some(claim) => {
+                return Err(BdevError::Claimed { name: bdev.name.clone(), module: claim.module });
+            }
+            None => return Err(BdevError::NotFound(name.to_string())),
+        }
+        if bdev.open_count() > 0 {
+            return Err(BdevError::Busy { name: bdev.name.clone() });
+        }
+        Ok(bdevs.remove(index))
+    }
+
     /// Leaf bdevs (unclaimed), as bdevperf picks its targets.
     pub fn leaves(&self) -> Vec<Arc<Bdev>> {
         lock(&self.bdevs).iter().filter(|b| b.claim().is_none()).cloned().collect()

@@ -36,20 +36,28 @@ pub enum Mutation {
     /// EAGAIN: its rings are sized for requests, not for the pieces requests split into (the
     /// overflow that aborted `perf -q 256 -o 1M`).
     RingsSizedForRequests = 11,
+    /// A snapshot neither quiesces its origin nor waits for the writes in flight to it.
+    NoQuiesce = 12,
+    /// A snapshot's answer clears its origin's quiesce flag even while another snapshot of
+    /// that origin waits: the second one shares blocks a fast-path write is still writing.
+    QuiesceEndsWithFirstSnapshot = 13,
+    /// A write that finished while a commit ran inserts and publishes its block as certainly
+    /// unshared after that commit failed: the fast path of the read-only pool writes it.
+    PublishAfterFailedCommit = 14,
     /// A piece whose part of the view is not ready yet goes to the owner as a write, carrying
     /// a read's buffer, instead of parking as what it is.
-    UnreadyPieceToOwner = 12,
+    UnreadyPieceToOwner = 15,
     /// A write_zeroes (or unmap) with FUA that passes nothing down is answered at once, before
     /// a commit makes it durable.
-    FuaZeroesBeforeCommit = 13,
+    FuaZeroesBeforeCommit = 16,
     /// A block of a write_zeroes that finds no op slot, copy buffer or free block fails with
     /// EAGAIN instead of waiting for one.
-    ZeroingFailsWhenBusy = 14,
+    ZeroingFailsWhenBusy = 17,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 18] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -62,6 +70,9 @@ impl Mutation {
         Mutation::MetaReuseBeforeCommit,
         Mutation::InPlaceOnceExclusive,
         Mutation::RingsSizedForRequests,
+        Mutation::NoQuiesce,
+        Mutation::QuiesceEndsWithFirstSnapshot,
+        Mutation::PublishAfterFailedCommit,
         Mutation::UnreadyPieceToOwner,
         Mutation::FuaZeroesBeforeCommit,
         Mutation::ZeroingFailsWhenBusy,

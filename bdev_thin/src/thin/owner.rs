@@ -12,6 +12,8 @@
 //! The owner's own device IO needs no epoch: every block it reads or writes is referenced by
 //! a mapping it keeps busy in the order table, or reserved, so nothing can release it.
 
+mod control;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,6 +79,11 @@ pub enum ControlOp {
     Describe {
         done: ControlDone<PoolDescription>,
     },
+    /// A check of the metadata passed: clear `needs_check` on the device and take writes
+    /// again. Only for a read-only pool (nothing writes its metadata while it is checked).
+    ClearNeedsCheck {
+        done: ControlDone<()>,
+    },
 }
 
 /// A pool's state as the owner sees it.
@@ -108,6 +115,8 @@ pub enum PoolError {
     Io(i32),
     #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
     TooLarge { capacity_vblocks: u64 },
+    #[error("the pool is writable: a check needs it read-only")]
+    Writable,
 }
 
 impl PoolError {
@@ -120,10 +129,12 @@ impl PoolError {
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
+            PoolError::Metadata(MetadataError::NameExists { .. }) => libc::EEXIST,
             PoolError::Metadata(MetadataError::GrowPastMax { .. }) => libc::ENOSPC,
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::Writable => libc::EBUSY,
         }
     }
 }
@@ -350,6 +361,13 @@ enum CommitStage {
         in_flight: usize,
     },
     FlushingInvalidation,
+    /// Writing the superblock that records `needs_check` alone, then flushing it.
+    WritingFlag {
+        needs_check: bool,
+    },
+    FlushingFlag {
+        needs_check: bool,
+    },
 }
 
 const TAG_COMMIT: u64 = 1 << 62;
@@ -392,6 +410,10 @@ pub struct Owner<D: BlockDevice, H: Host> {
     commit_stage: CommitStage,
     commit_plan: Option<CommitPlan>,
     commit_failed: bool,
+    /// The last write of the needs_check flag failed (not retried: the device fails).
+    flag_write_failed: bool,
+    /// A clear of needs_check in progress, answered once the superblock is durable.
+    clearing: Option<ControlDone<()>>,
     commits_started: u64,
     commits_done: u64,
     commit_wanted: bool,
@@ -492,6 +514,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             commit_stage: CommitStage::Idle,
             commit_plan: None,
             commit_failed: false,
+            flag_write_failed: false,
+            clearing: None,
             commits_started: 0,
             commits_done: 0,
             commit_wanted: false,
@@ -544,67 +568,6 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     fn vblocks_of(&self, size_bytes: u64) -> u64 {
         size_bytes.div_ceil(u64::from(self.meta.layout().data_block_bytes))
-    }
-
-    /// Creates `id`'s view. `incremental`: publish it empty and fill it a bounded slice per
-    /// poll (a new snapshot: acknowledged in O(1), channels wait for the part they need).
-    fn build_view(&mut self, id: VolumeId, incremental: bool) {
-        let Some(record) = self.meta.volume(id).cloned() else {
-            return;
-        };
-        let size = self.vblocks_of(record.size_bytes);
-        // Room to grow 4× without a new view.
-        let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
-        let view = Arc::new(VolumeView::new(id, size, capacity));
-        view.set_size(size, record.size_bytes / self.lba_bytes);
-        // A read-only pool publishes nothing exclusive: every write goes to the owner, which
-        // refuses it (found by thin_sim: the fast path wrote on in a read-only pool).
-        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-        if incremental {
-            view.set_ready(0);
-            self.view_builds.push_back((id, 0));
-        } else {
-            self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                let exclusive = writable && mapping.time >= record.snapshot_time;
-                view.publish(vblock, mapping.data_block, exclusive);
-            });
-        }
-        self.shared.publish_view(Arc::clone(&view));
-        self.views.insert(id, view);
-    }
-
-    /// Fills the views of new snapshots, the pool's `view_fill_blocks_per_poll` virtual blocks
-    /// a poll.
-    fn run_view_builds(&mut self) -> bool {
-        // A snapshot is acknowledged first (its commit), then its view is filled: the
-        // acknowledgement costs the same at any volume size.
-        if !self.snapshots.is_empty() {
-            return false;
-        }
-        let Some(&(id, next)) = self.view_builds.front() else {
-            return false;
-        };
-        let (Some(view), Some(record)) = (self.views.get(&id).cloned(), self.meta.volume(id))
-        else {
-            self.view_builds.pop_front();
-            return true;
-        };
-        let snapshot_time = record.snapshot_time;
-        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-        let end = next.saturating_add(self.settings.limits.view_fill_blocks_per_poll);
-        self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
-            view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
-        });
-        if end >= view.capacity_vblocks() {
-            view.set_ready(u64::MAX);
-            self.view_builds.pop_front();
-        } else {
-            view.set_ready(end);
-            if let Some(front) = self.view_builds.front_mut() {
-                front.1 = end;
-            }
-        }
-        true
     }
 
     // ------------------------------------------------------------------ polling
@@ -1276,6 +1239,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             (write.volume, write.vblock, write.target, write.fresh, write.status);
         let fua = write.fua;
         let mut status = status;
+        // A read-only pool takes no write: one whose payload landed while the commit that
+        // turned the pool read-only ran is not inserted (its mapping could never commit) and
+        // publishes nothing the fast path could write through.
+        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail)
+            && !self.settings.mutations.is_on(Mutation::PublishAfterFailedCommit);
+        if status.is_success() && read_only {
+            status = IoStatus::Failed(libc::EIO);
+        }
         if status.is_success() {
             let time = self.meta.time();
             let result = if fresh {
@@ -1777,226 +1748,6 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         advanced || returned > 0 || issued
     }
 
-    fn run_snapshots(&mut self) -> bool {
-        let Some(snapshot) = self.snapshots.front_mut() else {
-            return false;
-        };
-        if let Some(after) = snapshot.after {
-            // Step 3 done; waiting for the commit.
-            if self.commits_done > after {
-                let mut snapshot = self.snapshots.pop_front().expect("front exists");
-                if let Some(view) = self.views.get(&snapshot.origin) {
-                    view.set_quiesced(false);
-                }
-                let result = if self.commit_failed {
-                    Err(PoolError::ReadOnly)
-                } else {
-                    snapshot.result.ok_or(PoolError::NoVolume(snapshot.origin))
-                };
-                if let Some(done) = snapshot.done.take() {
-                    done(result);
-                }
-                return true;
-            }
-            return false;
-        }
-        let origin = snapshot.origin;
-        let origin_busy = self.busy.keys().any(|(v, _)| *v == origin)
-            || self
-                .ops
-                .iter()
-                .any(|op| matches!(op, Some(Op::Range(r)) if r.stage == RangeStage::Children));
-        let drained = self.settings.mutations.is_on(Mutation::NoGrace)
-            || self.grace.has_passed(snapshot.quiesced_at);
-        if origin_busy || !drained || self.commit_stage != CommitStage::Idle {
-            return false;
-        }
-        let (uuid, name) = (snapshot.uuid, snapshot.name.clone());
-        let result = self.meta.snapshot(origin, uuid, &name);
-        let snapshot = self.snapshots.front_mut().expect("front exists");
-        match result {
-            Ok(id) => {
-                snapshot.result = Some(id);
-                snapshot.after = Some(self.commits_started);
-                if let Some(view) = self.views.get(&origin) {
-                    view.advance_view_time();
-                }
-                self.build_view(id, true);
-                self.commit_wanted = true;
-            }
-            Err(e) => {
-                let mut snapshot = self.snapshots.pop_front().expect("front exists");
-                if let Some(view) = self.views.get(&origin) {
-                    view.set_quiesced(false);
-                }
-                if let Some(done) = snapshot.done.take() {
-                    done(Err(e.into()));
-                }
-            }
-        }
-        true
-    }
-
-    // ------------------------------------------------------------------ control
-
-    fn run_control(&mut self) -> bool {
-        let mut busy = false;
-        for _ in 0..self.pending_control.len() {
-            if let Some(op) = self.pending_control.pop_front() {
-                self.handle_control(op);
-            }
-        }
-        while let Some(op) = self.control.pop() {
-            busy = true;
-            self.handle_control(op);
-        }
-        busy
-    }
-
-    fn handle_control(&mut self, op: ControlOp) {
-        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-        match op {
-            ControlOp::CreateVolume { uuid, name, size_bytes, done } => {
-                if read_only {
-                    return done(Err(PoolError::ReadOnly));
-                }
-                match self.meta.create_volume(uuid, &name, size_bytes) {
-                    Ok(id) => {
-                        self.build_view(id, false);
-                        let after = self.commits_started;
-                        self.commit_wanted = true;
-                        self.control_commits
-                            .push((after, Box::new(move |result| done(result.map(|()| id)))));
-                    }
-                    Err(e) => done(Err(e.into())),
-                }
-            }
-            ControlOp::Snapshot { origin, uuid, name, done } => {
-                if read_only {
-                    return done(Err(PoolError::ReadOnly));
-                }
-                let Some(view) = self.views.get(&origin) else {
-                    return done(Err(PoolError::NoVolume(origin)));
-                };
-                // Step 1: quiesce the origin, then advance the epoch.
-                view.set_quiesced(true);
-                let quiesced_at = self.grace.epoch();
-                self.snapshots.push_back(SnapshotOp {
-                    origin,
-                    uuid,
-                    name,
-                    quiesced_at,
-                    done: Some(done),
-                    result: None,
-                    after: None,
-                });
-            }
-            ControlOp::DeleteVolume { volume, done } => {
-                if read_only {
-                    return done(Err(PoolError::ReadOnly));
-                }
-                if self.busy.keys().any(|(v, _)| *v == volume) {
-                    return done(Err(PoolError::Io(libc::EBUSY)));
-                }
-                let mut freed = Vec::new();
-                match self.meta.delete_volume(volume, &mut |block| freed.push(block)) {
-                    Ok(()) => {
-                        if let Some(view) = self.views.remove(&volume) {
-                            view.mark_deleted();
-                        }
-                        self.shared.retire_view(volume);
-                        self.release_freed(freed, done);
-                    }
-                    Err(e) => done(Err(e.into())),
-                }
-            }
-            ControlOp::Resize { volume, size_bytes, done } => {
-                if read_only {
-                    return done(Err(PoolError::ReadOnly));
-                }
-                let Some(view) = self.views.get(&volume).cloned() else {
-                    return done(Err(PoolError::NoVolume(volume)));
-                };
-                let new_vblocks = self.vblocks_of(size_bytes);
-                if new_vblocks > view.capacity_vblocks() {
-                    return done(Err(PoolError::TooLarge {
-                        capacity_vblocks: view.capacity_vblocks(),
-                    }));
-                }
-                let old_vblocks = view.size_vblocks();
-                if new_vblocks < old_vblocks && self.is_span_busy(volume, new_vblocks, old_vblocks)
-                {
-                    // Per-block order: a shrink waits behind what runs in its range.
-                    self.pending_control.push_back(ControlOp::Resize { volume, size_bytes, done });
-                    return;
-                }
-                let mut freed = Vec::new();
-                match self.meta.resize_volume(volume, size_bytes, &mut |block| freed.push(block)) {
-                    Ok(()) => {
-                        for vblock in new_vblocks..old_vblocks {
-                            view.unpublish(VirtBlock(vblock));
-                        }
-                        view.set_size(new_vblocks, size_bytes / self.lba_bytes);
-                        self.release_freed(freed, done);
-                    }
-                    Err(e) => done(Err(e.into())),
-                }
-            }
-            ControlOp::DeletePool { done } => {
-                let busy = self.ops.iter().any(Option::is_some) || !self.is_drained();
-                if busy || self.commit_stage != CommitStage::Idle {
-                    self.pending_control.push_back(ControlOp::DeletePool { done });
-                    return;
-                }
-                for view in self.views.values() {
-                    view.mark_deleted();
-                }
-                self.deleting = Some(done);
-                self.commit_failed = false;
-                let blocks = PoolMetadata::invalidate_superblocks();
-                self.commit_stage = CommitStage::Invalidating { in_flight: blocks.len() };
-                for (block, bytes) in blocks {
-                    let request = self.meta_write(block, &bytes);
-                    self.submit_metadata(request);
-                }
-            }
-            ControlOp::Grow { data_blocks, done } => {
-                if read_only {
-                    return done(Err(PoolError::ReadOnly));
-                }
-                match self.meta.grow_data(data_blocks) {
-                    Ok(()) => {
-                        self.space.grow(data_blocks);
-                        self.no_space_since_ns = None;
-                        if self.mode == PoolMode::OutOfDataSpace {
-                            self.mode = PoolMode::Write;
-                        }
-                        let after = self.commits_started;
-                        self.commit_wanted = true;
-                        self.control_commits.push((after, done));
-                    }
-                    Err(e) => done(Err(e.into())),
-                }
-            }
-            ControlOp::Commit { done } => {
-                let after = self.commits_started;
-                self.commit_wanted = true;
-                self.control_commits.push((after, done));
-            }
-            ControlOp::Describe { done } => done(Ok(PoolDescription {
-                volumes: self.meta.volumes().cloned().collect(),
-                data_blocks: self.space.data_blocks(),
-                used_data_blocks: self.meta.used_data_blocks(),
-                held_data_blocks: self.space.held_count(),
-                transaction_id: self.meta.transaction_id(),
-                mode: self.mode,
-                needs_check: self.meta.pool().needs_check,
-                metadata_free_blocks: self.meta.metadata_free_blocks(),
-                metadata_total_blocks: self.meta.metadata_total_blocks(),
-            })),
-        }
-    }
-
     // ------------------------------------------------------------------ commit
 
     fn run_commit_trigger(&mut self) -> bool {
@@ -2019,7 +1770,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         if !(timer || waiting || self.commit_wanted) {
             return false;
         }
-        if matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail) && self.meta.is_dirty() {
+        let read_only = matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
+        if read_only && self.meta.needs_check_unwritten() && !self.flag_write_failed {
+            // The pool is read-only after a failed metadata write: say so on the device, so
+            // it opens read-only after a restart until a check clears the flag.
+            self.write_needs_check(true);
+            return true;
+        }
+        if read_only && self.meta.is_dirty() {
             // Nothing may be written; answer waiters as if committed (reads of committed
             // state go on), flushes included, since nothing new is acknowledged. The timer
             // alone has nothing to answer: acting on it made every poll busy, so the reactor
@@ -2063,8 +1821,16 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn commit_io_done(&mut self, completion: IoCompletion) {
+        let flag = matches!(
+            self.commit_stage,
+            CommitStage::WritingFlag { .. } | CommitStage::FlushingFlag { .. }
+        );
         if !completion.status.is_success() {
-            self.commit_failed = true;
+            if flag {
+                self.flag_write_failed = true;
+            } else {
+                self.commit_failed = true;
+            }
         }
         match self.commit_stage {
             CommitStage::FlushingData => {
@@ -2144,6 +1910,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
                 }
             }
+            CommitStage::WritingFlag { needs_check }
+            | CommitStage::FlushingFlag { needs_check } => {
+                self.needs_check_io_done(needs_check);
+            }
             CommitStage::Idle => debug_assert!(false, "commit IO while no commit runs"),
         }
     }
@@ -2159,12 +1929,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             }
             self.meta.set_needs_check();
             self.mode = PoolMode::ReadOnly;
+            self.commit_wanted = true;
             self.abort_waiters();
-            self.rebuild_views();
+            self.rebuild_views(planned);
         } else if planned {
             mutations::crash_point("commit_done");
             self.meta.commit_done();
             self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+            self.refresh_space_mode();
         }
         self.commits_done = self.commits_started;
         self.after_commit();
@@ -2241,36 +2013,6 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 // must never be passed down (found by thin_sim). It answers EIO, runs empty.
                 range.status = IoStatus::Failed(libc::EIO);
                 self.release_range_holds(index);
-            }
-        }
-    }
-
-    fn rebuild_views(&mut self) {
-        // A volume deleted in the aborted transaction exists again (found by thin_sim).
-        let back: Vec<VolumeId> =
-            self.meta.volumes().map(|v| v.id).filter(|id| !self.views.contains_key(id)).collect();
-        for id in back {
-            self.build_view(id, false);
-        }
-        let ids: Vec<VolumeId> = self.views.keys().copied().collect();
-        for id in ids {
-            if self.meta.volume(id).is_none() {
-                if let Some(view) = self.views.remove(&id) {
-                    view.mark_deleted();
-                }
-                continue;
-            }
-            let old = self.views.get(&id).cloned();
-            if let Some(old) = old {
-                for vblock in 0..old.capacity_vblocks() {
-                    old.unpublish(VirtBlock(vblock));
-                }
-                let record_time = self.meta.volume(id).map_or(0, |r| r.snapshot_time);
-                let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
-                self.meta.for_each_mapping(id, &mut |vblock, mapping| {
-                    let exclusive = writable && mapping.time >= record_time;
-                    old.publish(vblock, mapping.data_block, exclusive);
-                });
             }
         }
     }

@@ -95,6 +95,11 @@ impl SpaceMap {
         self.flag(block) & RESERVED != 0
     }
 
+    /// Whether `block` is inside its grace period (read from its flag, not the queue).
+    pub fn is_in_grace(&self, block: DataBlock) -> bool {
+        self.flag(block) & IN_GRACE != 0
+    }
+
     pub fn held_count(&self) -> u64 {
         self.held_count
     }
@@ -106,11 +111,6 @@ impl SpaceMap {
     /// Blocks still inside a grace period.
     pub fn in_grace_count(&self) -> usize {
         self.grace.len()
-    }
-
-    /// Whether `block` is inside its grace period (read from its flag, not the queue).
-    pub fn is_in_grace(&self, block: DataBlock) -> bool {
-        self.flag(block) & IN_GRACE != 0
     }
 
     /// Blocks handed out so far.

@@ -183,6 +183,23 @@ impl VolumeView {
         }
     }
 
+    /// Calls `f` for every published entry, in virtual block order. Owner only (it is the
+    /// only writer, so what it reads here is what it last stored).
+    pub fn for_each_published_block(&self, f: &mut dyn FnMut(VirtBlock, DataBlock)) {
+        for (chunk, entries) in self.chunks.iter().enumerate() {
+            let Some(entries) = entries.get() else {
+                continue;
+            };
+            for (index, entry) in entries.iter().enumerate() {
+                let value = entry.load(Ordering::Relaxed);
+                if value != 0 {
+                    let vblock = chunk as u64 * VIEW_CHUNK_ENTRIES + index as u64;
+                    f(VirtBlock(vblock), DataBlock((value & BLOCK_MASK) - 1));
+                }
+            }
+        }
+    }
+
     /// Makes every current entry "maybe shared" (a snapshot was taken). O(1) but for the rare
     /// wrap of the 24-bit counter.
     pub fn advance_view_time(&self) {

@@ -293,3 +293,31 @@ pub fn passdowns(rig: &Rig) -> u64 {
 pub fn commits(rig: &Rig) -> u64 {
     rig.shared.counters.commits.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Commits `meta` straight onto `device` as the owner would (blocks, flush, superblock,
+/// flush), for tests that build a pool's metadata by hand before starting its owner.
+pub fn commit_directly(device: &SimDevice, meta: &mut PoolMetadata) {
+    use bdev_thin::host::BlockDevice;
+    let plan = meta.begin_commit();
+    let mut channel = device.open_channel().unwrap();
+    let lbas_per_block = (METADATA_BLOCK_BYTES / LBA as usize) as u64;
+    let mut submit = |request: IoRequest| {
+        channel.submit(request).unwrap();
+        let mut status = None;
+        channel.poll(&mut |c| status = Some(c.status));
+        assert_eq!(status, Some(IoStatus::Success));
+    };
+    let write_block = |block: MetaBlock, bytes: &[u8]| {
+        let mut buffer = IoBuffer::new(bytes.len());
+        buffer.as_mut_slice().copy_from_slice(bytes);
+        IoRequest::new(IoKind::Write, block.0 * lbas_per_block, lbas_per_block, 0)
+            .with_buffers(SgList::single(buffer))
+    };
+    for (block, bytes) in &plan.blocks {
+        submit(write_block(*block, bytes));
+    }
+    submit(flush());
+    submit(write_block(plan.superblock.0, &plan.superblock.1));
+    submit(flush());
+    meta.commit_done();
+}

@@ -55,6 +55,7 @@ pub static METHODS: &[Method] = &[
     method("bdev_thin_delete", thin::delete),
     method("bdev_thin_resize", thin::resize),
     method("bdev_thin_pool_grow", thin::pool_grow),
+    method("bdev_thin_pool_check", thin::pool_check),
     method("bdev_thin_pool_delete", thin::pool_delete),
     method("bdev_thin_get_pools", thin::get_pools),
     method("bdev_thin_get_volumes", thin::get_volumes),

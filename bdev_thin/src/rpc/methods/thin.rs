@@ -20,7 +20,7 @@ use crate::thin::channel::ChannelGeometry;
 use crate::thin::metadata::{Layout, MetadataError, PoolMetadata, PoolRecord};
 use crate::thin::owner::{ControlOp, Owner, PoolDescription, PoolError};
 use crate::thin::pool::PoolShared;
-use crate::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
+use crate::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, PoolMode, VolumeId};
 
 const DATA_BLOCK_BYTES_DEFAULT: u64 = 65536;
 const DATA_BLOCK_BYTES_MIN: u64 = 4096;
@@ -478,6 +478,9 @@ pub(super) fn snapshot(target: &Arc<Target>, mut params: Params, reply: Reply) {
     });
 }
 
+/// The claim a volume's bdev carries while its pool deletes it: no frontend opens it then.
+const DELETING: &str = "bdev_thin_delete";
+
 pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
     let prepared = (|| {
         let name = params.string("name")?;
@@ -486,7 +489,11 @@ pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
         if bdev.open_count() > 0 {
             return Err(RpcError::errno(libc::EBUSY, format!("{name} is open")));
         }
-        target.bdevs.unregister(bdev.name())?;
+        bdev.try_claim(DELETING)?;
+        if bdev.open_count() > 0 {
+            bdev.release_claim();
+            return Err(RpcError::errno(libc::EBUSY, format!("{name} is open")));
+        }
         Ok((bdev, device))
     })();
     let (bdev, device) = match prepared {
@@ -495,16 +502,22 @@ pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
     };
     let pool = Arc::clone(&device.pool);
     let id = device.volume();
+    let target = Arc::clone(target);
     pool.send(ControlOp::DeleteVolume {
         volume: id,
         done: Box::new(move |result| match result {
+            // The bdev goes only once the pool deleted the volume: a refused delete leaves
+            // the volume and its bdev as they were.
             Ok(()) => {
+                if let Err(e) = target.bdevs.unregister_claimed(bdev.name(), DELETING) {
+                    eprintln!("bdev_thin_delete {}: {e}", bdev.name());
+                }
                 let mut volumes = device.pool.volumes.lock().unwrap_or_else(|p| p.into_inner());
                 volumes.retain(|(v, _)| *v != id);
                 reply(Ok(json!(true)));
             }
             Err(e) => {
-                drop(bdev);
+                bdev.release_claim();
                 reply(Err(pool_error(e)));
             }
         }),
@@ -562,6 +575,69 @@ pub(super) fn pool_grow(target: &Arc<Target>, mut params: Params, reply: Reply) 
     pool.send(ControlOp::Grow {
         data_blocks,
         done: Box::new(move |result| reply(result.map(|()| json!(true)).map_err(pool_error))),
+    });
+}
+
+/// `bdev_thin_pool_check`: checks a read-only pool's metadata on its device as `thinctl
+/// check` does and, with `clear_needs_check`, clears the flag when the check passes (the pool
+/// then takes writes again). Reads the metadata region synchronously on the calling core, as
+/// examine does: a pool on a remote or SPDK bdev has no path for `thinctl`.
+pub(super) fn pool_check(target: &Arc<Target>, mut params: Params, reply: Reply) {
+    let prepared = (|| {
+        let pool = find_pool(target, &mut params)?;
+        let clear = params.optional_bool("clear_needs_check")?.unwrap_or(false);
+        params.finish()?;
+        // Nothing writes the metadata of a read-only pool, so what is read is consistent.
+        let mode = pool.shared.counters.mode();
+        if mode != PoolMode::ReadOnly {
+            return Err(RpcError::errno(
+                libc::EBUSY,
+                format!(
+                    "pool {} is in mode {}: a check runs on a read-only pool",
+                    pool.name,
+                    mode.name()
+                ),
+            ));
+        }
+        let device = pool.metadata_device.as_ref().unwrap_or(&pool.device);
+        let block_bytes = crate::thin::metadata::METADATA_BLOCK_BYTES as u64;
+        let mut read =
+            |block: MetaBlock, out: &mut [u8]| device.read_sync(block.0 * block_bytes, out);
+        let report = crate::thin::metadata::check(&mut read).map_err(|problems| {
+            let shown: Vec<&str> = problems.iter().take(8).map(String::as_str).collect();
+            RpcError::errno(
+                libc::EIO,
+                format!(
+                    "pool {}: check found {} problems: {}",
+                    pool.name,
+                    problems.len(),
+                    shown.join("; ")
+                ),
+            )
+        })?;
+        Ok((pool, clear, report))
+    })();
+    let (pool, clear, report) = match prepared {
+        Ok(parts) => parts,
+        Err(e) => return reply(Err(e)),
+    };
+    let answer = move |needs_check: bool| {
+        json!({
+            "clean": true,
+            "needs_check": needs_check,
+            "transaction_id": report.transaction_id,
+            "volumes": report.volumes,
+            "mappings": report.mappings,
+            "data_blocks_used": report.data_blocks_used,
+            "metadata_blocks_used": report.metadata_blocks_used,
+        })
+    };
+    if !clear {
+        let needs_check = pool.shared.counters.needs_check.load(Ordering::Relaxed);
+        return reply(Ok(answer(needs_check)));
+    }
+    pool.send(ControlOp::ClearNeedsCheck {
+        done: Box::new(move |result| reply(result.map(|()| answer(false)).map_err(pool_error))),
     });
 }
 

@@ -58,6 +58,8 @@ pub enum MetadataError {
     NameTooLong { bytes: usize },
     #[error("{id} does not exist")]
     NoSuchVolume { id: VolumeId },
+    #[error("a volume named {name:?} already exists")]
+    NameExists { name: String },
     #[error("the pool already has {max} volumes")]
     TooManyVolumes { max: usize },
     #[error("{id}: virtual block {vblock} is past its {blocks} blocks")]
@@ -464,6 +466,14 @@ impl PoolMetadata {
         Ok(id)
     }
 
+    /// Names are unique in a pool: they are how frontends find a volume (`pool/name`).
+    fn check_name_free(&self, name: &str) -> Result<(), MetadataError> {
+        if self.top.volumes.values().any(|v| v.record.name == name) {
+            return Err(MetadataError::NameExists { name: name.to_string() });
+        }
+        Ok(())
+    }
+
     fn stored(&self, id: VolumeId) -> Result<&StoredVolume, MetadataError> {
         self.top.volumes.get(&id).ok_or(MetadataError::NoSuchVolume { id })
     }
@@ -475,6 +485,7 @@ impl PoolMetadata {
         size_bytes: u64,
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
+        self.check_name_free(name)?;
         self.check_space()?;
         self.begin_mutation();
         let id = self.next_id()?;
@@ -501,6 +512,7 @@ impl PoolMetadata {
         name: &str,
     ) -> Result<VolumeId, MetadataError> {
         check_name(name)?;
+        self.check_name_free(name)?;
         let source = self.stored(origin)?.clone();
         self.check_space()?;
         self.begin_mutation();
@@ -893,6 +905,46 @@ impl PoolMetadata {
     pub fn set_needs_check(&mut self) {
         self.top.pool.needs_check = true;
         self.dirty = true;
+    }
+
+    /// Whether `needs_check` is raised in memory but not yet in the last commit.
+    pub fn needs_check_unwritten(&self) -> bool {
+        self.top.pool.needs_check && !self.committed.pool.needs_check
+    }
+
+    /// The superblock that sets `needs_check` to `flag` over the last committed state, with
+    /// the next transaction id. It is the only block such a change writes: after a failed
+    /// metadata write turned the pool read-only (the open transaction cannot be trusted),
+    /// and when a check passed and clears the flag. Write it, flush, then call
+    /// [`PoolMetadata::needs_check_written`]. Offline tools use it too (`thinctl check
+    /// --clear-needs-check`).
+    pub fn needs_check_superblock(&self, flag: bool) -> (MetaBlock, Vec<u8>) {
+        let generation = self.transaction_id + 1;
+        let committed = &self.committed;
+        let mut pool = committed.pool.clone();
+        pool.needs_check = flag;
+        let sb = Superblock {
+            transaction_id: generation,
+            layout: committed.layout,
+            pool,
+            time: committed.time,
+            next_volume_id: committed.next_volume_id,
+            volume_table: committed.volume_table,
+            volume_count: committed.volumes.len() as u32,
+            space_root: committed.space_root,
+        };
+        (MetaBlock(superblock::slot(generation)), superblock::encode(&sb))
+    }
+
+    /// The superblock of [`PoolMetadata::needs_check_superblock`] is durable.
+    pub fn needs_check_written(&mut self, flag: bool) {
+        assert!(!self.committing, "no flag write while a commit runs");
+        self.transaction_id += 1;
+        self.committed.pool.needs_check = flag;
+        self.top.pool.needs_check = flag;
+        if self.top == self.committed {
+            self.dirty = false;
+        }
     }
 
     /// Blocks to write (zeroed superblocks) so the pool is never found again.

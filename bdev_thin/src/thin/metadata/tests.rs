@@ -83,7 +83,7 @@ fn commit(md: &mut PoolMetadata, image: &mut Image) -> CommitPlan {
 }
 
 /// Everything observable, for comparing a pool with its reopened image.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Fingerprint {
     layout: Layout,
     pool: PoolRecord,
@@ -284,12 +284,13 @@ fn run_ops(ops: &[Op]) {
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Create => {
-                let id = md.create_volume([1; 16], "v", VOLUME_BYTES).unwrap();
+                let name = format!("v{step}");
+                let id = md.create_volume([1; 16], &name, VOLUME_BYTES).unwrap();
                 model.insert(id, BTreeMap::new());
             }
             Op::Snapshot(i) => {
                 let Some(origin) = pick(&model, *i) else { continue };
-                let id = md.snapshot(origin, [2; 16], "s").unwrap();
+                let id = md.snapshot(origin, [2; 16], &format!("s{step}")).unwrap();
                 model.insert(id, model[&origin].clone());
                 assert_eq!(md.volume(id).unwrap().snapshot_time, md.time());
                 assert_eq!(md.volume(origin).unwrap().snapshot_time, md.time());
@@ -916,7 +917,7 @@ proptest! {
                 let _ = md.remove(*id, VirtBlock(*key));
             }
             let _ = md.insert(*id, VirtBlock(7), Mapping { data_block: DataBlock(79), time: 5 });
-            let _ = md.snapshot(*id, [0; 16], "s");
+            let _ = md.snapshot(*id, [0; 16], &format!("s{}", id.0));
         }
         commit(&mut md, &mut image);
         let reopened = image.open().unwrap();
@@ -997,6 +998,41 @@ fn settings_growth_and_needs_check_persist() {
 }
 
 #[test]
+fn needs_check_is_written_alone_over_the_last_commit_and_cleared_the_same_way() {
+    let (mut image, mut md) = sample_image();
+    let committed = fingerprint(&image.open().unwrap());
+    // A change that never commits: the flag superblock describes the last commit.
+    md.insert(VolumeId(1), VirtBlock(901), Mapping { data_block: DataBlock(4001), time: 1 })
+        .unwrap();
+    md.set_needs_check();
+    assert!(md.needs_check_unwritten());
+    let (slot, bytes) = md.needs_check_superblock(true);
+    image.write(slot, &bytes);
+    md.needs_check_written(true);
+    assert!(!md.needs_check_unwritten());
+    assert!(md.is_dirty(), "the open change is still to commit");
+    let reopened = image.open().unwrap();
+    assert!(reopened.pool().needs_check);
+    assert_eq!(reopened.transaction_id(), md.transaction_id());
+    let trees = |f: Fingerprint| (f.volumes, f.mappings, f.counts);
+    assert_eq!(trees(fingerprint(&reopened)), trees(committed.clone()), "the last commit's");
+    image.check().unwrap();
+    // Cleared offline the same way: a superblock of the opened pool with the flag down.
+    let (slot, bytes) = reopened.needs_check_superblock(false);
+    image.write(slot, &bytes);
+    let cleared = image.open().unwrap();
+    assert!(!cleared.pool().needs_check);
+    assert_eq!(trees(fingerprint(&cleared)), trees(committed));
+    // The next real commit follows on.
+    md.needs_check_written(false);
+    commit(&mut md, &mut image);
+    let next = image.open().unwrap();
+    assert!(!next.pool().needs_check);
+    assert_eq!(next.lookup(VolumeId(1), VirtBlock(901)).map(|m| m.data_block.0), Some(4001));
+    image.check().unwrap();
+}
+
+#[test]
 fn another_format_version_is_an_error_not_an_empty_device() {
     let (mut image, md) = sample_image();
     for slot in 0..2u64 {
@@ -1023,6 +1059,9 @@ fn names_and_volume_limits_are_enforced() {
     pool.name = long;
     assert!(PoolMetadata::format(layout(2048, 4096, 4096), pool).is_err());
     let id = md.create_volume([0; 16], "v", 8192).unwrap();
+    let taken = Some(MetadataError::NameExists { name: "v".into() });
+    assert_eq!(md.create_volume([1; 16], "v", 8192).err(), taken, "names are unique");
+    assert_eq!(md.snapshot(id, [1; 16], "v").err(), taken);
     let past = md.insert(id, VirtBlock(2), Mapping { data_block: DataBlock(0), time: 0 });
     assert!(matches!(past, Err(MetadataError::VirtBlockOutOfRange { blocks: 2, .. })));
     let far = md.insert(id, VirtBlock(1), Mapping { data_block: DataBlock(4096), time: 0 });
