@@ -424,6 +424,61 @@ fn a_device_that_fails_every_metadata_write_keeps_its_last_commit() {
     assert_eq!(rig.owner.metadata().volumes().next().unwrap().mapped_blocks, 1);
 }
 
+/// A provisioning write whose payload lands while the owner writes the needs_check flag (after
+/// a commit whose data flush failed) waits, as during a commit, and is answered once the flag
+/// is written, although no commit follows (the read-only pool's transaction stays open).
+#[test]
+fn a_write_landing_while_needs_check_is_written_is_answered() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x31)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Success);
+    let data_lba = rig.metadata_region_lbas();
+    rig.device.hold(|io| matches!(io.kind, IoKind::Write | IoKind::Flush));
+    channel.submit(write(1, 0x32)).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the provisioning write is held");
+    let provision = rig.device.pending()[0].id;
+    channel.submit(flush()).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the commit's data flush is held");
+    let data_flush = rig.device.pending().iter().find(|io| io.kind == IoKind::Flush).unwrap().id;
+    rig.device.fail(data_flush, libc::EIO);
+    // The commit failed: the pool turns read-only, then writes the flag.
+    let mut answers = Vec::new();
+    let mut flag_write = None;
+    for _ in 0..20 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+        let pending = rig.device.pending();
+        flag_write = pending.iter().find(|io| io.offset_blocks < data_lba).map(|io| io.id);
+        if flag_write.is_some() {
+            break;
+        }
+    }
+    let flag_write = flag_write.expect("needs_check is written after the failed commit");
+    // The payload lands while the flag is written: the write waits for that write's end.
+    rig.device.complete(provision);
+    for _ in 0..20 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+    }
+    assert_eq!(answers, [(IoKind::Flush, IoStatus::Failed(libc::EIO))], "only the flush");
+    answers.clear();
+    rig.device.complete(flag_write);
+    rig.device.release_hold();
+    for _ in 0..100 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+    }
+    // Not inserted: the pool is read-only and its mapping could never commit.
+    assert_eq!(answers, [(IoKind::Write, IoStatus::Failed(libc::EIO))], "the write is answered");
+    assert_reads(&mut rig, &mut channel, 1, 0);
+    drop(channel);
+    let rig = rig.reopen();
+    assert!(rig.owner.metadata().pool().needs_check, "needs_check was written");
+}
+
 #[test]
 fn only_a_read_only_pool_clears_needs_check() {
     let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));

@@ -1940,6 +1940,13 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         self.commits_done = self.commits_started;
         self.after_commit();
+        self.finish_writes_held_by_commit();
+    }
+
+    /// Finishes the block writes whose payload landed while the metadata was being written (a
+    /// commit or the needs_check flag): every path back to `CommitStage::Idle` calls it, or
+    /// those writes would wait for ever.
+    fn finish_writes_held_by_commit(&mut self) {
         let mut waiting = std::mem::take(&mut self.finish_after_commit);
         for index in waiting.drain(..) {
             self.finish_block_write(index);

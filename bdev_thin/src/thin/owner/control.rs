@@ -422,6 +422,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return;
         }
         self.commit_stage = CommitStage::Idle;
+        self.finish_writes_held_by_commit();
         let written = !self.flag_write_failed;
         if written {
             self.meta.needs_check_written(needs_check);
