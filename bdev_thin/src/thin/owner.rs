@@ -1989,7 +1989,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     self.answer_block_write(index);
                 }
                 Some(Op::Range(range)) => {
-                    range.stage = RangeStage::WaitGrace;
+                    if range.runs.is_empty() {
+                        // A FUA write_zeroes or unmap that passes nothing down: durable now.
+                        self.answer_range(index);
+                    } else {
+                        range.stage = RangeStage::WaitGrace;
+                    }
                 }
                 None => {}
             }
