@@ -118,6 +118,13 @@ const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BL
 /// How far a volume can grow in place: its view reserves chunk slots (24 bytes per 4096
 /// virtual blocks) for this many times its size at creation or open.
 pub const VOLUME_GROWTH_FACTOR: u64 = 4;
+/// Chunk slots (one per 4096 virtual blocks) one volume's view may take: 48 MiB of slots, a
+/// volume of up to 2^33 blocks (32 TiB of 4 KiB blocks). The table is allocated whole when
+/// the view is made, so a larger volume is refused instead of allocating it.
+pub const VOLUME_VIEW_CHUNKS_MAX: u64 = 1 << 21;
+/// Chunk slots all views of one pool may take (384 MiB): a create or snapshot past it is
+/// refused with ENOSPC.
+pub const POOL_VIEW_CHUNKS_MAX: u64 = 1 << 24;
 /// JSON-RPC connections served at once. SPDK accepts 64; we take twice that so a burst of 100
 /// clients (a test, a script that fans out) is served rather than refused. A client past the
 /// cap is accepted and closed at once, so it sees a clean EOF instead of a hang.

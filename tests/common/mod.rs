@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod spdk;
 pub mod writer;
 
 /// Longest any wait in these tests may take before it is a failure.

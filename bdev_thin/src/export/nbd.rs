@@ -465,60 +465,6 @@ impl Drop for ListenerPoller {
     }
 }
 
-/// A connection's data buffer: one aligned allocation handed out in pieces, first fit, each
-/// a multiple of the IO alignment. Pieces come back whole (the slot joins its parts first)
-/// and merge with free neighbours. Never allocates after creation: free pieces are at most one
-/// more than the pieces handed out, which the slot count bounds.
-struct Arena {
-    /// Free pieces and their offsets, sorted by offset, never adjacent.
-    free: Vec<(u32, IoBuffer)>,
-}
-
-impl Arena {
-    fn new(bytes: usize, pieces_max: usize) -> Arena {
-        let mut free = Vec::with_capacity(pieces_max + 2);
-        free.push((0, IoBuffer::new(bytes)));
-        Arena { free }
-    }
-
-    fn alloc(&mut self, len_bytes: usize) -> Option<(u32, IoBuffer)> {
-        let want = len_bytes.max(1).next_multiple_of(limits::IO_BUFFER_ALIGN_BYTES);
-        let index = self.free.iter().position(|(_, b)| b.len() >= want)?;
-        if self.free[index].1.len() == want {
-            return Some(self.free.remove(index));
-        }
-        let (offset, buffer) = &mut self.free[index];
-        let tail = buffer.split_off(want);
-        let head = std::mem::replace(buffer, tail);
-        let head_offset = *offset;
-        *offset += want as u32; // < NBD_CONNECTION_BUFFER_BYTES, a u32 by limits
-        Some((head_offset, head))
-    }
-
-    fn free(&mut self, offset: u32, mut buffer: IoBuffer) {
-        let index = self.free.partition_point(|(o, _)| *o < offset);
-        let end = offset as usize + buffer.len();
-        let joins_next = self.free.get(index).is_some_and(|(o, _)| *o as usize == end);
-        if joins_next {
-            let (_, next) = self.free.remove(index);
-            if let Err(next) = buffer.unsplit(next) {
-                debug_assert!(false, "adjacent arena pieces share their allocation");
-                drop(next);
-            }
-        }
-        if index > 0 {
-            let (prev_offset, prev) = &mut self.free[index - 1];
-            if *prev_offset as usize + prev.len() == offset as usize {
-                match prev.unsplit(buffer) {
-                    Ok(()) => return,
-                    Err(back) => buffer = back,
-                }
-            }
-        }
-        self.free.insert(index, (offset, buffer));
-    }
-}
-
 /// One request in flight: its reply handle, the device IOs it is split into, its data.
 #[derive(Default)]
 struct Slot {
@@ -563,7 +509,7 @@ struct Transmission {
     zeroes_chunk_blocks: u64,
     unmap_chunk_blocks: u64,
     payload_max_bytes: usize,
-    arena: Arena,
+    arena: super::arena::Arena,
     slots: Vec<Slot>,
     free_slots: Vec<u16>,
     submit_queue: VecDeque<u16>,
@@ -663,7 +609,7 @@ impl Transmission {
             zeroes_chunk_blocks: description.zeroes_chunk_blocks,
             unmap_chunk_blocks: description.unmap_chunk_blocks,
             payload_max_bytes: description.payload_max_bytes,
-            arena: Arena::new(limits::NBD_CONNECTION_BUFFER_BYTES, slot_count),
+            arena: super::arena::Arena::new(limits::NBD_CONNECTION_BUFFER_BYTES, slot_count),
             slots: (0..slot_count).map(|_| Slot::default()).collect(),
             free_slots: (0..slot_count as u16).rev().collect(),
             submit_queue: VecDeque::with_capacity(slot_count),
@@ -1686,25 +1632,6 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arena_hands_out_aligned_pieces_and_merges_them_back() {
-        let align = limits::IO_BUFFER_ALIGN_BYTES;
-        let mut arena = Arena::new(16 * align, 8);
-        let (a_offset, a) = arena.alloc(1).unwrap();
-        let (b_offset, b) = arena.alloc(3 * align).unwrap();
-        let (c_offset, c) = arena.alloc(align + 1).unwrap();
-        assert_eq!((a_offset, b_offset, c_offset), (0, align as u32, 4 * align as u32));
-        assert_eq!((a.len(), b.len(), c.len()), (align, 3 * align, 2 * align));
-        assert!(arena.alloc(11 * align).is_none(), "only 10 pages are left");
-        arena.free(b_offset, b);
-        arena.free(a_offset, a);
-        assert_eq!(arena.free.len(), 2, "a and b merged");
-        arena.free(c_offset, c);
-        assert_eq!(arena.free.len(), 1, "everything merged");
-        let (offset, whole) = arena.alloc(16 * align).unwrap();
-        assert_eq!((offset, whole.len()), (0, 16 * align));
-    }
 
     #[test]
     fn errno_mapping_stays_in_the_protocol_set() {

@@ -1,5 +1,5 @@
 //! Switches that each break one safety mechanism, for tests that must show the mechanism is
-//! what keeps the invariants (DESIGN.md "Invariants", issue 13's list). They are one
+//! what keeps the invariants (DESIGN.md "Invariants"). They are one
 //! [`Mutations`] value per pool that carries switches only with the cargo feature `mutations`;
 //! without it the value is empty and every check is the constant `false`, so no production
 //! build contains a switch and the checks compile away.
@@ -44,20 +44,23 @@ pub enum Mutation {
     /// A write that finished while a commit ran inserts and publishes its block as certainly
     /// unshared after that commit failed: the fast path of the read-only pool writes it.
     PublishAfterFailedCommit = 14,
+    /// A shrink or a delete starts without checking that the metadata holds all it takes:
+    /// a shrink can stop half done, and a delete can leave a commit that does not fit.
+    ControlOpsUnreserved = 15,
     /// A piece whose part of the view is not ready yet goes to the owner as a write, carrying
     /// a read's buffer, instead of parking as what it is.
-    UnreadyPieceToOwner = 15,
+    UnreadyPieceToOwner = 16,
     /// A write_zeroes (or unmap) with FUA that passes nothing down is answered at once, before
     /// a commit makes it durable.
-    FuaZeroesBeforeCommit = 16,
+    FuaZeroesBeforeCommit = 17,
     /// A block of a write_zeroes that finds no op slot, copy buffer or free block fails with
     /// EAGAIN instead of waiting for one.
-    ZeroingFailsWhenBusy = 17,
+    ZeroingFailsWhenBusy = 18,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 18] = [
+    pub const ALL: [Mutation; 19] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -73,6 +76,7 @@ impl Mutation {
         Mutation::NoQuiesce,
         Mutation::QuiesceEndsWithFirstSnapshot,
         Mutation::PublishAfterFailedCommit,
+        Mutation::ControlOpsUnreserved,
         Mutation::UnreadyPieceToOwner,
         Mutation::FuaZeroesBeforeCommit,
         Mutation::ZeroingFailsWhenBusy,

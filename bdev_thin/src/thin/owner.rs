@@ -27,7 +27,7 @@ use super::space_map::{Counts, NoBlock, SpaceMap};
 use super::types::{
     DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, VirtBlock, VolumeId,
 };
-use super::view::VolumeView;
+use super::view::{VIEW_CHUNK_SLOT_BYTES, VolumeView};
 use crate::host::{
     BlockDevice, DeviceChannel, Host, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus,
     PollStatus, SgList,
@@ -100,6 +100,10 @@ pub struct PoolDescription {
     pub metadata_total_blocks: u64,
 }
 
+/// The memory one volume's view table may take, in MiB (for messages).
+const VOLUME_VIEW_TABLE_MIB_MAX: u64 =
+    (limits::VOLUME_VIEW_CHUNKS_MAX * VIEW_CHUNK_SLOT_BYTES) >> 20;
+
 /// Why a pool operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -113,8 +117,30 @@ pub enum PoolError {
     Metadata(#[from] MetadataError),
     #[error("device IO failed with errno {0}")]
     Io(i32),
-    #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
-    TooLarge { capacity_vblocks: u64 },
+    #[error(
+        "the volume can grow to {capacity_bytes} bytes ({capacity_vblocks} blocks): its view of \
+         mappings is allocated up front for 4 times its size (in whole chunks of 4096 blocks) \
+         when it was made or the pool last opened, up to {table_mib} MiB (reopening the pool raises the limit to 4 times the \
+         current size)",
+        table_mib = VOLUME_VIEW_TABLE_MIB_MAX
+    )]
+    TooLarge { capacity_vblocks: u64, capacity_bytes: u64 },
+    #[error(
+        "a volume of {size_bytes} bytes is over the {max_bytes} bytes a volume of this pool can \
+         address: its view of mappings is allocated up front, at most {table_mib} MiB",
+        table_mib = VOLUME_VIEW_TABLE_MIB_MAX
+    )]
+    VolumeTooLarge { size_bytes: u64, max_bytes: u64 },
+    #[error(
+        "a volume of {size_bytes} bytes would take the views of this pool's volumes past \
+         {budget_mib} MiB, the memory a pool's views may take (views are allocated up front \
+         for their volume's size); {free_bytes} bytes of volume fit"
+    )]
+    ViewMemory { size_bytes: u64, budget_mib: u64, free_bytes: u64 },
+    #[error("a size of {size_bytes} bytes is not a nonzero multiple of the {lba_bytes}-byte LBA")]
+    BadSize { size_bytes: u64, lba_bytes: u64 },
+    #[error("nothing to grow: the device holds {data_blocks} data blocks, as the pool does")]
+    NothingToGrow { data_blocks: u64 },
     #[error("the pool is writable: a check needs it read-only")]
     Writable,
 }
@@ -127,6 +153,7 @@ impl PoolError {
             PoolError::NoSpace => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NoSuchVolume { .. }) => libc::ENODEV,
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NoMetadataSpaceFor { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
             PoolError::Metadata(MetadataError::NameExists { .. }) => libc::EEXIST,
@@ -134,6 +161,10 @@ impl PoolError {
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::VolumeTooLarge { .. } => libc::EINVAL,
+            PoolError::ViewMemory { .. } => libc::ENOSPC,
+            PoolError::BadSize { .. } => libc::EINVAL,
+            PoolError::NothingToGrow { .. } => libc::ENOSPC,
             PoolError::Writable => libc::EBUSY,
         }
     }
@@ -1943,9 +1974,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.finish_writes_held_by_commit();
     }
 
-    /// Finishes the block writes whose payload landed while the metadata was being written (a
-    /// commit or the needs_check flag): every path back to `CommitStage::Idle` calls it, or
-    /// those writes would wait for ever.
+    /// Block writes whose payload landed while the metadata could not change (a commit or a
+    /// needs_check write ran) finish now.
     fn finish_writes_held_by_commit(&mut self) {
         let mut waiting = std::mem::take(&mut self.finish_after_commit);
         for index in waiting.drain(..) {
