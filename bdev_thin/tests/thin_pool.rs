@@ -8,9 +8,10 @@ mod support;
 use bdev_thin::host::{
     DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, SgList,
 };
-use bdev_thin::thin::metadata::check;
+use bdev_thin::testing::SimDevice;
+use bdev_thin::thin::metadata::{Layout, PoolMetadata, check};
 use bdev_thin::thin::mutations::Mutations;
-use bdev_thin::thin::owner::ControlOp;
+use bdev_thin::thin::owner::{ControlOp, OwnerSettings};
 use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, PoolMode};
 use support::*;
 
@@ -322,17 +323,24 @@ fn flush_commits_and_fua_writes_wait_for_the_commit() {
     let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
     let volume = rig.create_volume("v", 8);
     let mut channel = rig.channel(volume);
-    let commits =
-        |rig: &Rig| rig.shared.counters.commits.load(std::sync::atomic::Ordering::Relaxed);
     let before = commits(&rig);
     assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
-    let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
-    assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
     assert_eq!(commits(&rig), before + 1);
     assert!(!rig.owner.metadata().is_dirty());
     let fua = write(1, 2).with_flags(IoFlags::FUA);
     assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
     assert_eq!(commits(&rig), before + 2, "a FUA provision is answered after its commit");
+    // A FUA overwrite of a mapped block goes to the owner too (the fast path takes no FUA).
+    let fua = write(0, 3).with_flags(IoFlags::FUA);
+    assert_eq!(rig.run(&mut channel, fua).status, IoStatus::Success);
+    rig.check();
+    // What the flush and the FUA writes acknowledged survives a power loss.
+    drop(channel);
+    let mut rig = rig.reopen();
+    let mut channel = rig.channel(volume);
+    assert_reads(&mut rig, &mut channel, 0, 3);
+    assert_reads(&mut rig, &mut channel, 1, 2);
     rig.check();
 }
 
@@ -453,6 +461,61 @@ fn a_device_that_fails_every_metadata_write_keeps_its_last_commit() {
     let rig = rig.reopen();
     assert!(!rig.owner.metadata().pool().needs_check, "never written: the device failed");
     assert_eq!(rig.owner.metadata().volumes().next().unwrap().mapped_blocks, 1);
+}
+
+/// A provisioning write whose payload lands while the owner writes the needs_check flag (after
+/// a commit whose data flush failed) waits, as during a commit, and is answered once the flag
+/// is written, although no commit follows (the read-only pool's transaction stays open).
+#[test]
+fn a_write_landing_while_needs_check_is_written_is_answered() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x31)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, write(2, 0x33)).status, IoStatus::Success);
+    let data_lba = rig.metadata_region_lbas();
+    rig.device.hold(|io| matches!(io.kind, IoKind::Write | IoKind::Flush));
+    channel.submit(write(1, 0x32)).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the provisioning write is held");
+    let provision = rig.device.pending()[0].id;
+    channel.submit(flush()).unwrap();
+    assert!(rig.wait(&mut channel, 20).is_none(), "the commit's data flush is held");
+    let data_flush = rig.device.pending().iter().find(|io| io.kind == IoKind::Flush).unwrap().id;
+    rig.device.fail(data_flush, libc::EIO);
+    // The commit failed: the pool turns read-only, then writes the flag.
+    let mut answers = Vec::new();
+    let mut flag_write = None;
+    for _ in 0..20 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+        let pending = rig.device.pending();
+        flag_write = pending.iter().find(|io| io.offset_blocks < data_lba).map(|io| io.id);
+        if flag_write.is_some() {
+            break;
+        }
+    }
+    let flag_write = flag_write.expect("needs_check is written after the failed commit");
+    // The payload lands while the flag is written: the write waits for that write's end.
+    rig.device.complete(provision);
+    for _ in 0..20 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+    }
+    assert_eq!(answers, [(IoKind::Flush, IoStatus::Failed(libc::EIO))], "only the flush");
+    answers.clear();
+    rig.device.complete(flag_write);
+    rig.device.release_hold();
+    for _ in 0..100 {
+        channel.poll(&mut |c| answers.push((c.request.kind, c.status)));
+        rig.owner.poll();
+    }
+    // Not inserted: the pool is read-only and its mapping could never commit.
+    assert_eq!(answers, [(IoKind::Write, IoStatus::Failed(libc::EIO))], "the write is answered");
+    assert_reads(&mut rig, &mut channel, 1, 0);
+    drop(channel);
+    let rig = rig.reopen();
+    assert!(rig.owner.metadata().pool().needs_check, "needs_check was written");
 }
 
 #[test]
@@ -612,4 +675,332 @@ fn rings_sized_for_requests_fail_a_full_queue() {
     let (statuses, _) = full_queue_of_eight_block_requests(mutations);
     let refused = statuses.iter().filter(|s| **s == IoStatus::Failed(libc::EAGAIN)).count();
     assert!(refused > 0, "pieces past the device's depth fail with EAGAIN");
+}
+
+/// A FLUSH that arrives while a commit runs is not answered by that commit's flushes, issued
+/// before it arrived: it waits for a commit whose data flush was issued after it (DESIGN.md
+/// "Metadata"), and what was acknowledged before it then survives a power loss. Here an
+/// overwrite in place completes while the commit's data flush is held, then the FLUSH comes.
+#[test]
+fn a_flush_during_a_commit_waits_for_a_device_flush_issued_after_it() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 1)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, write(1, 1)).status, IoStatus::Success);
+    rig.device.hold(|io| io.kind == IoKind::Flush);
+    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 21)).unwrap();
+    let mut commit_flush = None;
+    for _ in 0..50 {
+        rig.owner.poll();
+        channel.poll(&mut |c| panic!("{:?} completed while its commit is held", c.request.tag));
+        commit_flush = rig.device.pending().into_iter().find(|p| p.kind == IoKind::Flush);
+        if commit_flush.is_some() {
+            break;
+        }
+    }
+    let commit_flush = commit_flush.expect("the first flush started a commit");
+    // While that commit runs, an overwrite in place (the fast path) completes...
+    channel.submit(write(1, 2)).unwrap();
+    let overwrite = rig.wait(&mut channel, 50).expect("the overwrite completes");
+    assert_eq!(overwrite.status, IoStatus::Success);
+    // ...and then a flush arrives: the commit's data flush was issued before both.
+    channel.submit(IoRequest::new(IoKind::Flush, 0, 0, 22)).unwrap();
+    let arrived_after = rig.device.pending().iter().map(|p| p.id).max().unwrap();
+    assert!(arrived_after >= commit_flush.id);
+    let mut later_flush_done = false;
+    let mut done = Vec::new();
+    for _ in 0..500 {
+        rig.owner.poll();
+        channel.poll(&mut |c| {
+            if c.request.tag == 22 {
+                assert!(later_flush_done, "the flush was answered by a flush issued before it");
+            }
+            assert_eq!(c.status, IoStatus::Success);
+            done.push(c.request.tag);
+        });
+        for flush in rig.device.pending().into_iter().filter(|p| p.kind == IoKind::Flush) {
+            rig.device.complete(flush.id);
+            later_flush_done |= flush.id > arrived_after;
+        }
+        if done.contains(&22) {
+            break;
+        }
+    }
+    assert_eq!(done, vec![21, 22], "both flushes answered, in order");
+    rig.device.release_hold();
+    drop(channel);
+    let mut rig = rig.reopen();
+    let mut channel = rig.channel(volume);
+    assert!(bytes_of(&rig.run(&mut channel, read(1))) == vec![2; BLOCK as usize]);
+    rig.check();
+}
+
+/// A read that finds its part of the view not ready parks as a read until it is ready. Here
+/// the ready mark falls behind a 16-block read while its first pieces are on the device (as a
+/// view being filled again would). Returns whether the read completed while its view was not
+/// ready, and what the volume holds afterwards.
+fn read_with_unready_view(mutations: Mutations) -> (bool, Vec<u8>) {
+    let mut rig = Rig::new(64, settings(DiscardMode::Passdown, mutations));
+    let volume = rig.create_volume("v", 32);
+    let mut channel = rig.channel(volume);
+    let sixteen = |kind: IoKind, byte: u8| {
+        IoRequest::new(kind, 0, 16 * LBAS_PER_BLOCK, 0).with_buffers(block_data(byte, 16))
+    };
+    assert_eq!(rig.run(&mut channel, sixteen(IoKind::Write, 0x3c)).status, IoStatus::Success);
+    let view = rig.shared.view(volume).unwrap();
+    rig.device.hold(|io| io.kind == IoKind::Read);
+    channel.submit(sixteen(IoKind::Read, 0xee)).unwrap();
+    assert!(rig.wait(&mut channel, 5).is_none(), "the first pieces are held on the device");
+    assert!(!rig.device.pending().is_empty());
+    view.set_ready(0);
+    rig.device.release_hold();
+    let early = rig.wait(&mut channel, 200);
+    view.set_ready(u64::MAX);
+    if early.is_none() {
+        let done = rig.wait(&mut channel, 200).expect("the read completes once its view is ready");
+        assert_eq!(done.status, IoStatus::Success);
+        assert!(bytes_of(&done) == vec![0x3c; 16 * BLOCK as usize], "the read's own data");
+    }
+    let again = bytes_of(&rig.run(&mut channel, sixteen(IoKind::Read, 0)));
+    rig.check();
+    (early.is_some(), again)
+}
+
+/// The rest of the read waits in the channel: it never goes to the owner, which would take it
+/// for a write and store the read's buffer in the volume.
+#[test]
+fn a_read_that_finds_its_view_not_ready_parks_as_a_read() {
+    let (early, volume) = read_with_unready_view(Mutations::NONE);
+    assert!(!early, "the rest of the read waits for its view");
+    assert!(volume == vec![0x3c; 16 * BLOCK as usize], "the volume is unchanged");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn an_unready_piece_sent_to_the_owner_writes_the_read_buffer() {
+    use bdev_thin::thin::mutations::Mutation;
+    let (early, volume) =
+        read_with_unready_view(Mutations::NONE.with(Mutation::UnreadyPieceToOwner));
+    assert!(early, "the read went on as a write");
+    assert!(volume[8 * BLOCK as usize..].iter().all(|&b| b == 0xee), "the read buffer landed");
+}
+
+/// WRITE_ZEROES with FUA is acknowledged only once it is durable: after a commit whose data
+/// flush covers it, in every way a write_zeroes can end without passing anything down (and
+/// with passdown too). Each case zeroes committed data, is acknowledged, loses power, and
+/// reports whether it reads zeroes after the pool reopens.
+fn fua_write_zeroes_after_a_power_loss(mutations: Mutations) -> Vec<(&'static str, bool)> {
+    let whole = IoRequest::new(IoKind::WriteZeroes, LBAS_PER_BLOCK, 2 * LBAS_PER_BLOCK, 0);
+    let edge = IoRequest::new(IoKind::WriteZeroes, 2 * LBAS_PER_BLOCK + 4, LBAS_PER_BLOCK - 4, 0);
+    let cases = [
+        ("passdown", DiscardMode::Passdown, false, clone_range(&whole)),
+        ("no_passdown", DiscardMode::NoPassdown, false, clone_range(&whole)),
+        ("ignore", DiscardMode::Ignore, false, clone_range(&whole)),
+        ("edges only", DiscardMode::Passdown, false, edge),
+        ("shared blocks", DiscardMode::Passdown, true, clone_range(&whole)),
+        (
+            "no_unmap",
+            DiscardMode::Passdown,
+            false,
+            clone_range(&whole).with_flags(IoFlags::NO_UNMAP),
+        ),
+    ];
+    let mut survived = Vec::new();
+    for (name, discard, snapshot_first, zeroes) in cases {
+        let mut rig = Rig::new(32, settings(discard, mutations));
+        let volume = rig.create_volume("v", 8);
+        let mut channel = rig.channel(volume);
+        for vblock in 0..4 {
+            assert_eq!(rig.run(&mut channel, write(vblock, 0x77)).status, IoStatus::Success);
+        }
+        let flush = IoRequest::new(IoKind::Flush, 0, 0, 0);
+        assert_eq!(rig.run(&mut channel, flush).status, IoStatus::Success);
+        if snapshot_first {
+            rig.snapshot(volume, "snap");
+        }
+        let (first, end) = (zeroes.offset_blocks, zeroes.offset_blocks + zeroes.num_blocks);
+        let flags = zeroes.flags.with(IoFlags::FUA);
+        let done = rig.run(&mut channel, zeroes.with_flags(flags));
+        assert_eq!(done.status, IoStatus::Success, "{name}");
+        drop(channel);
+        let mut rig = rig.reopen();
+        let mut channel = rig.channel(volume);
+        let all = IoRequest::new(IoKind::Read, 0, 4 * LBAS_PER_BLOCK, 0)
+            .with_buffers(block_data(0xee, 4));
+        let back = bytes_of(&rig.run(&mut channel, all));
+        let mut zeroed_all = true;
+        for (lba, sector) in back.chunks(LBA as usize).enumerate() {
+            if (first..end).contains(&(lba as u64)) {
+                zeroed_all &= sector.iter().all(|&b| b == 0);
+            } else {
+                assert!(sector.iter().all(|&b| b == 0x77), "{name}: LBA {lba} kept its data");
+            }
+        }
+        rig.check();
+        survived.push((name, zeroed_all));
+    }
+    survived
+}
+
+#[test]
+fn fua_write_zeroes_survives_a_power_loss() {
+    for (name, survived) in fua_write_zeroes_after_a_power_loss(Mutations::NONE) {
+        assert!(survived, "{name}: the acknowledged zeroes were lost");
+    }
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn fua_write_zeroes_answered_before_its_commit_is_lost() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::FuaZeroesBeforeCommit);
+    let lost: Vec<&str> = fua_write_zeroes_after_a_power_loss(mutations)
+        .into_iter()
+        .filter_map(|(name, survived)| (!survived).then_some(name))
+        .collect();
+    assert_eq!(lost, ["no_passdown", "ignore", "edges only", "shared blocks", "no_unmap"]);
+}
+
+fn clone_range(request: &IoRequest) -> IoRequest {
+    IoRequest::new(request.kind, request.offset_blocks, request.num_blocks, request.tag)
+        .with_flags(request.flags)
+}
+
+/// A NO_UNMAP write_zeroes of 1024 blocks (one owner write per block, as many as the owner has
+/// op slots) succeeds, over blocks mapped, unmapped and shared with a snapshot: the blocks
+/// past the free slots wait their turn instead of failing with EAGAIN. At 4 KiB and 64 KiB
+/// data blocks.
+#[test]
+fn a_no_unmap_write_zeroes_of_1024_blocks_succeeds() {
+    const BLOCKS: u64 = 1024;
+    for block_bytes in [4096u32, 65536] {
+        let settings = settings(DiscardMode::Passdown, Mutations::NONE);
+        let mut rig = rig_with_block_size(2 * BLOCKS, block_bytes, settings);
+        let lbas_per_block = u64::from(block_bytes / LBA);
+        let size_bytes = BLOCKS * u64::from(block_bytes);
+        let volume = rig
+            .control(|done| ControlOp::CreateVolume {
+                uuid: [1; 16],
+                name: "v".into(),
+                size_bytes,
+                done,
+            })
+            .unwrap();
+        let mut channel = rig.channel(volume);
+        let data = |byte: u8, blocks: u64| {
+            let mut buffer = IoBuffer::new((blocks * u64::from(block_bytes)) as usize);
+            buffer.as_mut_slice().fill(byte);
+            SgList::single(buffer)
+        };
+        // Every third block mapped; half of them then shared with a snapshot.
+        for vblock in (0..BLOCKS).step_by(3) {
+            let request = IoRequest::new(IoKind::Write, vblock * lbas_per_block, lbas_per_block, 0)
+                .with_buffers(data(0x61, 1));
+            assert_eq!(rig.run(&mut channel, request).status, IoStatus::Success);
+        }
+        let snapshot = rig.snapshot(volume, "snap");
+        for vblock in (0..BLOCKS).step_by(6) {
+            let request = IoRequest::new(IoKind::Write, vblock * lbas_per_block, lbas_per_block, 0)
+                .with_buffers(data(0x62, 1));
+            assert_eq!(rig.run(&mut channel, request).status, IoStatus::Success);
+        }
+        let zeroes = IoRequest::new(IoKind::WriteZeroes, 0, BLOCKS * lbas_per_block, 0)
+            .with_flags(IoFlags::NO_UNMAP);
+        channel.submit(zeroes).unwrap();
+        let done = rig.wait(&mut channel, 20_000).expect("the write_zeroes completes");
+        assert_eq!(done.status, IoStatus::Success, "{block_bytes}-byte blocks");
+        let record = rig.owner.metadata().volume(volume).unwrap().clone();
+        assert_eq!(record.mapped_blocks, BLOCKS, "NO_UNMAP leaves every block allocated");
+        let all = IoRequest::new(IoKind::Read, 0, BLOCKS * lbas_per_block, 0)
+            .with_buffers(data(0xee, BLOCKS));
+        let back = bytes_of(&rig.run(&mut channel, all));
+        assert!(back.iter().all(|&b| b == 0), "{block_bytes}-byte blocks read zeroes");
+        let mut snap_channel = rig.channel(snapshot);
+        let first = IoRequest::new(IoKind::Read, 0, lbas_per_block, 0).with_buffers(data(0, 1));
+        let back = bytes_of(&rig.run(&mut snap_channel, first));
+        assert!(back.iter().all(|&b| b == 0x61), "the snapshot keeps its data");
+        rig.check();
+    }
+}
+
+/// Zeroing waits for what it needs instead of failing with EAGAIN: 32 partial edges of blocks
+/// shared with a snapshot need 32 copies at once (the owner has 16 copy buffers), and a
+/// NO_UNMAP block in a full pool needs a block that only a commit frees. Returns the statuses
+/// of the 33 write_zeroes.
+fn zeroing_that_needs_copy_buffers_and_free_blocks(mutations: Mutations) -> Vec<IoStatus> {
+    let mut rig = Rig::new(80, settings(DiscardMode::NoPassdown, mutations));
+    let volume = rig.create_volume("v", 96);
+    let mut channel = rig.channel(volume);
+    for vblock in 0..32 {
+        assert_eq!(rig.run(&mut channel, write(vblock, 0x44)).status, IoStatus::Success);
+    }
+    let snapshot = rig.snapshot(volume, "snap");
+    for vblock in 0..32 {
+        let half = LBAS_PER_BLOCK / 2;
+        let zeroes =
+            IoRequest::new(IoKind::WriteZeroes, vblock * LBAS_PER_BLOCK + half, half, vblock);
+        channel.submit(zeroes).unwrap();
+    }
+    let mut statuses: Vec<IoStatus> =
+        collect(&mut rig, &mut channel, 32, 2_000).iter().map(|c| c.status).collect();
+    for vblock in 0..32 {
+        let back = bytes_of(&rig.run(&mut channel, read(vblock)));
+        assert!(back[..(BLOCK / 2) as usize].iter().all(|&b| b == 0x44), "block {vblock}");
+    }
+    let mut snap_channel = rig.channel(snapshot);
+    assert!(bytes_of(&rig.run(&mut snap_channel, read(7))) == vec![0x44; BLOCK as usize]);
+    // Fill the pool (32 shared blocks, their copies, the rest), then free one block by an
+    // unmap: it comes back only after a commit, so a NO_UNMAP write_zeroes that needs a
+    // block waits for it.
+    let mut vblock = 32;
+    while rig.owner.metadata().used_data_blocks() < 80 {
+        assert_eq!(rig.run(&mut channel, write(vblock, 0x45)).status, IoStatus::Success);
+        vblock += 1;
+    }
+    assert_eq!(rig.run(&mut channel, unmap(32, 1)).status, IoStatus::Success);
+    let keep = IoRequest::new(IoKind::WriteZeroes, 95 * LBAS_PER_BLOCK, LBAS_PER_BLOCK, 0)
+        .with_flags(IoFlags::NO_UNMAP);
+    let done = rig.run(&mut channel, keep);
+    statuses.push(done.status);
+    if done.status.is_success() {
+        assert!(bytes_of(&rig.run(&mut channel, read(95))) == vec![0; BLOCK as usize]);
+        let mapped = rig.owner.metadata().lookup(volume, bdev_thin::thin::types::VirtBlock(95));
+        assert!(mapped.is_some(), "NO_UNMAP allocated the block");
+    }
+    rig.check();
+    statuses
+}
+
+#[test]
+fn zeroing_waits_for_copy_buffers_and_free_blocks() {
+    let statuses = zeroing_that_needs_copy_buffers_and_free_blocks(Mutations::NONE);
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn zeroing_that_fails_when_busy_answers_eagain() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::ZeroingFailsWhenBusy);
+    let statuses = zeroing_that_needs_copy_buffers_and_free_blocks(mutations);
+    let refused = statuses.iter().filter(|s| **s == IoStatus::Failed(libc::EAGAIN)).count();
+    assert!(refused > 1 && statuses[32] == IoStatus::Failed(libc::EAGAIN), "{statuses:?}");
+}
+
+/// A rig whose pool has `data_blocks` blocks of `block_bytes` (the shared rig's are 4 KiB).
+fn rig_with_block_size(data_blocks: u64, block_bytes: u32, settings: OwnerSettings) -> Rig {
+    let mut device_bytes = 64 << 20;
+    let layout = loop {
+        let layout = Layout::on_data_device(device_bytes, block_bytes, device_bytes).unwrap();
+        if layout.data_blocks == data_blocks {
+            break layout;
+        }
+        device_bytes = layout.data_offset_bytes + data_blocks * u64::from(block_bytes);
+    };
+    let meta = PoolMetadata::format(layout, settings.to_record([7; 16], "pool0")).unwrap();
+    let device = SimDevice::new(LBA, device_bytes / u64::from(LBA));
+    let mut rig = Rig::with_metadata(device, meta, settings);
+    rig.geometry.lbas_per_block = u64::from(block_bytes / LBA);
+    rig
 }

@@ -399,7 +399,7 @@ impl<D: BlockDevice, W: Waker> VolumeChannel<D, W> {
         }
         let quiesced = kind == IoKind::Write && self.view.is_quiesced();
         let resolved = self.view.resolve(VirtBlock(vblock));
-        if resolved == Resolved::NotReady {
+        if resolved == Resolved::NotReady && !self.mutations.is_on(Mutation::UnreadyPieceToOwner) {
             self.shared.epochs.leave(ticket);
             return Piece::NotReady;
         }

@@ -230,6 +230,105 @@ mod loom_tests {
         race_model_with(|counters, clock| counters.enter(clock), true);
     }
 
+    /// A snapshot against the fast path (DESIGN.md "Snapshots"), with two channels. The owner
+    /// sets the origin's quiesce flag, waits out the grace period of the epoch it then reads,
+    /// shares the origin's block with the snapshot, moves the origin's view time on and clears
+    /// the flag. One channel writes the origin's block as `channel.rs` does: enter the epoch,
+    /// read the flag, resolve the entry (exclusive while its time equals the view's), and write
+    /// in place if the flag was clear and the entry exclusive. The other reads the snapshot's
+    /// block once it is shared and must find what it held when it was shared. No write may
+    /// land in place once the block is shared (the snapshot would change after its
+    /// acknowledgement): either it was counted in an epoch the owner waited for, or it resolved
+    /// after the view time moved on.
+    #[test]
+    fn a_fast_path_write_never_lands_in_a_shared_block() {
+        snapshot_model(false);
+    }
+
+    /// The broken order, shown to be caught: a write that resolves its entry before it reads
+    /// the flag can resolve it exclusive before the snapshot, enter an epoch the owner does not
+    /// wait for, and read the flag after the snapshot cleared it.
+    #[test]
+    #[should_panic(expected = "wrote in place into a shared block")]
+    fn reading_the_quiesce_flag_after_resolving_is_caught() {
+        snapshot_model(true);
+    }
+
+    fn snapshot_model(flag_after_resolve: bool) {
+        const ENTRY_TIME: u64 = 1;
+        const OLD: u64 = 1;
+        // Three threads with retry loops: bounded preemptions keep the search to seconds (an
+        // unbounded one runs for hours); the broken order is found with two.
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(4);
+        builder.check(move || {
+            let clock = Arc::new(EpochClock::new());
+            let quiesced = Arc::new(AtomicBool::new(false));
+            let view_time = Arc::new(AtomicU64::new(ENTRY_TIME));
+            let shared = Arc::new(AtomicBool::new(false));
+            let content = Arc::new(AtomicU64::new(OLD));
+            // What the block held when the snapshot shared it.
+            let taken = Arc::new(AtomicU64::new(0));
+            let writer = {
+                let counters = clock.register();
+                let clock = Arc::clone(&clock);
+                let (quiesced, view_time, shared, content) = (
+                    Arc::clone(&quiesced),
+                    Arc::clone(&view_time),
+                    Arc::clone(&shared),
+                    Arc::clone(&content),
+                );
+                loom::thread::spawn(move || {
+                    let ticket = counters.enter(&clock);
+                    let (stopped, exclusive) = if flag_after_resolve {
+                        let exclusive = view_time.load(Ordering::SeqCst) == ENTRY_TIME;
+                        (quiesced.load(Ordering::SeqCst), exclusive)
+                    } else {
+                        let stopped = quiesced.load(Ordering::SeqCst);
+                        (stopped, view_time.load(Ordering::SeqCst) == ENTRY_TIME)
+                    };
+                    if !stopped && exclusive {
+                        assert!(
+                            !shared.load(Ordering::SeqCst),
+                            "wrote in place into a shared block"
+                        );
+                        content.store(OLD + 1, Ordering::SeqCst);
+                    }
+                    counters.leave(ticket);
+                })
+            };
+            let reader = {
+                let counters = clock.register();
+                let clock = Arc::clone(&clock);
+                let (shared, content, taken) =
+                    (Arc::clone(&shared), Arc::clone(&content), Arc::clone(&taken));
+                loom::thread::spawn(move || {
+                    let ticket = counters.enter(&clock);
+                    if shared.load(Ordering::SeqCst) {
+                        let data = content.load(Ordering::SeqCst);
+                        let expected = taken.load(Ordering::SeqCst);
+                        assert_eq!(data, expected, "the snapshot changed after it was taken");
+                    }
+                    counters.leave(ticket);
+                })
+            };
+            let mut keeper = GraceKeeper::new(Arc::clone(&clock), false);
+            quiesced.store(true, Ordering::SeqCst);
+            let quiesced_at = keeper.epoch();
+            while !keeper.has_passed(quiesced_at) {
+                if !keeper.try_advance() {
+                    loom::thread::yield_now();
+                }
+            }
+            taken.store(content.load(Ordering::SeqCst), Ordering::SeqCst);
+            shared.store(true, Ordering::SeqCst);
+            view_time.store(ENTRY_TIME + 1, Ordering::SeqCst);
+            quiesced.store(false, Ordering::SeqCst);
+            writer.join().unwrap();
+            reader.join().unwrap();
+        });
+    }
+
     fn race_model(enter: fn(&EpochCounters, &EpochClock) -> EpochTicket) {
         race_model_with(enter, false);
     }

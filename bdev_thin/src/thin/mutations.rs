@@ -47,11 +47,20 @@ pub enum Mutation {
     /// A shrink or a delete starts without checking that the metadata holds all it takes:
     /// a shrink can stop half done, and a delete can leave a commit that does not fit.
     ControlOpsUnreserved = 15,
+    /// A piece whose part of the view is not ready yet goes to the owner as a write, carrying
+    /// a read's buffer, instead of parking as what it is.
+    UnreadyPieceToOwner = 16,
+    /// A write_zeroes (or unmap) with FUA that passes nothing down is answered at once, before
+    /// a commit makes it durable.
+    FuaZeroesBeforeCommit = 17,
+    /// A block of a write_zeroes that finds no op slot, copy buffer or free block fails with
+    /// EAGAIN instead of waiting for one.
+    ZeroingFailsWhenBusy = 18,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 16] = [
+    pub const ALL: [Mutation; 19] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -68,6 +77,9 @@ impl Mutation {
         Mutation::QuiesceEndsWithFirstSnapshot,
         Mutation::PublishAfterFailedCommit,
         Mutation::ControlOpsUnreserved,
+        Mutation::UnreadyPieceToOwner,
+        Mutation::FuaZeroesBeforeCommit,
+        Mutation::ZeroingFailsWhenBusy,
     ];
 }
 

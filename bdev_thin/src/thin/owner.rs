@@ -319,11 +319,52 @@ enum RangeStage {
     Deallocating,
 }
 
+/// The blocks a write_zeroes still has to write, started one by one as op slots, copy buffers
+/// and free blocks allow (its memory stays O(1) however long the range).
+#[derive(Clone, Copy, Debug)]
+struct ZeroCursor {
+    volume: VolumeId,
+    /// The request's range, in the volume's LBAs.
+    first_lba: u64,
+    end_lba: u64,
+    /// The next virtual block that may need a write.
+    next_vblock: u64,
+    /// NO_UNMAP: every block is written; otherwise only the partial edges.
+    keep_allocated: bool,
+}
+
+impl ZeroCursor {
+    fn end_vblock(&self, lbas_per_block: u64) -> u64 {
+        self.end_lba.div_ceil(lbas_per_block)
+    }
+
+    /// The next block to write, as (virtual block, offset, count) in LBAs inside the block.
+    fn next_write(&self, lbas_per_block: u64) -> Option<(u64, u64, u64)> {
+        let end_vblock = self.end_vblock(lbas_per_block);
+        let mut vblock = self.next_vblock;
+        while vblock < end_vblock {
+            let block_first = vblock * lbas_per_block;
+            let start = self.first_lba.max(block_first);
+            let stop = self.end_lba.min(block_first + lbas_per_block);
+            let whole = start == block_first && stop == block_first + lbas_per_block;
+            if self.keep_allocated || !whole {
+                return Some((vblock, start - block_first, stop - start));
+            }
+            // Whole blocks were unmapped when the range started: only the last block may
+            // still be a partial edge.
+            vblock = (vblock + 1).max(end_vblock - 1);
+        }
+        None
+    }
+}
+
 struct RangeOp {
     channel: u32,
     token: u64,
     request: IoRequest,
+    /// Block writes in flight, plus one while `zeroing` has blocks left to start.
     children: u32,
+    zeroing: Option<ZeroCursor>,
     /// Held blocks to pass down, as runs.
     runs: Vec<PassdownRun>,
     deallocates_in_flight: u32,
@@ -408,6 +449,8 @@ pub struct Owner<D: BlockDevice, H: Host> {
     free_ops: Vec<usize>,
     busy: HashMap<(VolumeId, VirtBlock), usize>,
     deferred: VecDeque<OwnerMessage>,
+    /// Range ops whose zeroing waits for an op slot, a copy buffer or a free block.
+    zeroing: VecDeque<usize>,
     blocked_scratch: Vec<(VolumeId, u64, u64)>,
     no_space_since_ns: Option<u64>,
     snapshots: VecDeque<SnapshotOp>,
@@ -516,6 +559,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             free_ops: (0..settings.limits.owner_ops).rev().collect(),
             busy: HashMap::with_capacity(settings.limits.owner_ops),
             deferred: VecDeque::with_capacity(limits::POOL_INBOX_ENTRIES),
+            zeroing: VecDeque::with_capacity(settings.limits.owner_ops),
             blocked_scratch: Vec::with_capacity(limits::POOL_INBOX_ENTRIES),
             no_space_since_ns: None,
             snapshots: VecDeque::new(),
@@ -598,6 +642,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         busy |= self.retry_unsent();
         if self.commit_stage == CommitStage::Idle {
             busy |= self.run_control();
+            busy |= self.run_zeroing();
             busy |= self.run_deferred();
             busy |= self.run_inbox();
         }
@@ -622,6 +667,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             || self.space.in_grace_count() > 0
             || !self.snapshots.is_empty()
             || !self.deferred.is_empty()
+            || !self.zeroing.is_empty()
             || !self.passdown_done.is_empty()
             || (self.ops_busy()
                 && self
@@ -643,6 +689,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             && self.metadata_backlog.is_empty()
             && self.passdown_done.is_empty()
             && self.deferred.is_empty()
+            && self.zeroing.is_empty()
             && self.unsent.is_empty()
             && self.pending_control.is_empty()
             && !self.ops_busy()
@@ -820,6 +867,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn is_span_busy(&self, volume: VolumeId, first: u64, end: u64) -> bool {
+        if !self.zeroing.is_empty() && self.is_zeroing(volume, first, end) {
+            return true;
+        }
         if (end - first) as usize > self.busy.len() {
             self.busy.keys().any(|&(v, b)| v == volume && b.0 >= first && b.0 < end)
         } else {
@@ -1372,6 +1422,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             token: message.token,
             request: message.request,
             children: 1, // this function's own reference, dropped at the end
+            zeroing: None,
             runs: Vec::new(),
             deallocates_in_flight: 0,
             released_at: 0,
@@ -1429,46 +1480,20 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             range.runs = discard::runs_of(&mut held);
         }
         if zeroes {
-            // Edges (or, with NO_UNMAP, every block) are written with zeroes.
-            let lbas = self.lbas_per_block;
-            let blocks: Vec<(u64, u64, u64)> = (request_first / lbas..request_end.div_ceil(lbas))
-                .filter_map(|vblock| {
-                    let block_first = vblock * lbas;
-                    let start = request_first.max(block_first);
-                    let stop = request_end.min(block_first + lbas);
-                    let whole = start == block_first && stop == block_first + lbas;
-                    (keep_allocated || !whole).then_some((
-                        vblock,
-                        start - block_first,
-                        stop - start,
-                    ))
-                })
-                .collect();
-            for (vblock, offset_lbas, count_lbas) in blocks {
-                if let Some(Op::Range(range)) = self.ops[index].as_mut() {
-                    range.children += 1;
-                }
-                let write = BlockWrite {
+            // Edges (or, with NO_UNMAP, every block) are written with zeroes, as many at once
+            // as op slots, copy buffers and free blocks allow; the rest wait their turn.
+            if let Some(Op::Range(range)) = self.ops[index].as_mut() {
+                range.children += 1;
+                range.zeroing = Some(ZeroCursor {
                     volume,
-                    vblock: VirtBlock(vblock),
-                    origin: Origin::Range { op: index },
-                    payload: Payload::Zeroes,
-                    offset_lbas,
-                    count_lbas,
-                    fua: false,
-                    stage: WriteStage::Writing,
-                    target: DataBlock(0),
-                    copy_from: None,
-                    fresh: false,
-                    copy_buffer: None,
-                    status: IoStatus::Success,
+                    first_lba: request_first,
+                    end_lba: request_end,
+                    next_vblock: request_first / self.lbas_per_block,
                     keep_allocated,
-                };
-                if let Err(write) = self.start_block_write(write) {
-                    // Rare (no slot, no buffer, no block yet): fail this edge rather than wait
-                    // inside a range op that already changed mappings.
-                    self.finish_write_early(write, IoStatus::Failed(libc::EAGAIN));
-                }
+                });
+            }
+            if !self.start_zeroing(index) {
+                self.zeroing.push_back(index);
             }
         }
         // Drop this function's own reference.
@@ -1481,15 +1506,120 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         Ok(())
     }
 
+    /// Starts the block writes of range `index`'s zeroing cursor while resources allow.
+    /// Returns true once the cursor is done (every write started, or the range failed).
+    fn start_zeroing(&mut self, index: usize) -> bool {
+        let lbas = self.lbas_per_block;
+        let writable = !matches!(self.mode, PoolMode::ReadOnly | PoolMode::Fail);
+        loop {
+            let Some(Op::Range(range)) = self.ops[index].as_mut() else {
+                return true;
+            };
+            let Some(cursor) = range.zeroing else {
+                return true;
+            };
+            let next = cursor.next_write(lbas).filter(|_| writable && range.status.is_success());
+            let Some((vblock, offset_lbas, count_lbas)) = next else {
+                if !writable && range.status.is_success() {
+                    range.status = IoStatus::Failed(libc::EROFS);
+                }
+                // Drop the cursor's reference.
+                range.zeroing = None;
+                range.children -= 1;
+                if range.children == 0 {
+                    self.range_children_done(index);
+                }
+                return true;
+            };
+            let fail_when_busy = self.settings.mutations.is_on(Mutation::ZeroingFailsWhenBusy);
+            if self.free_ops.is_empty() && !fail_when_busy {
+                return false;
+            }
+            range.children += 1;
+            let write = BlockWrite {
+                volume: cursor.volume,
+                vblock: VirtBlock(vblock),
+                origin: Origin::Range { op: index },
+                payload: Payload::Zeroes,
+                offset_lbas,
+                count_lbas,
+                fua: false,
+                stage: WriteStage::Writing,
+                target: DataBlock(0),
+                copy_from: None,
+                fresh: false,
+                copy_buffer: None,
+                status: IoStatus::Success,
+                keep_allocated: cursor.keep_allocated,
+            };
+            let started = match self.start_block_write(write) {
+                Ok(()) => true,
+                Err(write) if fail_when_busy => {
+                    self.finish_write_early(write, IoStatus::Failed(libc::EAGAIN));
+                    true
+                }
+                Err(_) => false,
+            };
+            let Some(Op::Range(range)) = self.ops[index].as_mut() else {
+                return true;
+            };
+            if !started {
+                // No op slot, copy buffer or free block yet: wait, holding nothing.
+                range.children -= 1;
+                return false;
+            }
+            if let Some(cursor) = range.zeroing.as_mut() {
+                cursor.next_vblock = vblock + 1;
+            }
+        }
+    }
+
+    /// Goes on with the zeroing ranges that waited for resources, oldest first.
+    fn run_zeroing(&mut self) -> bool {
+        let mut progressed = false;
+        for _ in 0..self.zeroing.len() {
+            if self.free_ops.is_empty() {
+                break;
+            }
+            let Some(index) = self.zeroing.pop_front() else {
+                break;
+            };
+            if self.start_zeroing(index) {
+                progressed = true;
+            } else {
+                self.zeroing.push_back(index);
+            }
+        }
+        progressed
+    }
+
+    /// Whether a zeroing range that waits for resources still has blocks of
+    /// `[first, end)` of `volume` to write (per-block order: later requests wait behind it).
+    fn is_zeroing(&self, volume: VolumeId, first: u64, end: u64) -> bool {
+        let lbas = self.lbas_per_block;
+        self.zeroing.iter().any(|&index| match &self.ops[index] {
+            Some(Op::Range(RangeOp { zeroing: Some(cursor), .. })) => {
+                cursor.volume == volume
+                    && cursor.next_vblock < end
+                    && first < cursor.end_vblock(lbas)
+            }
+            _ => false,
+        })
+    }
+
     fn range_children_done(&mut self, index: usize) {
         let Some(Op::Range(range)) = self.ops[index].as_mut() else {
             return;
         };
-        if range.runs.is_empty() {
+        let fua = range.request.flags.contains(IoFlags::FUA)
+            && !self.settings.mutations.is_on(Mutation::FuaZeroesBeforeCommit);
+        if range.runs.is_empty() && !fua {
             self.answer_range(index);
             return;
         }
-        // Step 4: one commit covers every unmap waiting in the batch.
+        // Step 4: one commit covers every unmap waiting in the batch; with FUA, the commit
+        // (and its data flush) makes the zeroes durable before the answer, whether or not
+        // anything is passed down.
         range.stage = RangeStage::WaitCommit { after: self.commits_started };
         self.commit_wanted = true;
     }
@@ -1533,6 +1663,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             token: 0,
             request: IoRequest::new(IoKind::Unmap, 0, 0, 0),
             children: 0,
+            zeroing: None,
             runs: discard::runs_of(&mut freed),
             deallocates_in_flight: 0,
             released_at: self.grace.epoch(),
@@ -1921,7 +2052,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     self.answer_block_write(index);
                 }
                 Some(Op::Range(range)) => {
-                    range.stage = RangeStage::WaitGrace;
+                    if range.runs.is_empty() {
+                        // A FUA write_zeroes or unmap that passes nothing down: durable now.
+                        self.answer_range(index);
+                    } else {
+                        range.stage = RangeStage::WaitGrace;
+                    }
                 }
                 None => {}
             }
