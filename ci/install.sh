@@ -37,6 +37,8 @@ if ! .venv/bin/spdk-rpc --help >/dev/null 2>&1; then
     .venv/bin/pip install --quiet --disable-pip-version-check 'spdk==26.9'
 fi
 .venv/bin/spdk-rpc --help >/dev/null
+# QEMU, the guest kernel and the guest's tools for the Linux NVMe/TCP tests.
+bash ci/install_guest.sh
 # Rust itself cannot come from Debian (bookworm's rustc 1.63 predates edition 2024): the image
 # must bring cargo >= 1.85. Say so plainly instead of failing later in the middle of a build.
 if ! command -v cargo >/dev/null; then

@@ -15,8 +15,10 @@ cargo test --workspace --release
 step "mutation tests (each safety mechanism switched off must be caught) and recovery in real
 processes (SIGKILL at commit crash points, then verify_only and thinctl check): one build"
 cargo test --release -p bdev_thin -p perf --features bdev_thin/mutations,perf/mutations \
-    --test thin_pool --test sim_mutations --test recovery
-step "deterministic simulator: the CI seed list and every seed that ever failed (issue 13)"
+    --test thin_pool --test thin_control --test sim_mutations --test recovery
+step "the seed's race over NVMe/TCP with the hold switched off (our target and the Linux kernel's)"
+cargo test --release -p thin_tgt --features mutations --test nvme_passdown_race
+step "deterministic simulator: the CI seed list and every seed that ever failed"
 cargo run --release --quiet --bin thin_sim -- --ci
 cargo run --release --quiet --bin thin_sim -- --file bdev_thin/tests/regression_seeds.txt
 step "loom models: the reactor's park protocol and the grace period's entry protocol"

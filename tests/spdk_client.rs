@@ -11,66 +11,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::spdk::{ROOT, Spdk, client_bin, request_and_error};
 use common::{Daemon, Scratch};
 use serde_json::{Value, json};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The directory holding `spdk-rpc` and the Python that has the `spdk` package.
-fn client_bin() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::var_os("SPDK_CLIENT_BIN") {
-        candidates.push(PathBuf::from(dir));
-    }
-    candidates.push(Path::new(ROOT).join(".venv/bin"));
-    let found = candidates.into_iter().find(|dir| dir.join("spdk-rpc").is_file());
-    if found.is_none() {
-        let message = "SPDK's client (spdk-rpc) not found in .venv/bin or $SPDK_CLIENT_BIN; \
-                       run ci/install.sh";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}");
-        }
-        eprintln!("\n*** SKIPPED: {message} ***\n");
-    }
-    found
-}
-
-struct Spdk {
-    bin: PathBuf,
-    socket: PathBuf,
-}
-
-impl Spdk {
-    fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(self.bin.join(program));
-        command.env("PYTHONPATH", Path::new(ROOT).join("python"));
-        command
-    }
-
-    /// `spdk-rpc -s SOCKET ARGS`, output captured.
-    fn run(&self, args: &[&str]) -> Output {
-        self.command("spdk-rpc").arg("-s").arg(&self.socket).args(args).output().expect("spdk-rpc")
-    }
-
-    /// `spdk-rpc ARGS`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "spdk-rpc {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).expect("JSON output")
-    }
-}
 
 /// The keys SPDK's `bdev_get_bdevs` writes, in its order (`numa_id` only where known).
 fn assert_spdk_bdev_schema(bdev: &Value) {
@@ -189,18 +135,6 @@ fn python_client_session_with_errors_and_a_batch() {
     assert_eq!(seen["batch"], json!({"results": 2, "errors": [-19]}));
 }
 
-/// Splits `spdk-rpc`'s error report ("request:\n{…}\nGot JSON-RPC error response\nresponse:
-/// \n{…}") into the request it sent and the error it got.
-fn request_and_error(text: &str) -> (Value, Value) {
-    let after = |marker: &str| -> Value {
-        let start = text.find(marker).unwrap_or_else(|| panic!("{marker} in {text}"));
-        let mut values =
-            serde_json::Deserializer::from_str(&text[start + marker.len()..]).into_iter::<Value>();
-        values.next().expect("a JSON value").expect("valid JSON")
-    };
-    (after("request:"), after("response:"))
-}
-
 #[test]
 fn the_plugin_loads_and_its_requests_reach_the_daemon() {
     let Some(bin) = client_bin() else { return };
@@ -261,20 +195,6 @@ fn the_plugin_loads_and_its_requests_reach_the_daemon() {
     assert_eq!(request["pool_name"], "pool0");
     assert_eq!(error["code"], -19, "{error}");
     assert!(spdk.thin(&["bdev_thin_get_pools"]).as_array().unwrap().is_empty());
-}
-
-impl Spdk {
-    /// `spdk-rpc --plugin bdev_thin_rpc ARGS`, which must succeed; returns stdout as JSON.
-    fn thin(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.thin_text(args)).expect("JSON output")
-    }
-
-    /// The same, for commands that print a bare string (a UUID), trimmed.
-    fn thin_text(&self, args: &[&str]) -> String {
-        let mut all = vec!["--plugin", "bdev_thin_rpc"];
-        all.extend_from_slice(args);
-        self.ok(&all).trim().to_string()
-    }
 }
 
 /// The entries of `value` (an array of objects) sorted by `key`.
@@ -567,5 +487,51 @@ fn a_pool_that_needs_a_check_opens_read_only_until_bdev_thin_pool_check_clears_i
     spdk.ok(&["bdev_wait_for_examine"]);
     let pools = spdk.thin(&["bdev_thin_get_pools", "-l", "pool0"]);
     assert_eq!((&pools[0]["mode"], &pools[0]["needs_check"]), (&json!("write"), &json!(false)));
+    assert!(daemon.stop().success(), "{}", daemon.log_text());
+}
+
+/// `spdk-rpc --plugin bdev_thin_rpc ARGS` that must fail; returns the JSON-RPC error.
+fn thin_error(spdk: &Spdk, args: &[&str]) -> Value {
+    let mut all = vec!["--plugin", "bdev_thin_rpc"];
+    all.extend_from_slice(args);
+    let output = spdk.run(&all);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    request_and_error(&text).1
+}
+
+#[test]
+fn sizes_a_pool_cannot_serve_are_refused_and_the_daemon_serves_on() {
+    let Some(bin) = client_bin() else { return };
+    let dir = Scratch::new("spdk_sizes");
+    let image = dir.path("pool.img");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let mut daemon = Daemon::start(&dir.0, &[]);
+    let spdk = Spdk { bin, socket: daemon.socket.clone() };
+    spdk.ok(&["bdev_uring_create", image.to_str().unwrap(), "Uring0", "4096"]);
+    spdk.thin_text(&["bdev_thin_pool_create", "Uring0", "pool0", "-d", "65536"]);
+    // 2^40 MiB once aborted the daemon allocating the view; 1 PiB took gigabytes.
+    for size_in_mib in ["1099511627776", "1073741824"] {
+        let error = thin_error(&spdk, &["bdev_thin_create", "huge", size_in_mib, "-l", "pool0"]);
+        assert_eq!(error["code"], -22, "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("bytes a volume of this pool can address"), "{message}");
+    }
+    spdk.thin_text(&["bdev_thin_create", "vol0", "16", "-l", "pool0"]);
+    // Growing past the view says what the limit is and why: 4 times the size, in whole
+    // chunks of 4096 blocks of 64 KiB.
+    let error = thin_error(&spdk, &["bdev_thin_resize", "pool0/vol0", "1025"]);
+    assert_eq!(error["code"], -22, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("can grow to 1073741824 bytes"), "{message}");
+    assert!(message.contains("4 times its size"), "{message}");
+    assert_eq!(spdk.thin(&["bdev_thin_resize", "pool0/vol0", "1024"]), json!(true));
+    // The device did not grow: nothing to grow, not `true`.
+    let error = thin_error(&spdk, &["bdev_thin_pool_grow", "-l", "pool0"]);
+    assert_eq!(error["code"], -28, "{error}");
+    assert!(error["message"].as_str().unwrap().contains("nothing to grow"), "{error}");
+    let volumes = spdk.thin(&["bdev_thin_get_volumes"]);
+    assert_eq!(volumes.as_array().map(Vec::len), Some(1), "{volumes}");
     assert!(daemon.stop().success(), "{}", daemon.log_text());
 }

@@ -26,6 +26,24 @@ pub const DEVICE_CHANNEL_DEPTH_MAX: usize = 1024;
 /// larger frontend IOs are split by the frontend).
 pub const IO_BYTES_MAX: usize = 4 << 20;
 
+/// Smallest and largest block size of a bdev. Exports serve only powers of two in this range:
+/// NBD's minimum block size must be a power of two of at most 64 KiB (libnbd refuses more),
+/// NVMe's LBA data size is a power of two, and Linux takes logical blocks of 512 B to 64 KiB.
+pub const BDEV_BLOCK_BYTES_MIN: u32 = 512;
+pub const BDEV_BLOCK_BYTES_MAX: u32 = 64 << 10;
+
+/// Largest size of a bdev, in bytes: NBD clients and Linux (`loff_t`) hold sizes and offsets
+/// as signed 64-bit numbers, and QEMU further rounds its limit down to 1 GiB (its
+/// `BDRV_MAX_LENGTH`, 2^63 - 2^30), so every export of every bdev opens in every client.
+pub const BDEV_SIZE_BYTES_MAX: u64 = (1 << 63) - (1 << 30);
+
+const _: () = assert!(BDEV_BLOCK_BYTES_MAX as usize <= IO_BYTES_MAX);
+const _: () = assert!(BDEV_SIZE_BYTES_MAX.is_multiple_of(BDEV_BLOCK_BYTES_MAX as u64));
+
+/// Longest bdev name a create method takes, in bytes (SPDK bounds only pool and volume names,
+/// at 63 bytes; see `names`).
+pub const BDEV_NAME_BYTES_MAX: usize = 255;
+
 /// Time after the last busy poll before a reactor parks, in microseconds (DESIGN.md: 1 ms).
 pub const REACTOR_IDLE_BEFORE_PARK_US: u64 = 1000;
 
@@ -118,10 +136,29 @@ const _: () = assert!(METADATA_REGION_BLOCKS_MIN / 10 > 2 * METADATA_MUTATION_BL
 /// How far a volume can grow in place: its view reserves chunk slots (24 bytes per 4096
 /// virtual blocks) for this many times its size at creation or open.
 pub const VOLUME_GROWTH_FACTOR: u64 = 4;
+/// Chunk slots (one per 4096 virtual blocks) one volume's view may take: 48 MiB of slots, a
+/// volume of up to 2^33 blocks (32 TiB of 4 KiB blocks). The table is allocated whole when
+/// the view is made, so a larger volume is refused instead of allocating it.
+pub const VOLUME_VIEW_CHUNKS_MAX: u64 = 1 << 21;
+/// Chunk slots all views of one pool may take (384 MiB): a create or snapshot past it is
+/// refused with ENOSPC.
+pub const POOL_VIEW_CHUNKS_MAX: u64 = 1 << 24;
 /// JSON-RPC connections served at once. SPDK accepts 64; we take twice that so a burst of 100
-/// clients (a test, a script that fans out) is served rather than refused. A client past the
-/// cap is accepted and closed at once, so it sees a clean EOF instead of a hang.
+/// clients (a test, a script that fans out) is served rather than refused. At the cap, the
+/// connection that has waited longest without sending a request is closed to make room; with
+/// none, the new client is accepted and closed at once, so it sees a clean EOF, not a hang.
 pub const RPC_CONNECTIONS_MAX: usize = 128;
+
+/// Default time a connection has from accept to the end of its handshake (NBD negotiation, a
+/// JSON-RPC connection's first request); then it is closed. qemu-nbd's `--handshake-limit`
+/// defaults to the same 10 s: ample for any client on a loopback or LAN, short enough that
+/// connections that say nothing cannot hold the server's slots for long.
+pub const CONNECTION_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Default time a JSON-RPC connection may stay idle (no request running, nothing to send, no
+/// complete request received) before it is closed. Long, as scripts keep a client open between
+/// calls; it bounds how long idle clients can hold the server's slots.
+pub const RPC_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// Largest JSON-RPC request, in bytes (SPDK's 256 KiB). Also the size of a connection's input
 /// buffer: a longer request gets an error and the connection closes, so a 64 MiB request costs
@@ -173,8 +210,10 @@ const _: () = assert!(RPC_OUTPUT_PAUSE_BYTES < RPC_OUTPUT_BYTES_MAX);
 /// Virtual blocks of a new snapshot's view the owner fills per poll (bounded work per poll;
 /// 64 Ki entries are about 0.1 ms).
 pub const VIEW_BUILD_BLOCKS_PER_POLL: u64 = 65536;
-/// NBD connections one server serves at once; a further client is closed at accept. Each holds
-/// an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a bdev channel.
+/// NBD connections one server serves at once. At the cap, the connection that has waited
+/// longest in its negotiation is closed to make room; with none, a further client is closed at
+/// accept. Each holds an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a
+/// bdev channel.
 pub const NBD_CONNECTIONS_MAX: usize = 64;
 
 /// Requests one NBD connection keeps in flight (slots sized at negotiation); more wait in the
@@ -298,3 +337,67 @@ const _: () = assert!(NVMF_QUEUE_DEPTH_MAX <= u16::MAX as usize);
 const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX >= IO_BYTES_MAX + NVMF_IN_CAPSULE_DATA_BYTES_MAX);
 const _: () = assert!(NVMF_QPAIR_BUFFER_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(NVMF_INPUT_BUFFER_BYTES >= 2 * crate::nvme::tcp::RECEIVED_HEADER_BYTES_MAX);
+
+/// Entries of an NVMe/TCP initiator's admin queue (SQSIZE 31, as Linux asks): the attach
+/// sequence sends one command at a time, and steady state holds the AERs and a keep alive.
+pub const NVME_ADMIN_QUEUE_ENTRIES: u16 = 32;
+
+/// Most entries an initiator IO queue asks for; the controller's MQES + 1 and MAXCMD cap it.
+/// Linux's nvmet offers 1024, SPDK's target 128 by default.
+pub const NVME_IO_QUEUE_ENTRIES_MAX: u16 = 1024;
+
+/// Bdev IOs one core's IO queue pair holds at once, across the channels of that core (a
+/// request is split into as many NVMe commands as MDTS and the DSM limits need, issued as
+/// queue entries free up). Past it, `submit` hands the request back (back-pressure).
+pub const NVME_REQUESTS_PER_QPAIR_MAX: usize = 1024;
+
+/// Buffers for Dataset Management range lists one IO queue pair keeps: each holds the 256
+/// ranges of one command; more concurrent unmaps wait for one.
+pub const NVME_DSM_BUFFERS_PER_QPAIR: usize = 16;
+
+/// Staging buffer of one initiator connection: PDU headers and small data read in one call;
+/// larger read data goes from the socket straight into the request's buffers.
+pub const NVME_INPUT_BUFFER_BYTES: usize = 64 << 10;
+
+/// PDUs one initiator connection decodes per poll, so one queue cannot starve the reactor.
+pub const NVME_PDUS_PER_POLL_MAX: usize = 64;
+
+/// Buffers handed to one `writev` of an initiator connection (headers, data, digests).
+pub const NVME_OUTPUT_IOVECS_MAX: usize = 64;
+
+/// How often a controller's admin poller runs, in microseconds: admin traffic is rare (the
+/// attach sequence, keep alives, AERs), so it need not cost the IO path a syscall per turn.
+pub const NVME_ADMIN_POLL_PERIOD_US: u64 = 1000;
+
+/// Keep alive timeout an initiator asks for at Connect (SPDK's default); keep alives go out at
+/// half of it, and one unanswered past it counts the connection lost.
+pub const NVME_KEEP_ALIVE_TIMEOUT_MS: u32 = 10_000;
+
+/// Longest an initiator's admin command (Identify, Get Log Page, a Property Get) may take
+/// before the connection counts as lost.
+pub const NVME_ADMIN_COMMAND_TIMEOUT_MS: u64 = 10_000;
+
+/// Fabrics Connect and TCP connect timeout when `fabrics_connect_timeout_us` is not given.
+/// SPDK's 500 ms is tight for a target in an emulated guest; a given value is honoured.
+pub const NVME_CONNECT_TIMEOUT_US_DEFAULT: u64 = 10_000_000;
+
+/// Longest an IO queue pair with commands outstanding may go without receiving a PDU before
+/// its connection counts as lost (a target that stopped answering but kept the socket open).
+pub const NVME_IO_PROGRESS_TIMEOUT_MS: u64 = 30_000;
+
+/// Attempts and spacing of an IO queue's Fabrics Connect refused with Command Sequence Error:
+/// a queue pair reopened on a core reuses its QID, and Linux's target refuses the QID until
+/// it has torn down the previous connection of that QID (asynchronously, milliseconds).
+pub const NVME_IO_CONNECT_RETRIES: u32 = 50;
+pub const NVME_IO_CONNECT_RETRY_DELAY_MS: u64 = 20;
+
+/// Namespaces one controller exposes as bdevs (the active list is read in pages of 1024).
+pub const NVME_NAMESPACES_MAX: usize = 1024;
+
+/// Asynchronous Event Requests an initiator keeps outstanding (AERL + 1 of the controller,
+/// capped here; SPDK's host keeps up to 4).
+pub const NVME_ASYNC_EVENTS_MAX: usize = 4;
+
+const _: () = assert!(NVME_IO_QUEUE_ENTRIES_MAX as usize <= NVME_REQUESTS_PER_QPAIR_MAX);
+const _: () = assert!(NVME_INPUT_BUFFER_BYTES >= 2 * crate::nvme::tcp::RECEIVED_HEADER_BYTES_MAX);
+const _: () = assert!(NVME_ASYNC_EVENTS_MAX + 2 < NVME_ADMIN_QUEUE_ENTRIES as usize);

@@ -7,9 +7,6 @@
 
 mod nvmf_client;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use bdev_thin::nvme::command::{Status, admin_opcode, io_opcode};
 use bdev_thin::nvme::fabrics::{CNTLID_DYNAMIC, connect_status, property};
 use bdev_thin::nvme::identify::{
@@ -18,57 +15,17 @@ use bdev_thin::nvme::identify::{
 };
 use bdev_thin::nvme::log::{DISCOVERY_ENTRY_BYTES, DiscoveryEntry, decode_discovery_header};
 use bdev_thin::nvme::tcp::Digests;
-use bdev_thin::rpc::{RpcError, call_blocking};
-use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
-use bdev_thin::target::Target;
-use nvmf_client::{HOSTNQN, Host, admin_queue, assert_data, io_queue, io_queue_with, pattern};
-use serde_json::{Value, json};
+use nvmf_client::{
+    HOSTNQN, Host, NQN, TestTarget, admin_queue, assert_data, call, io_queue, io_queue_with,
+    pattern, start_target,
+};
+use serde_json::json;
 
-const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+type Daemon = TestTarget;
 
-struct Daemon {
-    _runtime: Runtime,
-    target: Arc<Target>,
-    address: SocketAddr,
-}
-
-fn call(target: &Arc<Target>, method: &str, params: Value) -> Result<Value, RpcError> {
-    call_blocking(target, method, Some(params))
-}
-
-/// Two reactors, a TCP transport, subsystem `NQN` (any host) with a 64 MiB malloc namespace of
-/// 512-byte blocks, listening on 127.0.0.1 (a free port).
+/// `NQN` for any host, its serial number "SN42".
 fn daemon() -> Daemon {
-    let options = RuntimeOptions {
-        mask: CoreMask(0x3),
-        park: true,
-        pin: false,
-        idle_before_park_us: 200,
-        ..Default::default()
-    };
-    let runtime = Runtime::start(options).expect("reactors start");
-    let target = Target::new(runtime.handle());
-    let malloc = json!({"name": "Malloc0", "num_blocks": 131072, "block_size": 512});
-    call(&target, "bdev_malloc_create", malloc).unwrap();
-    call(&target, "nvmf_create_transport", json!({"trtype": "TCP"})).unwrap();
-    let subsystem = json!({"nqn": NQN, "allow_any_host": true, "serial_number": "SN42"});
-    call(&target, "nvmf_create_subsystem", subsystem).unwrap();
-    let ns = json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}});
-    assert_eq!(call(&target, "nvmf_subsystem_add_ns", ns).unwrap(), json!(1));
-    let listen = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "0"});
-    call(&target, "nvmf_subsystem_add_listener", json!({"nqn": NQN, "listen_address": listen}))
-        .unwrap();
-    let address = bound(&target);
-    Daemon { _runtime: runtime, target, address }
-}
-
-fn bound(target: &Target) -> SocketAddr {
-    let listen = bdev_thin::export::nvmf_tcp::ListenAddress {
-        adrfam: "IPv4".into(),
-        traddr: "127.0.0.1".into(),
-        trsvcid: "0".into(),
-    };
-    target.nvmf.bound_address(&listen).expect("the listener is bound")
+    start_target(json!({"trtype": "TCP"}), json!({"allow_any_host": true, "serial_number": "SN42"}))
 }
 
 /// An admin queue and one IO queue on `NQN`.

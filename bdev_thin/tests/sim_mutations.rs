@@ -1,4 +1,4 @@
-//! Proof that the simulator can fail (issue 13): each mutation of `thin::mutations` switches
+//! Proof that the simulator can fail: each mutation of `thin::mutations` switches
 //! off one safety mechanism, and the CI seed list must catch every one of them, by a failed
 //! invariant or a panic inside the pool. Run with `--features mutations`. Issue 13's list:
 //! (1) NoHold, (2) HoldDroppedAtIssue, (3) NoGrace, (4) GraceCountsPolls,

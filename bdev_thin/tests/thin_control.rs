@@ -360,3 +360,288 @@ fn committed_blocks_never_read_unmapped_while_a_failed_commit_is_undone() {
         assert_eq!(unmapped, 0, "only the data flush failed: {only_data_flush}");
     }
 }
+
+/// A pool whose metadata region is the smallest there is (1024 blocks) over `data_blocks`
+/// data blocks, on a device just large enough.
+fn tiny_metadata(data_blocks: u64) -> (SimDevice, PoolMetadata) {
+    let region_blocks = 1024;
+    let layout = Layout {
+        metadata_blocks: region_blocks,
+        data_block_bytes: BLOCK,
+        data_blocks,
+        data_blocks_max: data_blocks,
+        data_offset_bytes: region_blocks * 4096,
+        metadata_separate: false,
+    };
+    let config = settings(DiscardMode::Passdown, Mutations::NONE);
+    let meta = PoolMetadata::format(layout, config.to_record([7; 16], "pool0")).unwrap();
+    let device_bytes = layout.data_offset_bytes + data_blocks * u64::from(BLOCK);
+    (SimDevice::new(LBA, device_bytes / u64::from(LBA)), meta)
+}
+
+/// Maps `vblock -> block_of(vblock)` into `volume` from block 0 on, until the metadata
+/// refuses (near its reserve) or `blocks` are mapped. Returns how many it maps.
+fn fill_mappings(
+    meta: &mut PoolMetadata,
+    volume: VolumeId,
+    blocks: u64,
+    block_of: impl Fn(u64) -> u64,
+) -> u64 {
+    for vblock in 0..blocks {
+        let mapping = Mapping { data_block: DataBlock(block_of(vblock)), time: 0 };
+        if meta.insert(volume, VirtBlock(vblock), mapping).is_err() {
+            return vblock;
+        }
+    }
+    blocks
+}
+
+fn create_in(meta: &mut PoolMetadata, name: &str, blocks: u64) -> VolumeId {
+    meta.create_volume([5; 16], name, blocks * u64::from(BLOCK)).unwrap()
+}
+
+fn resize(rig: &mut Rig, volume: VolumeId, blocks: u64) -> Result<(), PoolError> {
+    let size_bytes = blocks * u64::from(BLOCK);
+    rig.control(|done| ControlOp::Resize { volume, size_bytes, done })
+}
+
+fn mapped_blocks(rig: &Rig, volume: VolumeId) -> u64 {
+    rig.owner.metadata().volume(volume).unwrap().mapped_blocks
+}
+
+/// Volumes sharing 40 000 data blocks fill a tiny metadata region to its reserve. Then the
+/// first volume is shrunk by half: more than the region can take. Returns the answer and
+/// the volume's mapped blocks before and after, and whether its view still shows the blocks
+/// the shrink would have removed.
+fn shrink_near_the_reserve(mutations: Mutations) -> (Result<(), PoolError>, u64, u64, bool) {
+    let data_blocks = 40_000;
+    let (device, mut meta) = tiny_metadata(data_blocks);
+    let mut volumes = Vec::new();
+    for index in 0.. {
+        let volume = create_in(&mut meta, &format!("v{index}"), data_blocks);
+        volumes.push(volume);
+        if fill_mappings(&mut meta, volume, data_blocks, |b| b) < data_blocks {
+            break;
+        }
+    }
+    meta.set_mutations(mutations);
+    commit_directly(&device, &mut meta);
+    let mut rig = Rig::with_metadata(device, meta, settings(DiscardMode::Passdown, mutations));
+    let volume = volumes[0];
+    let before = mapped_blocks(&rig, volume);
+    let answer = resize(&mut rig, volume, data_blocks / 2);
+    let after = mapped_blocks(&rig, volume);
+    let view = rig.shared.view(volume).unwrap();
+    let still_published = (data_blocks / 2..data_blocks).all(|vblock| {
+        view.resolve(VirtBlock(vblock)) != Resolved::Unmapped
+            && rig.owner.metadata().lookup(volume, VirtBlock(vblock)).is_some()
+    });
+    if answer.is_ok() || mutations == Mutations::NONE {
+        // A smaller step fits, and the pool checks clean after it.
+        assert_eq!(resize(&mut rig, volume, data_blocks - 500), Ok(()));
+        assert_eq!(mapped_blocks(&rig, volume), after.min(data_blocks - 500));
+        rig.check();
+    }
+    (answer, before, after, still_published)
+}
+
+#[test]
+fn a_shrink_that_does_not_fit_the_metadata_changes_nothing() {
+    let (answer, before, after, still_published) = shrink_near_the_reserve(Mutations::NONE);
+    assert_eq!(before, 40_000);
+    let err = answer.expect_err("the region cannot take half the volume's nodes");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("shrinking the volume needs up to"), "{err}");
+    assert_eq!(after, before, "nothing removed");
+    assert!(still_published, "every mapping still in the metadata and the view");
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn an_unreserved_shrink_stops_half_done() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::ControlOpsUnreserved);
+    let (answer, before, after, still_published) = shrink_near_the_reserve(mutations);
+    assert_eq!(answer.expect_err("out of metadata space").errno(), libc::ENOSPC);
+    assert!(after < before, "some mappings were removed before it failed");
+    assert!(!still_published, "a failed shrink removed mappings");
+}
+
+/// Two volumes map the same data blocks, one per count block of a large data space, as many
+/// as a tiny metadata region takes (in one transaction, so each count block is written once);
+/// a third fills the region's nodes up to the reserve. Deleting the first rewrites every
+/// count block it touched (each still holds the second's count): more than the region has
+/// left.
+fn delete_spread_volume(mutations: Mutations) -> Rig {
+    let per_count_block = 1016;
+    let (device, mut meta) = tiny_metadata(per_count_block * 1000);
+    let volume = create_in(&mut meta, "spread", 1000);
+    let twin = create_in(&mut meta, "twin", 1000);
+    let dense = create_in(&mut meta, "dense", 1 << 20);
+    let mut mapped = 0;
+    while mapped < 1000 {
+        let mapping = Mapping { data_block: DataBlock(mapped * per_count_block), time: 0 };
+        if meta.insert(volume, VirtBlock(mapped), mapping).is_err() {
+            break;
+        }
+        mapped += 1;
+        if meta.insert(twin, VirtBlock(mapped - 1), mapping).is_err() {
+            break;
+        }
+    }
+    assert!(mapped > 300 && mapped < 1000, "{mapped}: filled to the reserve");
+    commit_directly(&device, &mut meta);
+    assert!(fill_mappings(&mut meta, dense, 1 << 20, |b| 1 + b % 1000) < 1 << 20);
+    meta.set_mutations(mutations);
+    commit_directly(&device, &mut meta);
+    let mut rig = Rig::with_metadata(device, meta, settings(DiscardMode::Passdown, mutations));
+    let answer = rig.control(|done| ControlOp::DeleteVolume { volume, done });
+    let err = answer.expect_err("the region cannot take the rewrite of every count");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("deleting the volume needs up to"), "{err}");
+    assert_eq!(mapped_blocks(&rig, volume), mapped, "nothing changed");
+    // Shrunk in steps that fit, each committed, it can then be deleted.
+    let mut size = mapped;
+    while size > 1 {
+        size = size.saturating_sub(50).max(1);
+        assert_eq!(resize(&mut rig, volume, size), Ok(()), "shrinking to {size}");
+        rig.commit();
+    }
+    assert_eq!(rig.control(|done| ControlOp::DeleteVolume { volume, done }), Ok(()));
+    rig.check();
+    rig
+}
+
+#[test]
+fn a_delete_whose_commit_would_not_fit_changes_nothing() {
+    delete_spread_volume(Mutations::NONE);
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+#[should_panic(expected = "the reserve covers a commit")]
+fn an_unreserved_delete_leaves_a_commit_that_does_not_fit() {
+    use bdev_thin::thin::mutations::Mutation;
+    delete_spread_volume(Mutations::NONE.with(Mutation::ControlOpsUnreserved));
+}
+
+/// A volume of 168 mappings, one per count block (its tree one full leaf), has a snapshot; a
+/// third volume fills a tiny metadata region up to the reserve. Shrinking the volume by one
+/// block shadows the shared leaf, which raises the count of every block in it: each of its
+/// 168 count blocks is rewritten by the next commit, more than the region has left. Returns
+/// the pool and the shrink's answer.
+fn shrink_a_snapshotted_volume(mutations: Mutations) -> (Rig, VolumeId, Result<(), PoolError>) {
+    let per_count_block = 1016;
+    let (device, mut meta) = tiny_metadata(per_count_block * 1000);
+    let volume = create_in(&mut meta, "origin", 168);
+    assert_eq!(fill_mappings(&mut meta, volume, 168, |b| b * per_count_block), 168);
+    meta.snapshot(volume, [6; 16], "snap").unwrap();
+    commit_directly(&device, &mut meta);
+    let dense = create_in(&mut meta, "dense", 1 << 20);
+    assert!(fill_mappings(&mut meta, dense, 1 << 20, |b| 1 + b % 1000) < 1 << 20);
+    meta.set_mutations(mutations);
+    commit_directly(&device, &mut meta);
+    let mut rig = Rig::with_metadata(device, meta, settings(DiscardMode::Passdown, mutations));
+    let answer = resize(&mut rig, volume, 167);
+    (rig, volume, answer)
+}
+
+#[test]
+fn a_shrink_that_shadows_a_shared_leaf_counts_its_blocks() {
+    let (mut rig, volume, answer) = shrink_a_snapshotted_volume(Mutations::NONE);
+    let err = answer.expect_err("the shared leaf's count blocks do not fit");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("shrinking the volume needs up to"), "{err}");
+    assert_eq!(mapped_blocks(&rig, volume), 168, "nothing changed");
+    rig.check();
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+#[should_panic(expected = "the reserve covers a commit")]
+fn an_unreserved_shrink_of_a_shared_leaf_leaves_a_commit_that_does_not_fit() {
+    use bdev_thin::thin::mutations::Mutation;
+    let mutations = Mutations::NONE.with(Mutation::ControlOpsUnreserved);
+    let (mut rig, _, answer) = shrink_a_snapshotted_volume(mutations);
+    assert_eq!(answer, Ok(()));
+    rig.commit();
+}
+
+/// A pool whose tiny metadata region a volume `filler` filled to its reserve, with a volume
+/// `v` of 16 blocks made before; both committed. Returns the rig, `v` and `filler`.
+fn metadata_at_its_reserve() -> (Rig, VolumeId, VolumeId) {
+    let data_blocks = 200_000;
+    let (device, mut meta) = tiny_metadata(data_blocks);
+    let volume = create_in(&mut meta, "v", 16);
+    let filler = create_in(&mut meta, "filler", data_blocks);
+    // Each commit gives back the blocks its shadows replaced: fill until a fresh commit
+    // leaves no room for one more mapping.
+    let mut mapped = 0;
+    loop {
+        let before = mapped;
+        while mapped < data_blocks {
+            let mapping = Mapping { data_block: DataBlock(mapped), time: 0 };
+            if meta.insert(filler, VirtBlock(mapped), mapping).is_err() {
+                break;
+            }
+            mapped += 1;
+        }
+        commit_directly(&device, &mut meta);
+        if mapped == before {
+            break;
+        }
+    }
+    assert!(mapped < data_blocks - 16, "the metadata ran out first: {mapped}");
+    let config = settings(DiscardMode::Passdown, Mutations::NONE);
+    (Rig::with_metadata(device, meta, config), volume, filler)
+}
+
+/// A volume fills a tiny metadata region to its reserve: a write that needs a new mapping
+/// fails with ENOSPC and the pool says `out_of_metadata_space`. Deleting the volume gives its
+/// nodes back with the next commit, and the mode with them: the write goes through.
+#[test]
+fn out_of_metadata_space_ends_when_a_delete_gave_the_space_back() {
+    let (mut rig, volume, filler) = metadata_at_its_reserve();
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::NoSpace);
+    assert_eq!(rig.owner.mode(), PoolMode::OutOfMetadataSpace);
+    assert_eq!(rig.control(|done| ControlOp::DeleteVolume { volume: filler, done }), Ok(()));
+    rig.commit();
+    assert_eq!(rig.owner.mode(), PoolMode::Write, "the space came back");
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::Success);
+    assert_reads(&mut rig, &mut channel, 0, 0x77);
+    rig.check();
+}
+
+/// At the reserve, a create and a snapshot are refused whole: no volume, no view, and the
+/// snapshot's origin is not left quiesced (its mapped blocks still take fast-path writes).
+#[test]
+fn a_create_or_snapshot_the_metadata_cannot_hold_changes_nothing() {
+    let (mut rig, volume, filler) = metadata_at_its_reserve();
+    let free_before = rig.owner.metadata().metadata_free_blocks();
+    let err = rig.try_create_volume("new", 16).expect_err("no metadata space");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    let name = "snap".to_string();
+    let err = rig
+        .control(|done| ControlOp::Snapshot { origin: filler, uuid: [3; 16], name, done })
+        .expect_err("no metadata space");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    let names: Vec<String> = rig.owner.metadata().volumes().map(|v| v.name.clone()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(rig.owner.metadata().metadata_free_blocks(), free_before);
+    let view = rig.shared.view(filler).unwrap();
+    assert_eq!(
+        view.resolve(VirtBlock(0)),
+        Resolved::Mapped { data_block: DataBlock(0), exclusive: true },
+        "the origin's view is as it was"
+    );
+    let mut channel = rig.channel(filler);
+    channel.submit(write(0, 0x66)).unwrap();
+    let mut done = None;
+    for _ in 0..100 {
+        channel.poll(&mut |c| done = Some(c));
+    }
+    assert_eq!(done.expect("a fast-path write, no owner poll").status, IoStatus::Success);
+    assert!(rig.shared.view(volume).is_some());
+    rig.check();
+}

@@ -131,8 +131,9 @@ fn seed_race_without_the_hold_corrupts_v2() {
 /// A read of V1's block D is held in flight across many polls while V1 unmaps D, the pool
 /// commits and V2 writes into the only block that can come back. The read returns V1's data:
 /// the grace period keeps D from reuse (and from its deallocate) until the read completes.
-/// Without the grace period (mutation) the read returns V2's data.
-fn held_read(mutations: Mutations, discard: DiscardMode) -> Vec<u8> {
+/// Without the grace period (mutation) the read returns V2's data. Returns what the read
+/// returned, and whether the unmap and V2's write were answered while the read was held.
+fn held_read(mutations: Mutations, discard: DiscardMode) -> (Vec<u8>, bool, bool) {
     let mut rig = Rig::new(8, settings(discard, mutations));
     let (_filler, _filler_channel) = fill_all_but_one(&mut rig, 8);
     let v1 = rig.create_volume("v1", 4);
@@ -159,8 +160,7 @@ fn held_read(mutations: Mutations, discard: DiscardMode) -> Vec<u8> {
             v2_done = true;
         });
     }
-    let _ = unmap_done;
-    let _ = v2_done;
+    let (unmap_done_while_held, v2_done_while_held) = (unmap_done, v2_done);
     rig.device.release_hold();
     rig.device.complete(held.id);
     let mut back = None;
@@ -168,20 +168,33 @@ fn held_read(mutations: Mutations, discard: DiscardMode) -> Vec<u8> {
         c1.poll(&mut |c| {
             if c.request.kind == IoKind::Read {
                 back = Some(bytes_of(&c));
+            } else {
+                assert_eq!(c.status, IoStatus::Success, "the unmap");
+                unmap_done = true;
             }
         });
-        c2.poll(&mut |_| {});
+        c2.poll(&mut |c| {
+            assert_eq!(c.status, IoStatus::Success);
+            v2_done = true;
+        });
         rig.owner.poll();
     }
+    assert!(unmap_done && v2_done, "the unmap and V2's write complete once the read is back");
+    assert_reads(&mut rig, &mut c2, 0, 0xb2);
     rig.check();
-    back.expect("the held read completed")
+    (back.expect("the held read completed"), unmap_done_while_held, v2_done_while_held)
 }
 
 #[test]
 fn grace_a_held_read_never_sees_another_volumes_data() {
     for discard in [DiscardMode::Passdown, DiscardMode::NoPassdown] {
-        let back = held_read(Mutations::NONE, discard);
+        let (back, unmap_done, v2_done) = held_read(Mutations::NONE, discard);
         assert_eq!(back, vec![0xa1; BLOCK as usize], "{discard:?}: V1's data, never V2's");
+        // A passed-down unmap is answered when its deallocate is done, and that waits for
+        // the read; without passdown the unmap is answered at once.
+        let passdown = discard == DiscardMode::Passdown;
+        assert_eq!(unmap_done, !passdown, "{discard:?}: the unmap answered while held");
+        assert!(!v2_done, "{discard:?}: V2 waits for the only block, in its grace period");
     }
 }
 
@@ -190,9 +203,24 @@ fn grace_a_held_read_never_sees_another_volumes_data() {
 fn grace_switched_off_lets_a_held_read_see_v2s_data() {
     use bdev_thin::thin::mutations::Mutation;
     for discard in [DiscardMode::Passdown, DiscardMode::NoPassdown] {
-        let back = held_read(Mutations::NONE.with(Mutation::NoGrace), discard);
+        let (back, unmap_done, v2_done) =
+            held_read(Mutations::NONE.with(Mutation::NoGrace), discard);
         assert_eq!(back, vec![0xb2; BLOCK as usize], "{discard:?}: the reused block's data");
+        assert!(unmap_done && v2_done, "{discard:?}: nothing waits for the read");
     }
+}
+
+/// Polls only `channel` (never the owner): the completion of the request it was given, if
+/// the fast path could do it alone.
+fn completes_on_the_fast_path(channel: &mut Channel) -> Option<IoCompletion> {
+    for _ in 0..100 {
+        let mut done = None;
+        channel.poll(&mut |c| done = Some(c));
+        if done.is_some() {
+            return done;
+        }
+    }
+    None
 }
 
 #[test]
@@ -207,8 +235,11 @@ fn snapshots_diverge_and_share_blocks_until_written() {
     let snap = rig.snapshot(origin, "snap");
     let mut cs = rig.channel(snap);
     assert_eq!(rig.owner.metadata().used_data_blocks(), used_before, "a snapshot copies nothing");
-    // Writes after the snapshot are independent.
-    assert_eq!(rig.run(&mut co, write(0, 0xa0)).status, IoStatus::Success);
+    // Writes after the snapshot are independent. The first write to a shared block goes to
+    // the owner (it breaks the sharing): without owner polls it does not complete.
+    co.submit(write(0, 0xa0)).unwrap();
+    assert!(completes_on_the_fast_path(&mut co).is_none(), "a shared block took a fast write");
+    assert_eq!(rig.wait(&mut co, 1000).expect("the owner's write").status, IoStatus::Success);
     assert_eq!(rig.run(&mut cs, write(1, 0xb1)).status, IoStatus::Success);
     // A partial write into a shared block copies the rest of it first.
     let partial =
@@ -233,8 +264,16 @@ fn snapshots_diverge_and_share_blocks_until_written() {
         rig.shared.counters.passdowns_completed.load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    // The second write to the origin's block 0 is now exclusive: it goes straight through.
-    assert_eq!(rig.run(&mut co, write(0, 0xa5)).status, IoStatus::Success);
+    // The second write to the origin's block 0 is now exclusive: it goes straight through,
+    // with no owner poll, and so do writes to blocks the origin wrote after the snapshot.
+    co.submit(write(0, 0xa5)).unwrap();
+    let done = completes_on_the_fast_path(&mut co).expect("the fast path");
+    assert_eq!(done.status, IoStatus::Success);
+    cs.submit(write(1, 0xb5)).unwrap();
+    let done = completes_on_the_fast_path(&mut cs).expect("the snapshot's fast path");
+    assert_eq!(done.status, IoStatus::Success);
+    assert_eq!(bytes_of(&rig.run(&mut cs, read(1))), vec![0xb5; BLOCK as usize]);
+    assert_eq!(bytes_of(&rig.run(&mut co, read(1))), vec![0x11; BLOCK as usize]);
     assert_eq!(bytes_of(&rig.run(&mut cs, read(0))), vec![0x10; BLOCK as usize]);
     rig.check();
 }
@@ -427,7 +466,8 @@ fn only_a_read_only_pool_clears_needs_check() {
 fn queue_mode_holds_writes_until_the_pool_grows() {
     let mut config = settings(DiscardMode::Passdown, Mutations::NONE);
     config.out_of_space = OutOfSpaceMode::Queue;
-    let mut rig = Rig::new(4, config);
+    // The device has 4 blocks more than the pool: a grow finds them.
+    let mut rig = Rig::growable(4, 4, config);
     let volume = rig.create_volume("v", 8);
     let mut channel = rig.channel(volume);
     for vblock in 0..4 {
@@ -436,18 +476,18 @@ fn queue_mode_holds_writes_until_the_pool_grows() {
     channel.submit(write(4, 5)).unwrap();
     assert!(rig.wait(&mut channel, 100).is_none(), "queued, not failed");
     assert_eq!(rig.owner.mode(), bdev_thin::thin::types::PoolMode::OutOfDataSpace);
-    // The device cannot grow here (the simulated device is fixed), so grow within the
-    // format's maximum is refused past it and accepted up to it.
-    let too_many = rig.owner.metadata().layout().data_blocks_max + 1;
-    let refused = rig.control(|done| ControlOp::Grow { data_blocks: too_many, done });
-    assert!(refused.is_err());
+    // Past the format's maximum is refused, and the write stays queued.
     let layout = *rig.owner.metadata().layout();
-    let grown = (layout.data_blocks + 1).min(layout.data_blocks_max);
-    if grown > layout.data_blocks {
-        rig.control(|done| ControlOp::Grow { data_blocks: grown, done }).unwrap();
-        let done = rig.wait(&mut channel, 100).expect("the queued write proceeds");
-        assert_eq!(done.status, IoStatus::Success);
-    }
+    assert_eq!(layout.data_blocks_max, 8);
+    let refused = rig.control(|done| ControlOp::Grow { data_blocks: 9, done });
+    assert_eq!(refused.expect_err("past the maximum").errno(), libc::ENOSPC);
+    assert!(rig.wait(&mut channel, 100).is_none(), "still queued");
+    rig.control(|done| ControlOp::Grow { data_blocks: 8, done }).unwrap();
+    let done = rig.wait(&mut channel, 100).expect("the queued write proceeds");
+    assert_eq!(done.status, IoStatus::Success);
+    assert_eq!(rig.owner.mode(), bdev_thin::thin::types::PoolMode::Write);
+    assert_reads(&mut rig, &mut channel, 4, 5);
+    rig.check();
 }
 
 #[test]

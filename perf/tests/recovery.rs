@@ -1,4 +1,4 @@
-//! Recovery in a real process (issue 12): a prefilled origin, a snapshot, then a second
+//! Recovery in a real process: a prefilled origin, a snapshot, then a second
 //! prefill of the origin (every write breaks sharing, so it allocates and commits) killed with
 //! SIGKILL at a crash point of the commit. After reopening (examine), every block of the origin
 //! holds the first or the second pattern, every block of the snapshot the first, and

@@ -1,11 +1,11 @@
-//! thin_sim: the deterministic simulator of the thin pool (issue 13).
+//! thin_sim: the deterministic simulator of the thin pool.
 //!
 //! `thin_sim --seed S` replays one seed; `thin_sim --seeds N --from S` runs N seeds from S
 //! (a soak, in chunks of any size) and prints steps/s and a summary; `--file PATH` runs the
 //! seeds listed in a file (one seed or range `A..B` a line, `#` comments); `--profile large`
-//! draws volumes of 2^20 blocks and more, requests up to 4 MiB and depths up to 1024. A failing seed prints the seed, its
-//! replay command and the last steps of its trace, and exits 1. A panic inside the pool does
-//! the same through the panic hook.
+//! draws volumes of 2^20 blocks and more, requests up to 4 MiB and depths up to 1024. A
+//! failing seed prints the seed, its replay command and the last steps of its trace, and exits
+//! 1. A panic inside the pool does the same through the panic hook.
 
 use std::cell::Cell;
 use std::time::Instant;

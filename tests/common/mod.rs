@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod nvme;
+pub mod nvme_proxy;
+pub mod spdk;
 pub mod writer;
 
 /// Longest any wait in these tests may take before it is a failure.

@@ -66,6 +66,9 @@ impl DataDirection {
 /// NVMe/TCP 1.0 §3.3.4): in-capsule data, and data the transport moves (R2T / C2HData).
 pub const SGL_IN_CAPSULE: u8 = 0x01;
 pub const SGL_TRANSPORT: u8 = 0x5A;
+/// PSDT 01b in a command's flags: over fabrics every command describes its data with SGLs and
+/// a byte-aligned metadata buffer (NVMe-oF 1.1 §2.1); Linux's target refuses any other value.
+pub const PSDT_SGL_METABUF: u8 = 0x40;
 
 /// The first SGL descriptor of a command (DPTR, bytes 24..40 of the entry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

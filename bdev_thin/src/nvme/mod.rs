@@ -1,9 +1,10 @@
 //! NVMe and NVMe over Fabrics on the wire: the types and byte layouts both ends of an NVMe/TCP
-//! association share, with no IO and no state. The target (`export::nvmf_tcp`) uses them now;
-//! an initiator decodes the same structures from the other side.
+//! association share, with no IO and no state. The target (`export::nvmf_tcp`) and the
+//! initiator (`backend::nvme_tcp`) use them from either side.
 //!
 //! - [`command`]: submission and completion queue entries, opcodes, status codes.
 //! - [`fabrics`]: Connect, Property Get/Set and the controller registers they reach.
+//! - [`host`]: commands as a host builds them (admin and NVM IO).
 //! - [`identify`]: Identify data structures (controller, namespace, lists, descriptors, CNS 06h).
 //! - [`log`]: log pages (error, SMART / health, changed namespaces, discovery).
 //! - [`tcp`]: NVMe/TCP PDU headers, their validation and the CRC32C digests.
@@ -14,6 +15,7 @@
 
 pub mod command;
 pub mod fabrics;
+pub mod host;
 pub mod identify;
 pub mod log;
 pub mod tcp;

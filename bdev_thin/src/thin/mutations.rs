@@ -1,5 +1,5 @@
 //! Switches that each break one safety mechanism, for tests that must show the mechanism is
-//! what keeps the invariants (DESIGN.md "Invariants", issue 13's list). They are one
+//! what keeps the invariants (DESIGN.md "Invariants"). They are one
 //! [`Mutations`] value per pool that carries switches only with the cargo feature `mutations`;
 //! without it the value is empty and every check is the constant `false`, so no production
 //! build contains a switch and the checks compile away.
@@ -44,11 +44,14 @@ pub enum Mutation {
     /// A write that finished while a commit ran inserts and publishes its block as certainly
     /// unshared after that commit failed: the fast path of the read-only pool writes it.
     PublishAfterFailedCommit = 14,
+    /// A shrink or a delete starts without checking that the metadata holds all it takes:
+    /// a shrink can stop half done, and a delete can leave a commit that does not fit.
+    ControlOpsUnreserved = 15,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -64,6 +67,7 @@ impl Mutation {
         Mutation::NoQuiesce,
         Mutation::QuiesceEndsWithFirstSnapshot,
         Mutation::PublishAfterFailedCommit,
+        Mutation::ControlOpsUnreserved,
     ];
 }
 
@@ -99,6 +103,44 @@ impl Mutations {
             let _ = mutation;
             false
         }
+    }
+}
+
+/// The mutations a test asked for in pools this process opens through its RPC methods (not
+/// the stepping host's, whose tests pass their own): set by [`Mutations::set_for_new_pools`],
+/// else named in `BDEV_THIN_MUTATIONS` (comma-separated, as in `NoHold,NoGrace`), so a real
+/// `thin_tgt` or `perf` built with the feature can run a pool with a mechanism switched off.
+#[cfg(feature = "mutations")]
+static FOR_NEW_POOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+impl Mutations {
+    /// What pools opened by this process's RPC methods get (always none without the feature).
+    pub fn for_new_pools() -> Mutations {
+        #[cfg(feature = "mutations")]
+        {
+            use std::sync::atomic::Ordering;
+            let set = FOR_NEW_POOLS.load(Ordering::Acquire);
+            if set != u64::MAX {
+                return Mutations { bits: set as u32 };
+            }
+            let named = std::env::var("BDEV_THIN_MUTATIONS").unwrap_or_default();
+            let mut mutations = Mutations::NONE;
+            for name in named.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match Mutation::ALL.iter().find(|m| format!("{m:?}") == name) {
+                    Some(mutation) => mutations = mutations.with(*mutation),
+                    None => eprintln!("BDEV_THIN_MUTATIONS: no mutation named {name}"),
+                }
+            }
+            mutations
+        }
+        #[cfg(not(feature = "mutations"))]
+        Mutations::NONE
+    }
+
+    /// Sets what pools opened from now on get (a test in one process).
+    #[cfg(feature = "mutations")]
+    pub fn set_for_new_pools(mutations: Mutations) {
+        FOR_NEW_POOLS.store(u64::from(mutations.bits), std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -27,7 +27,7 @@ use super::space_map::{Counts, NoBlock, SpaceMap};
 use super::types::{
     DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, VirtBlock, VolumeId,
 };
-use super::view::VolumeView;
+use super::view::{VIEW_CHUNK_SLOT_BYTES, VolumeView};
 use crate::host::{
     BlockDevice, DeviceChannel, Host, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus,
     PollStatus, SgList,
@@ -86,6 +86,24 @@ pub enum ControlOp {
     },
 }
 
+impl ControlOp {
+    /// Answers the operation with `error` without running it.
+    pub fn fail(self, error: PoolError) {
+        match self {
+            ControlOp::CreateVolume { done, .. } | ControlOp::Snapshot { done, .. } => {
+                done(Err(error))
+            }
+            ControlOp::DeleteVolume { done, .. }
+            | ControlOp::Resize { done, .. }
+            | ControlOp::DeletePool { done }
+            | ControlOp::Grow { done, .. }
+            | ControlOp::Commit { done }
+            | ControlOp::ClearNeedsCheck { done } => done(Err(error)),
+            ControlOp::Describe { done } => done(Err(error)),
+        }
+    }
+}
+
 /// A pool's state as the owner sees it.
 #[derive(Clone, Debug)]
 pub struct PoolDescription {
@@ -100,6 +118,10 @@ pub struct PoolDescription {
     pub metadata_total_blocks: u64,
 }
 
+/// The memory one volume's view table may take, in MiB (for messages).
+const VOLUME_VIEW_TABLE_MIB_MAX: u64 =
+    (limits::VOLUME_VIEW_CHUNKS_MAX * VIEW_CHUNK_SLOT_BYTES) >> 20;
+
 /// Why a pool operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -113,8 +135,32 @@ pub enum PoolError {
     Metadata(#[from] MetadataError),
     #[error("device IO failed with errno {0}")]
     Io(i32),
-    #[error("a volume can grow to {capacity_vblocks} blocks of its pool without reopening")]
-    TooLarge { capacity_vblocks: u64 },
+    #[error(
+        "the volume can grow to {capacity_bytes} bytes ({capacity_vblocks} blocks): its view of \
+         mappings is allocated up front for 4 times its size (in whole chunks of 4096 blocks) \
+         when it was made or the pool last opened, up to {table_mib} MiB (reopening the pool \
+         raises the limit to 4 times the current size)",
+        table_mib = VOLUME_VIEW_TABLE_MIB_MAX
+    )]
+    TooLarge { capacity_vblocks: u64, capacity_bytes: u64 },
+    #[error(
+        "a volume of {size_bytes} bytes is over the {max_bytes} bytes a volume of this pool can \
+         address: its view of mappings is allocated up front, at most {table_mib} MiB",
+        table_mib = VOLUME_VIEW_TABLE_MIB_MAX
+    )]
+    VolumeTooLarge { size_bytes: u64, max_bytes: u64 },
+    #[error(
+        "a volume of {size_bytes} bytes would take the views of this pool's volumes past \
+         {budget_mib} MiB, the memory a pool's views may take (views are allocated up front \
+         for their volume's size); {free_bytes} bytes of volume fit"
+    )]
+    ViewMemory { size_bytes: u64, budget_mib: u64, free_bytes: u64 },
+    #[error("a size of {size_bytes} bytes is not a nonzero multiple of the {lba_bytes}-byte LBA")]
+    BadSize { size_bytes: u64, lba_bytes: u64 },
+    #[error("nothing to grow: the device holds {data_blocks} data blocks, as the pool does")]
+    NothingToGrow { data_blocks: u64 },
+    #[error("the pool was deleted")]
+    Deleted,
     #[error("the pool is writable: a check needs it read-only")]
     Writable,
 }
@@ -127,6 +173,7 @@ impl PoolError {
             PoolError::NoSpace => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NoSuchVolume { .. }) => libc::ENODEV,
             PoolError::Metadata(MetadataError::NoMetadataSpace { .. }) => libc::ENOSPC,
+            PoolError::Metadata(MetadataError::NoMetadataSpaceFor { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::TooManyVolumes { .. }) => libc::ENOSPC,
             PoolError::Metadata(MetadataError::NameTooLong { .. }) => libc::EINVAL,
             PoolError::Metadata(MetadataError::NameExists { .. }) => libc::EEXIST,
@@ -134,6 +181,11 @@ impl PoolError {
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::Deleted => libc::ENODEV,
+            PoolError::VolumeTooLarge { .. } => libc::EINVAL,
+            PoolError::ViewMemory { .. } => libc::ENOSPC,
+            PoolError::BadSize { .. } => libc::EINVAL,
+            PoolError::NothingToGrow { .. } => libc::ENOSPC,
             PoolError::Writable => libc::EBUSY,
         }
     }
@@ -388,6 +440,9 @@ pub struct Owner<D: BlockDevice, H: Host> {
     mode: PoolMode,
     /// A pool delete in progress, answered once the superblocks are gone.
     deleting: Option<ControlDone<()>>,
+    /// A pool delete was accepted: it waits for the operations before it, and every later one
+    /// but `Describe` is answered `Deleted` instead of run.
+    delete_requested: bool,
     /// The pool was deleted: the host drops this owner.
     finished: bool,
 }
@@ -486,6 +541,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .collect(),
             mode: PoolMode::Write,
             deleting: None,
+            delete_requested: false,
             finished: false,
             meta,
             shared,
@@ -1775,6 +1831,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 // The pool is gone from the device: stop serving for good.
                 self.finished = true;
                 let failed = self.commit_failed;
+                // Whatever still waits for this owner is answered first (it will never run), so
+                // the delete's answer comes after every other.
+                for op in std::mem::take(&mut self.pending_control) {
+                    op.fail(PoolError::Deleted);
+                }
+                while let Some(op) = self.control.pop() {
+                    op.fail(PoolError::Deleted);
+                }
                 if let Some(done) = self.deleting.take() {
                     done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
                 }

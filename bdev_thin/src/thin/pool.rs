@@ -30,6 +30,8 @@ pub struct PoolLimits {
     pub view_fill_blocks_per_poll: u64,
     /// Copy buffers of the owner for breaking sharing (`OWNER_COPY_BUFFERS`).
     pub copy_buffers: usize,
+    /// Chunk slots the views of all the pool's volumes may take (`POOL_VIEW_CHUNKS_MAX`).
+    pub view_chunks: u64,
 }
 
 impl PoolLimits {
@@ -39,6 +41,7 @@ impl PoolLimits {
         channel_credits: limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX,
         view_fill_blocks_per_poll: limits::VIEW_BUILD_BLOCKS_PER_POLL,
         copy_buffers: limits::OWNER_COPY_BUFFERS,
+        view_chunks: limits::POOL_VIEW_CHUNKS_MAX,
     };
 
     /// These limits with twice as many credits as requests in flight (at most the production
@@ -63,6 +66,7 @@ impl PoolLimits {
             && (1..=limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX).contains(&self.channel_credits)
             && self.view_fill_blocks_per_poll > 0
             && (1..=limits::OWNER_COPY_BUFFERS).contains(&self.copy_buffers)
+            && (1..=limits::POOL_VIEW_CHUNKS_MAX).contains(&self.view_chunks)
     }
 }
 

@@ -18,6 +18,8 @@ use super::types::{DataBlock, VirtBlock, VolumeId};
 
 /// Virtual blocks per lazily allocated chunk of entries (32 KiB of entries).
 pub const VIEW_CHUNK_ENTRIES: u64 = 4096;
+/// Bytes of one chunk's slot in a view's table, allocated up front for the view's capacity.
+pub const VIEW_CHUNK_SLOT_BYTES: u64 = size_of::<OnceLock<Box<[AtomicU64]>>>() as u64;
 
 const BLOCK_BITS: u32 = 40;
 const BLOCK_MASK: u64 = (1 << BLOCK_BITS) - 1;

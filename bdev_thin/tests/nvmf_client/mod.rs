@@ -1,13 +1,20 @@
 //! A small synchronous NVMe/TCP host for tests: raw PDUs over a blocking 127.0.0.1 socket,
 //! built with the crate's `nvme` codec (whose layouts its own tests pin to the specifications)
 //! plus raw byte access for the bad-input tests. One command at a time unless a test drives
-//! the lower-level `send_capsule` / `receive` itself.
+//! the lower-level `send_capsule` / `receive` itself. Also an in-process target to test
+//! against ([`start_target`]).
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bdev_thin::rpc::{RpcError, call_blocking};
+use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
+use bdev_thin::target::Target;
+use serde_json::{Value, json};
 
 use bdev_thin::nvme::command::{
     Command, Completion, SglDescriptor, Status, admin_opcode, io_opcode,
@@ -22,6 +29,53 @@ use bdev_thin::nvme::tcp::{
 };
 
 pub const BOUND: Duration = Duration::from_secs(20);
+/// The subsystem `start_target` makes.
+pub const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+/// Its namespace's block size.
+pub const BLOCK: u32 = 512;
+
+/// A target in this process: two reactors, listening on 127.0.0.1 at `address`.
+pub struct TestTarget {
+    _runtime: Runtime,
+    pub target: Arc<Target>,
+    pub address: SocketAddr,
+}
+
+pub fn call(target: &Arc<Target>, method: &str, params: Value) -> Result<Value, RpcError> {
+    call_blocking(target, method, Some(params))
+}
+
+/// Two reactors, a TCP transport made with `transport`, subsystem `NQN` made with `subsystem`
+/// (`nqn` added) with a 64 MiB malloc namespace of 512-byte blocks (`Malloc0`, NSID 1),
+/// listening on 127.0.0.1 (a free port).
+pub fn start_target(transport: Value, mut subsystem: Value) -> TestTarget {
+    let options = RuntimeOptions {
+        mask: CoreMask(0x3),
+        park: true,
+        pin: false,
+        idle_before_park_us: 200,
+        ..Default::default()
+    };
+    let runtime = Runtime::start(options).expect("reactors start");
+    let target = Target::new(runtime.handle());
+    let malloc = json!({"name": "Malloc0", "num_blocks": 131072, "block_size": BLOCK});
+    call(&target, "bdev_malloc_create", malloc).unwrap();
+    call(&target, "nvmf_create_transport", transport).unwrap();
+    subsystem["nqn"] = json!(NQN);
+    call(&target, "nvmf_create_subsystem", subsystem).unwrap();
+    let ns = json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}});
+    assert_eq!(call(&target, "nvmf_subsystem_add_ns", ns).unwrap(), json!(1));
+    let listen = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "0"});
+    call(&target, "nvmf_subsystem_add_listener", json!({"nqn": NQN, "listen_address": listen}))
+        .unwrap();
+    let listen = bdev_thin::export::nvmf_tcp::ListenAddress {
+        adrfam: "IPv4".into(),
+        traddr: "127.0.0.1".into(),
+        trsvcid: "0".into(),
+    };
+    let address = target.nvmf.bound_address(&listen).expect("the listener is bound");
+    TestTarget { _runtime: runtime, target, address }
+}
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
 
 /// A PDU as received: its decoded header, the raw header bytes and its data.
@@ -44,6 +98,8 @@ pub struct Host {
     /// In-capsule data the queue takes (admin: 8 KiB; IO: from IOCCSZ).
     pub capsule_data_max: u32,
     pub qid: u16,
+    /// SQSIZE this host connects with (0's based).
+    pub sqsize: u16,
 }
 
 impl Host {
@@ -68,6 +124,7 @@ impl Host {
             cntlid: 0,
             capsule_data_max: 8192,
             qid: 0,
+            sqsize: 31,
         }
     }
 
@@ -238,7 +295,7 @@ impl Host {
         cntlid: u16,
         kato_ms: u32,
     ) -> Completion {
-        let connect = ConnectCommand { recfmt: 0, qid, sqsize: 31, cattr: 0, kato_ms };
+        let connect = ConnectCommand { recfmt: 0, qid, sqsize: self.sqsize, cattr: 0, kato_ms };
         let data = ConnectData {
             host_id: [0x11; 16],
             cntlid,
@@ -388,7 +445,21 @@ pub fn io_queue_with(
     qid: u16,
     digests: Digests,
 ) -> Host {
+    io_queue_sized(address, subnqn, hostnqn, cntlid, qid, digests, 31)
+}
+
+/// An IO queue of `sqsize + 1` entries.
+pub fn io_queue_sized(
+    address: SocketAddr,
+    subnqn: &str,
+    hostnqn: &str,
+    cntlid: u16,
+    qid: u16,
+    digests: Digests,
+    sqsize: u16,
+) -> Host {
     let mut host = Host::tcp(address);
+    host.sqsize = sqsize;
     host.initialize(digests);
     let completion = host.connect(subnqn, hostnqn, qid, cntlid, 0);
     assert_eq!(completion.status, Status::SUCCESS, "IO Connect");

@@ -91,6 +91,7 @@ impl Connection {
             self.link.qid = connect.qid;
             self.link.sq_entries = connect.sqsize + 1;
             self.link.sq_head = 0;
+            self.slots.set_limit(usize::from(connect.sqsize) + 1);
             if connect.qid != 0 {
                 self.link.rules.capsule_data_max = self.options.capsule_data_max(false);
             }

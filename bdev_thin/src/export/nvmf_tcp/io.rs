@@ -408,9 +408,11 @@ impl Connection {
                     (slba, slba + blocks, channel.zeroes_chunk_blocks);
             }
             io_opcode::DATASET_MANAGEMENT => {
+                // At least NR + 1 ranges: Linux always sends a page of 256 (its buffer's size,
+                // as some devices read that much whatever NR says), so more is fine.
                 let count = command.dsm_range_count();
-                if slot.transfer_bytes as usize != count * DSM_RANGE_BYTES || slot.buffer.is_none()
-                {
+                let needed = count * DSM_RANGE_BYTES;
+                if (slot.transfer_bytes as usize) < needed || slot.buffer.is_none() {
                     return Outcome::status(Status::DATA_SGL_LENGTH_INVALID);
                 }
                 for range in 0..count as u16 {

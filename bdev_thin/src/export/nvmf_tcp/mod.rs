@@ -4,11 +4,11 @@
 //! Who runs what. [`NvmfTarget`] lives in the `Target`: RPC methods create the transport,
 //! subsystems, namespaces, hosts and listeners (control plane, behind mutexes). Each listener
 //! is a poller on the first core that accepts connections and deals them round-robin to every
-//! core, where each becomes a queue pair poller ([`qpair`]): it negotiates (ICReq), takes
+//! core, where each becomes a queue pair poller (`qpair`): it negotiates (ICReq), takes
 //! Fabrics Connect for the admin queue or an IO queue, then serves commands, submitting IO to
 //! bdev channels it opened on its own core. No thread per connection; sockets are the
-//! reactors' wake sources. A controller ([`controller`]) is what the queues of one association
-//! share across cores. A housekeeping poller ([`housekeeping`]) announces namespace resizes
+//! reactors' wake sources. A controller (`controller`) is what the queues of one association
+//! share across cores. A housekeeping poller (`housekeeping`) announces namespace resizes
 //! and ends controllers whose keep alive timer expired.
 //!
 //! Bounds (limits.rs): a queue pair holds at most `max_queue_depth` commands, each in a slot,

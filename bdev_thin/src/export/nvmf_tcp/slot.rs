@@ -7,6 +7,9 @@ use crate::export::arena::Arena;
 use crate::host::{IoBuffer, IoFlags, IoKind, IoRequest};
 use crate::nvme::command::{Command, Status};
 
+/// Commands a queue holds before Connect told its size: a host sends Connect and waits.
+const PRE_CONNECT_COMMANDS_MAX: usize = 4;
+
 /// Where a command is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -74,6 +77,8 @@ pub(super) struct SlotTable {
     pub slots: Vec<Slot>,
     free: Vec<u16>,
     arena: Arena,
+    /// Commands the queue may hold at once: its negotiated size once connected.
+    limit: usize,
 }
 
 impl SlotTable {
@@ -82,7 +87,13 @@ impl SlotTable {
             slots: (0..count).map(|_| Slot::default()).collect(),
             free: (0..count as u16).rev().collect(), // count ≤ NVMF_QUEUE_DEPTH_MAX, a u16
             arena: Arena::new(arena_bytes, count),
+            limit: PRE_CONNECT_COMMANDS_MAX.min(count),
         }
+    }
+
+    /// Bounds the commands held at once (the queue's entries, from Connect's SQSIZE).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, self.slots.len());
     }
 
     pub fn get(&self, index: u16) -> &Slot {
@@ -95,6 +106,9 @@ impl SlotTable {
 
     /// A free slot for `command`, or `None` while every slot is busy.
     pub fn take(&mut self, command: Command) -> Option<u16> {
+        if self.slots.len() - self.free.len() >= self.limit {
+            return None;
+        }
         let index = self.free.pop()?;
         let slot = &mut self.slots[usize::from(index)];
         debug_assert_eq!(slot.state, SlotState::Free);

@@ -2,6 +2,7 @@
 //! does its work (or sends it to the core that owns it) and replies exactly once.
 
 mod bdev;
+pub mod bdev_nvme;
 pub mod framework;
 pub mod nbd;
 pub mod nvmf;
@@ -48,6 +49,9 @@ pub static METHODS: &[Method] = &[
     method("bdev_get_bdevs", bdev::get_bdevs),
     method("bdev_get_iostat", bdev::get_iostat),
     method("bdev_examine", bdev::examine),
+    method("bdev_nvme_attach_controller", bdev_nvme::attach_controller),
+    method("bdev_nvme_detach_controller", bdev_nvme::detach_controller),
+    method("bdev_nvme_get_controllers", bdev_nvme::get_controllers),
     method("bdev_wait_for_examine", bdev::wait_for_examine),
     method("bdev_thin_pool_create", thin::pool_create),
     method("bdev_thin_create", thin::create),

@@ -9,7 +9,7 @@
 //! write_zeroes, and several control operations at once (snapshots of one origin, resize and
 //! delete with IO in flight, duplicate names, crashes in the middle of any of them).
 //!
-//! The oracle ([`oracle`]) knows, per volume and sector, every version a read may return, and
+//! The oracle (`oracle`) knows, per volume and sector, every version a read may return, and
 //! the run checks (DESIGN.md "Invariants"):
 //! - I3 on every read completion, and snapshot stability (a snapshot's sector, once read, reads
 //!   the same until the snapshot itself is written);
@@ -354,6 +354,7 @@ fn draw_limits(rng: &mut Rng, profile: Profile) -> PoolLimits {
         view_fill_blocks_per_poll: rng.pick(&[2, 16, 64, production.view_fill_blocks_per_poll]),
         copy_buffers: rng.pick(&[1, 2, production.copy_buffers]),
         channel_credits: production.channel_credits,
+        view_chunks: production.view_chunks,
     }
     .with_credits_for_depth()
 }

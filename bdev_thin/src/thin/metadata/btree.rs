@@ -166,6 +166,103 @@ impl Store {
         }
     }
 
+    /// How many nodes of the tree at `root` may hold keys with `low <= key < high`: what
+    /// removing every such key can shadow, at most (each node is shadowed once per
+    /// transaction).
+    pub fn count_nodes_in(&self, root: u64, low: u64, high: u64) -> u64 {
+        if root == 0 || low >= high {
+            return 0;
+        }
+        let node = self.node(root);
+        let mut count = 1;
+        if node.level == 0 {
+            return count;
+        }
+        for (i, entry) in node.entries.iter().enumerate() {
+            let next = node.entries.get(i + 1).map(|e| e.key);
+            if entry.key >= high {
+                break;
+            }
+            if next.is_some_and(|n| n <= low) {
+                continue;
+            }
+            count += self.count_nodes_in(entry.a, low, high);
+        }
+        count
+    }
+
+    /// Calls `f` with every leaf value of a mapping tree whose count removing the keys
+    /// `low..high` may raise: shadowing a shared leaf (its own count or an ancestor's over 1)
+    /// raises the count of every value in it. The leaves that may be shadowed are those
+    /// holding keys of the range and, for a rebalance of the first of them, the rightmost leaf
+    /// left of it under each node on the way down (a rebalance takes the right sibling, so
+    /// only the range's first leaf looks left). Changes nothing.
+    pub fn for_each_shadowed_shared_value(
+        &self,
+        root: u64,
+        low: u64,
+        high: u64,
+        f: &mut dyn FnMut(u64),
+    ) {
+        self.shadowed_shared_values(root, low, high, false, f);
+    }
+
+    fn shadowed_shared_values(
+        &self,
+        loc: u64,
+        low: u64,
+        high: u64,
+        shared_above: bool,
+        f: &mut dyn FnMut(u64),
+    ) {
+        if loc == 0 || low >= high {
+            return;
+        }
+        let node = self.node(loc);
+        let shared = shared_above || self.meta.count(loc) > 1;
+        if node.level == 0 {
+            if shared {
+                node.entries.iter().for_each(|entry| f(entry.a));
+            }
+            return;
+        }
+        let mut first = None;
+        for (i, entry) in node.entries.iter().enumerate() {
+            let next = node.entries.get(i + 1).map(|e| e.key);
+            if entry.key >= high {
+                break;
+            }
+            if next.is_some_and(|n| n <= low) {
+                continue;
+            }
+            first.get_or_insert(i);
+            self.shadowed_shared_values(entry.a, low, high, shared, f);
+        }
+        if let Some(left) = first.and_then(|i| i.checked_sub(1)) {
+            // Its rightmost leaf: the keys from its last entry on.
+            let child = node.entries[left].a;
+            let last_key = self.node(child).entries.last().map_or(0, |e| e.key);
+            self.shadowed_shared_values(child, last_key, last_key.saturating_add(1), shared, f);
+        }
+    }
+
+    /// Calls `f` with every leaf value whose count [`Store::release`] of `loc` would lower:
+    /// the values under the nodes the release frees (a shared node only loses a reference).
+    /// Changes nothing, so a delete can learn what it costs before it starts.
+    pub fn for_each_released_value(&self, loc: u64, f: &mut dyn FnMut(u64)) {
+        if loc == 0 || self.meta.count(loc) > 1 {
+            return;
+        }
+        let node = self.node(loc);
+        for entry in &node.entries {
+            if node.level == 0 {
+                f(entry.a);
+            } else {
+                self.for_each_released_value(entry.a, f);
+            }
+        }
+    }
+
     fn alloc_node(&mut self, mut node: Node) -> Result<u64, MetadataError> {
         let loc = self.meta.alloc()?;
         // Room for the one entry over capacity before a split, so a node never reallocates:

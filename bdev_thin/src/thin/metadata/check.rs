@@ -271,6 +271,7 @@ pub(super) fn load(mut read_block: ReadBlock<'_>) -> Result<Loaded, MetadataErro
         dirty: false,
         committing: false,
         committing_needs_check: false,
+        unreserved_control_ops: false,
     };
     Ok(Loaded { metadata, problems })
 }

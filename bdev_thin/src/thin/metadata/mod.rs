@@ -19,7 +19,7 @@ mod superblock;
 mod tests;
 mod volumes;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::limits::{
     METADATA_BTREE_DEPTH_MAX, METADATA_NODE_ENTRIES_MIN, METADATA_REGION_BLOCKS_MAX,
@@ -54,6 +54,11 @@ pub enum MetadataError {
     Io { block: u64, kind: std::io::ErrorKind },
     #[error("metadata space low: {free_blocks} free blocks, reserve {reserve_blocks}")]
     NoMetadataSpace { free_blocks: u64, reserve_blocks: u64 },
+    #[error(
+        "{operation} needs up to {needed_blocks} free metadata blocks for itself and the next \
+         commit; {free_blocks} are free (shrink the volume in smaller steps or free space first)"
+    )]
+    NoMetadataSpaceFor { operation: &'static str, needed_blocks: u64, free_blocks: u64 },
     #[error("name of {bytes} bytes is over {NAME_BYTES_MAX}")]
     NameTooLong { bytes: usize },
     #[error("{id} does not exist")]
@@ -287,6 +292,9 @@ pub struct PoolMetadata {
     committing: bool,
     /// The needs_check flag the commit in flight writes.
     committing_needs_check: bool,
+    /// Mutation `ControlOpsUnreserved`: shrink and delete start without checking that the
+    /// metadata holds what they take (they may stop half done, or a commit may run out).
+    unreserved_control_ops: bool,
 }
 
 fn check_name(name: &str) -> Result<(), MetadataError> {
@@ -346,6 +354,7 @@ impl PoolMetadata {
             dirty: true,
             committing: false,
             committing_needs_check: false,
+            unreserved_control_ops: false,
         })
     }
 
@@ -444,6 +453,65 @@ impl PoolMetadata {
         Ok(())
     }
 
+    /// Refuses a control operation unless the free metadata blocks cover, at most, what it
+    /// allocates itself (`nodes`) and what the next commit then writes for the counts it
+    /// changes (`changed`, see `count_cost`). The reserve may be used: it exists so that the
+    /// commit of everything admitted fits, and this check counts the operation's part of it.
+    /// Called before the operation's first change, so a refused operation changes nothing.
+    fn check_control_space(
+        &self,
+        operation: &'static str,
+        nodes: u64,
+        changed: &HashMap<u64, u32>,
+    ) -> Result<(), MetadataError> {
+        if self.unreserved_control_ops {
+            return Ok(());
+        }
+        let free_blocks = self.store.meta.free_blocks();
+        let needed_blocks = self.commit_blocks_pending()
+            + self.count_cost(changed)
+            + nodes
+            + crate::limits::METADATA_MUTATION_BLOCKS_MAX;
+        if free_blocks < needed_blocks {
+            return Err(MetadataError::NoMetadataSpaceFor {
+                operation,
+                needed_blocks,
+                free_blocks,
+            });
+        }
+        Ok(())
+    }
+
+    /// What the next commit spends on counts a control operation changes (`changed`: data
+    /// block -> by how much it is lowered, 0 for a count raised, or raised and lowered again),
+    /// beyond what is pending already: a new copy of each count block
+    /// that changes and still holds a count (one whose counts all reach zero is only dropped
+    /// from the index), and shadows of the index nodes above them and of one neighbour each.
+    fn count_cost(&self, changed: &HashMap<u64, u32>) -> u64 {
+        let data = &self.store.data;
+        let mut touched = BTreeSet::new();
+        for &block in changed.keys() {
+            let index = block / space::COUNTS_PER_BLOCK;
+            if !data.dirty_count_blocks.contains(&index) {
+                touched.insert(index);
+            }
+        }
+        let (Some(&first), Some(&last)) = (touched.first(), touched.last()) else {
+            return 0;
+        };
+        let kept = touched
+            .iter()
+            .filter(|&&index| {
+                let start = index * space::COUNTS_PER_BLOCK;
+                (start..start + space::COUNTS_PER_BLOCK)
+                    .any(|b| data.count(b) > changed.get(&b).copied().unwrap_or(0))
+            })
+            .count() as u64;
+        let index_nodes = self.store.count_nodes_in(self.top.space_root.loc, first, last + 1)
+            + METADATA_BTREE_DEPTH_MAX as u64;
+        kept + 2 * index_nodes
+    }
+
     /// Takes up to `count` free metadata blocks out of use, in memory only (never written, so
     /// a reopened pool has them back): the simulator's way to run a pool whose region is
     /// nearly full without formatting one below the smallest region. Returns how many.
@@ -538,13 +606,19 @@ impl PoolMetadata {
     }
 
     /// Drops the volume's tree reference; `freed` hears of each data block whose count
-    /// reached 0. Allocates nothing, so it runs even without metadata space.
+    /// reached 0. It allocates nothing itself, but every count it lowers is rewritten by the
+    /// next commit: refused (changing nothing) when the metadata cannot hold that.
     pub fn delete_volume(
         &mut self,
         id: VolumeId,
         freed: &mut dyn FnMut(DataBlock),
     ) -> Result<(), MetadataError> {
-        self.stored(id)?;
+        let root = self.stored(id)?.root.loc;
+        let mut lowered = HashMap::new();
+        self.store.for_each_released_value(root, &mut |block| {
+            *lowered.entry(block).or_insert(0u32) += 1;
+        });
+        self.check_control_space("deleting the volume", 0, &lowered)?;
         self.begin_mutation();
         let Some(stored) = self.top.volumes.remove(&id) else {
             return Err(MetadataError::NoSuchVolume { id });
@@ -553,21 +627,44 @@ impl PoolMetadata {
         Ok(())
     }
 
-    /// Grow: just the size. Shrink: removes mappings at and past the new end first; the size
-    /// changes only once they are all gone.
+    /// Grow: just the size. Shrink: removes the mappings at and past the new end, then sets
+    /// the size. Whole or not at all: the metadata it may take (a shadow of every node that
+    /// holds a removed mapping, the counts it lowers) is checked before the first removal.
     pub fn resize_volume(
         &mut self,
         id: VolumeId,
         size_bytes: u64,
         freed: &mut dyn FnMut(DataBlock),
     ) -> Result<(), MetadataError> {
-        let stored = self.stored(id)?;
+        let root = self.stored(id)?.root.loc;
         let end = self.top.layout.virt_blocks(size_bytes);
         let mut doomed = Vec::new();
-        self.store.for_each_in(stored.root.loc, end, u64::MAX, &mut |key, _, _| doomed.push(key));
+        self.store.for_each_in(root, end, u64::MAX, &mut |key, a, _| doomed.push((key, a)));
+        if !doomed.is_empty() {
+            // Removals shadow the nodes holding the keys and, to rebalance, one neighbour
+            // left of them per level.
+            let nodes = self.store.count_nodes_in(root, end, u64::MAX)
+                + crate::limits::METADATA_BTREE_DEPTH_MAX as u64;
+            let mut lowered = HashMap::new();
+            for &(_, block) in &doomed {
+                *lowered.entry(block).or_insert(0u32) += 1;
+            }
+            // A shadowed shared leaf raises every count in it (a snapshot's blocks): their
+            // count blocks are rewritten too.
+            self.store.for_each_shadowed_shared_value(root, end, u64::MAX, &mut |block| {
+                lowered.entry(block).or_insert(0);
+            });
+            self.check_control_space("shrinking the volume", nodes, &lowered)?;
+        }
         self.begin_mutation();
-        for key in doomed {
-            if let Removed::Removed { mapping, now_free: true } = self.remove(id, VirtBlock(key))? {
+        for (key, _) in doomed {
+            let removed = if self.unreserved_control_ops {
+                self.remove(id, VirtBlock(key))?
+            } else {
+                // Space for every removal was checked above.
+                self.remove_unchecked(id, VirtBlock(key))?
+            };
+            if let Removed::Removed { mapping, now_free: true } = removed {
                 freed(mapping.data_block);
             }
         }
@@ -731,6 +828,19 @@ impl PoolMetadata {
             return Ok(Removed::NotMapped);
         }
         self.check_space()?;
+        self.remove_unchecked(id, vblock)
+    }
+
+    /// `remove` for a caller that made sure of the space (a shrink reserves it up front).
+    fn remove_unchecked(
+        &mut self,
+        id: VolumeId,
+        vblock: VirtBlock,
+    ) -> Result<Removed, MetadataError> {
+        if self.lookup(id, vblock).is_none() {
+            self.stored(id)?;
+            return Ok(Removed::NotMapped);
+        }
         self.begin_mutation();
         let stored = self.top.volumes.get_mut(&id).ok_or(MetadataError::NoSuchVolume { id })?;
         let mut root = stored.root.loc;
@@ -899,6 +1009,7 @@ impl PoolMetadata {
     pub fn set_mutations(&mut self, mutations: crate::thin::mutations::Mutations) {
         use crate::thin::mutations::Mutation;
         self.store.meta.reuse_uncommitted = mutations.is_on(Mutation::MetaReuseBeforeCommit);
+        self.unreserved_control_ops = mutations.is_on(Mutation::ControlOpsUnreserved);
     }
 
     /// Persisted by the next commit (or an abort's rewrite).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::super::metadata::{MetadataError, PoolMetadata};
 use super::super::mutations::Mutation;
 use super::super::types::{DataBlock, PoolMode, VirtBlock, VolumeId};
-use super::super::view::VolumeView;
+use super::super::view::{VIEW_CHUNK_ENTRIES, VIEW_CHUNK_SLOT_BYTES, VolumeView};
 use super::{
     CommitStage, ControlOp, Op, Owner, PoolDescription, PoolError, RangeStage, SnapshotOp,
     TAG_COMMIT,
@@ -29,9 +29,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return;
         };
         let size = self.vblocks_of(record.size_bytes);
-        // Room to grow 4× without a new view.
-        let capacity = size.saturating_mul(limits::VOLUME_GROWTH_FACTOR).max(size);
-        let view = Arc::new(VolumeView::new(id, size, capacity));
+        let view = Arc::new(VolumeView::new(id, size, self.view_capacity(size)));
         view.set_size(size, record.size_bytes / self.lba_bytes);
         // A read-only pool publishes nothing exclusive: every write goes to the owner, which
         // refuses it (found by thin_sim: the fast path wrote on in a read-only pool).
@@ -47,6 +45,56 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         self.shared.publish_view(Arc::clone(&view));
         self.views.insert(id, view);
+    }
+
+    /// The virtual blocks a new view of `size_vblocks` reserves chunk slots for: room to grow
+    /// 4× without a new view, within the per-volume table limit and what is left of the pool's
+    /// view memory, but never less than the size (a volume that exists gets its view; a new one
+    /// passed [`Owner::check_volume_size`]).
+    fn view_capacity(&self, size_vblocks: u64) -> u64 {
+        let size_chunks = size_vblocks.div_ceil(VIEW_CHUNK_ENTRIES);
+        let free_chunks = self.settings.limits.view_chunks.saturating_sub(self.view_chunks_used());
+        let chunks = size_chunks
+            .saturating_mul(limits::VOLUME_GROWTH_FACTOR)
+            .min(limits::VOLUME_VIEW_CHUNKS_MAX)
+            .min(free_chunks)
+            .max(size_chunks);
+        chunks.saturating_mul(VIEW_CHUNK_ENTRIES)
+    }
+
+    /// Chunk slots the views of the pool's volumes take now.
+    fn view_chunks_used(&self) -> u64 {
+        self.views.values().map(|v| v.capacity_vblocks() / VIEW_CHUNK_ENTRIES).sum()
+    }
+
+    /// Refuses a volume size the pool cannot serve, before anything changes: not a nonzero
+    /// multiple of the LBA, over what one view can address, or past the memory the pool's
+    /// views may take (views are allocated up front for their size, so a size is checked
+    /// here rather than failing an allocation).
+    pub(super) fn check_volume_size(&self, size_bytes: u64) -> Result<(), PoolError> {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(self.lba_bytes) {
+            return Err(PoolError::BadSize { size_bytes, lba_bytes: self.lba_bytes });
+        }
+        let block_bytes = u64::from(self.meta.layout().data_block_bytes);
+        let chunks = self.vblocks_of(size_bytes).div_ceil(VIEW_CHUNK_ENTRIES);
+        let bytes_of_chunks = |chunks: u64| {
+            let bytes = chunks.saturating_mul(VIEW_CHUNK_ENTRIES).saturating_mul(block_bytes);
+            bytes - bytes % self.lba_bytes
+        };
+        if chunks > limits::VOLUME_VIEW_CHUNKS_MAX {
+            let max_bytes = bytes_of_chunks(limits::VOLUME_VIEW_CHUNKS_MAX);
+            return Err(PoolError::VolumeTooLarge { size_bytes, max_bytes });
+        }
+        let budget = self.settings.limits.view_chunks;
+        let free_chunks = budget.saturating_sub(self.view_chunks_used());
+        if chunks > free_chunks {
+            return Err(PoolError::ViewMemory {
+                size_bytes,
+                budget_mib: (budget * VIEW_CHUNK_SLOT_BYTES) >> 20,
+                free_bytes: bytes_of_chunks(free_chunks),
+            });
+        }
+        Ok(())
     }
 
     /// Fills the views of new snapshots, the pool's `view_fill_blocks_per_poll` virtual blocks
@@ -71,7 +119,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         self.meta.for_each_mapping_in(id, VirtBlock(next), VirtBlock(end), &mut |vblock, m| {
             view.publish(vblock, m.data_block, writable && m.time >= snapshot_time);
         });
-        if end >= view.capacity_vblocks() {
+        // Past the volume's size nothing is mapped (a shrink removed it, a grow adds nothing),
+        // so the fill ends there, not at the view's capacity, which holds room to grow.
+        if end >= view.size_vblocks() {
             view.set_ready(u64::MAX);
             self.view_builds.pop_front();
         } else {
@@ -128,7 +178,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return false;
         }
         let (uuid, name) = (snapshot.uuid, snapshot.name.clone());
-        let result = self.meta.snapshot(origin, uuid, &name);
+        // The snapshot's view is as large as its origin's size now.
+        let origin_size = self.meta.volume(origin).map_or(0, |v| v.size_bytes);
+        let result = match self.check_volume_size(origin_size) {
+            Ok(()) => self.meta.snapshot(origin, uuid, &name).map_err(PoolError::from),
+            Err(e) => Err(e),
+        };
         let snapshot = self.snapshots.front_mut().expect("front exists");
         match result {
             Ok(id) => {
@@ -144,7 +199,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 let mut snapshot = self.snapshots.pop_front().expect("front exists");
                 self.end_quiesce(origin);
                 if let Some(done) = snapshot.done.take() {
-                    done(Err(e.into()));
+                    done(Err(e));
                 }
             }
         }
@@ -186,9 +241,22 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         while let Some(op) = self.control.pop() {
             busy = true;
-            self.handle_control(op);
+            self.admit_control(op);
         }
         busy
+    }
+
+    /// Takes a new operation from the ring. Once a pool delete is accepted, later operations
+    /// are answered `Deleted` rather than run, so the delete waits only for what came before it
+    /// and every operation gets exactly one answer.
+    fn admit_control(&mut self, op: ControlOp) {
+        if self.delete_requested && !matches!(op, ControlOp::Describe { .. }) {
+            return op.fail(PoolError::Deleted);
+        }
+        if matches!(op, ControlOp::DeletePool { .. }) {
+            self.delete_requested = true;
+        }
+        self.handle_control(op);
     }
 
     pub(super) fn handle_control(&mut self, op: ControlOp) {
@@ -199,6 +267,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     return done(Err(PoolError::ReadOnly));
                 }
                 if let Err(e) = self.check_queued_name(&name) {
+                    return done(Err(e));
+                }
+                if let Err(e) = self.check_volume_size(size_bytes) {
                     return done(Err(e));
                 }
                 match self.meta.create_volume(uuid, &name, size_bytes) {
@@ -263,10 +334,16 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 let Some(view) = self.views.get(&volume).cloned() else {
                     return done(Err(PoolError::NoVolume(volume)));
                 };
+                if size_bytes == 0 || !size_bytes.is_multiple_of(self.lba_bytes) {
+                    return done(Err(PoolError::BadSize { size_bytes, lba_bytes: self.lba_bytes }));
+                }
                 let new_vblocks = self.vblocks_of(size_bytes);
                 if new_vblocks > view.capacity_vblocks() {
+                    let capacity_vblocks = view.capacity_vblocks();
+                    let block_bytes = u64::from(self.meta.layout().data_block_bytes);
                     return done(Err(PoolError::TooLarge {
-                        capacity_vblocks: view.capacity_vblocks(),
+                        capacity_vblocks,
+                        capacity_bytes: capacity_vblocks.saturating_mul(block_bytes),
                     }));
                 }
                 let old_vblocks = view.size_vblocks();
@@ -289,7 +366,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
             }
             ControlOp::DeletePool { done } => {
-                let busy = self.ops.iter().any(Option::is_some) || !self.is_drained();
+                // Operations accepted before the delete finish first (they answer then).
+                let busy = self.ops.iter().any(Option::is_some)
+                    || !self.is_drained()
+                    || !self.control_commits.is_empty()
+                    || !self.snapshots.is_empty()
+                    || !self.pending_control.is_empty();
                 if busy || self.commit_stage != CommitStage::Idle {
                     self.pending_control.push_back(ControlOp::DeletePool { done });
                     return;
@@ -309,6 +391,10 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             ControlOp::Grow { data_blocks, done } => {
                 if read_only {
                     return done(Err(PoolError::ReadOnly));
+                }
+                if data_blocks == self.space.data_blocks() {
+                    // The device did not grow: a full pool stays full, and says so.
+                    return done(Err(PoolError::NothingToGrow { data_blocks }));
                 }
                 match self.meta.grow_data(data_blocks) {
                     Ok(()) => {
