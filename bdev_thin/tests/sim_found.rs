@@ -6,8 +6,8 @@ mod support;
 use bdev_thin::host::{DeviceChannel, IoKind, IoRequest, IoStatus, PollStatus};
 use bdev_thin::testing::SimFault;
 use bdev_thin::thin::mutations::Mutations;
-use bdev_thin::thin::owner::ControlOp;
-use bdev_thin::thin::types::DiscardMode;
+use bdev_thin::thin::owner::{ControlOp, PoolError};
+use bdev_thin::thin::types::{DiscardMode, PoolMode};
 use support::*;
 
 /// A request longer than one round (8 pieces) whose volume is deleted while its first round
@@ -130,4 +130,35 @@ fn a_read_only_pool_comes_to_rest() {
     assert_ne!(flushed.status, IoStatus::Success, "the commit's metadata write failed");
     let idle = (0..100).map(|_| rig.owner.poll()).filter(|s| *s == PollStatus::Idle).count();
     assert!(idle > 90, "the owner of a read-only pool keeps busy: {idle} idle polls of 100");
+}
+
+/// A shrink whose commit fails at its opening data flush is answered an error and changes
+/// nothing (DESIGN.md: a failed commit aborts the transaction): the read-only pool keeps the
+/// volume's size and serves the committed block past the shrink point, as the pool does
+/// after a restart. The open transaction stood instead: the volume stayed shrunk in memory,
+/// its committed tail unreadable, until a restart brought both back.
+#[test]
+#[ignore = "open: a commit failing at its data flush does not abort (thin_sim seed 2310)"]
+fn a_shrink_whose_commit_fails_at_the_data_flush_changes_nothing() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(6, 0x66)).status, IoStatus::Success);
+    rig.commit();
+    rig.device.add_fault(SimFault {
+        kind: IoKind::Flush,
+        blocks: (0, u64::MAX),
+        errno: libc::EIO,
+        remaining: 1,
+    });
+    let shrink =
+        rig.control(|done| ControlOp::Resize { volume, size_bytes: 4 * u64::from(BLOCK), done });
+    assert!(matches!(shrink, Err(PoolError::ReadOnly | PoolError::Io(_))), "{shrink:?}");
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
+    let size = rig.owner.metadata().volume(volume).map(|r| r.size_bytes);
+    assert_eq!(size, Some(8 * u64::from(BLOCK)), "the failed shrink left its size");
+    assert_reads(&mut rig, &mut channel, 6, 0x66);
+    let mut rig = rig.reopen();
+    let mut channel = rig.channel(volume);
+    assert_reads(&mut rig, &mut channel, 6, 0x66);
 }

@@ -65,14 +65,18 @@ impl Connection {
         }
         let Some(subsystem) = self.shared.subsystem(&data.subnqn).filter(|s| !s.is_deleted())
         else {
-            eprintln!("nvmf: Connect to unknown subsystem {} from {}", data.subnqn, data.hostnqn);
+            // The NQNs come from the network: escaped, so a host cannot forge log lines.
+            crate::names::log_line(format_args!(
+                "nvmf: Connect to unknown subsystem {} from {}",
+                data.subnqn, data.hostnqn
+            ));
             return invalid_data(connect_offset::DATA_SUBNQN);
         };
         if !subsystem.host_allowed(&data.hostnqn) || !subsystem.listener_allowed(&self.listen) {
-            eprintln!(
+            crate::names::log_line(format_args!(
                 "nvmf: subsystem {} refuses host {} on {}",
                 subsystem.nqn, data.hostnqn, self.listen
-            );
+            ));
             return Outcome::status(connect_status::INVALID_HOST);
         }
         let depth_max =

@@ -4,7 +4,7 @@
 use crate::host::{DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, SgList};
 use crate::thin::types::{DiscardMode, PoolMode, VolumeId};
 
-use super::oracle::{Content, Entry, Oracle, decode, pattern};
+use super::oracle::{Content, Entry, Oracle, Verdict, decode, pattern};
 use super::{Failure, REQUEST_SECTORS_MAX, SECTOR, Sim, fail, trace};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,17 +234,8 @@ impl Sim {
             let entries = versions.entries(lba);
             let content = decode(sector);
             let readable = || Oracle::readable(entries, op.issue);
-            let good = match content {
-                Content::Zero => readable().any(|e| e.zero),
-                Content::Version { id, lba: at, .. } => {
-                    let own = at == lba && readable().any(|e| !e.zero && e.id == id);
-                    // I3's exception: without zeroing, a partly written new block may show
-                    // the pool's own stale data where it reads zeroes otherwise.
-                    own || (stale_allowed && readable().any(|e| e.zero))
-                }
-                Content::Garbage => false,
-            };
-            if !good {
+            let verdict = Oracle::judge(entries, &content, lba, op.issue, stale_allowed);
+            if !verdict.good {
                 let got = match content {
                     Content::Zero => "zeroes".to_string(),
                     Content::Version { id, lba, volume } => {
@@ -275,11 +266,7 @@ impl Sim {
             }
             // Pinned only when the snapshot's own past explains the content: a write to the
             // snapshot in flight (an unmap that a read overlapped) may explain it too.
-            let (zero, id) = match content {
-                Content::Zero => (true, 0),
-                Content::Version { id, .. } => (false, id),
-                Content::Garbage => (false, 0),
-            };
+            let Verdict { zero, id, .. } = verdict;
             let later_write = readable()
                 .any(|e| !e.at_snapshot && if zero { e.zero } else { !e.zero && e.id == id });
             if entries.iter().any(|e| e.at_snapshot) && !later_write {
