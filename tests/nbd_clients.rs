@@ -110,9 +110,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, config: &Path, port: u16) -> Daemon {
+        Daemon::start_with(dir, config, port, &[])
+    }
+
+    /// [`Daemon::start`] with more `thin_tgt` arguments.
+    fn start_with(dir: &Path, config: &Path, port: u16, args: &[&str]) -> Daemon {
         let started = Instant::now();
         loop {
-            match Daemon::try_start(dir, config, port) {
+            match Daemon::try_start(dir, config, port, args) {
                 Ok(daemon) => return daemon,
                 // After SIGKILL the kernel tears the dead daemon's io_uring down
                 // asynchronously; its file (and exclusive lock) is released once the IO it
@@ -126,7 +131,7 @@ impl Daemon {
     }
 
     /// Starts the daemon and waits until it listens; Err(its log) if it exits first.
-    fn try_start(dir: &Path, config: &Path, port: u16) -> Result<Daemon, String> {
+    fn try_start(dir: &Path, config: &Path, port: u16, args: &[&str]) -> Result<Daemon, String> {
         let log = dir.join("thin_tgt.log");
         let stderr = std::fs::File::create(&log).unwrap();
         let mut child: Child = Command::new(env!("CARGO_BIN_EXE_thin_tgt"))
@@ -134,6 +139,7 @@ impl Daemon {
             .arg(config)
             .arg("-r")
             .arg(dir.join("spdk.sock"))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -347,6 +353,85 @@ fn nbdinfo_lists_the_exports() {
     assert_eq!(export["can_fua"], true);
 }
 
+/// A TCP connection to the NBD port that reads the server's greeting (so it is accepted and
+/// negotiating) and then says nothing.
+fn silent_nbd_client(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let mut greeting = [0u8; 18];
+    std::io::Read::read_exact(&mut stream, &mut greeting).expect("the greeting");
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    stream
+}
+
+/// Asserts the server closed `stream` (EOF or a reset, within the read timeout).
+fn expect_closed(stream: &mut TcpStream, what: &str) {
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(stream, &mut byte) {
+        Ok(0) => {}
+        Ok(_) => panic!("{what}: the server sent more"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}"),
+    }
+}
+
+/// As many silent clients as the server's cap (64) do not shut out a real one: `nbdinfo` and
+/// `qemu-io` are served at once, the first closing the silent client that waited longest,
+/// which reads EOF; evictions are logged. (Before: refused for as long as the silent ones stayed.)
+#[test]
+fn silent_clients_at_the_cap_make_room_for_real_ones() {
+    if !have_tools("nbd_cap", &["nbdinfo", "qemu-io"]) {
+        return;
+    }
+    let dir = scratch_dir("nbd_cap");
+    let port = free_port();
+    let config = write_config(
+        &dir,
+        &[malloc("Malloc0", 2048, 512)],
+        port,
+        &[export("Malloc0", "disk", false)],
+    );
+    let daemon = Daemon::start(&dir, &config, port);
+    let mut silent: Vec<TcpStream> =
+        (0..bdev_thin::limits::NBD_CONNECTIONS_MAX).map(|_| silent_nbd_client(port)).collect();
+    let uri = format!("nbd://127.0.0.1:{port}/disk");
+    let stdout = run_ok("nbdinfo", &["--size", &uri]);
+    assert_eq!(stdout.trim(), "1048576");
+    qemu_io(&uri, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
+    expect_closed(&mut silent[0], "the silent client that waited longest");
+    assert!(daemon.log_text().contains("closing the one waiting longest"), "{}", daemon.log_text());
+    daemon.terminate();
+}
+
+/// A client that does not finish its negotiation in time is closed (the timeout is a flag, tiny
+/// here; the test watches the socket, not the clock): one that sends nothing, one that sends
+/// its flags and no option. A real client is served before and after.
+#[test]
+fn a_negotiation_that_does_not_finish_in_time_is_closed() {
+    if !have_tools("nbd_handshake", &["nbdinfo"]) {
+        return;
+    }
+    let dir = scratch_dir("nbd_handshake");
+    let port = free_port();
+    let config = write_config(
+        &dir,
+        &[malloc("Malloc0", 2048, 512)],
+        port,
+        &[export("Malloc0", "disk", false)],
+    );
+    let daemon = Daemon::start_with(&dir, &config, port, &["--handshake-timeout-ms", "100"]);
+    let uri = format!("nbd://127.0.0.1:{port}/disk");
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri]).trim(), "1048576");
+    let mut silent = silent_nbd_client(port);
+    let mut flags_only = silent_nbd_client(port);
+    flags_only.write_all(&3u32.to_be_bytes()).unwrap();
+    expect_closed(&mut silent, "a client that sent nothing");
+    expect_closed(&mut flags_only, "a client that sent only its flags");
+    assert_eq!(run_ok("nbdinfo", &["--size", &uri]).trim(), "1048576");
+    let log = daemon.log_text();
+    assert!(log.contains("did not finish its handshake within 100 ms"), "{log}");
+    daemon.terminate();
+}
+
 #[test]
 fn flushed_writes_survive_sigterm_and_sigkill() {
     if !have_tools("durability", &["qemu-io"]) {
@@ -436,10 +521,18 @@ fn fio_nbd_verify_and_trim_jobs() {
 
 /// One JSON-RPC call to the daemon's socket; the `result`.
 fn rpc_call(socket: &Path, method: &str) -> serde_json::Value {
+    rpc_reply(socket, method, serde_json::Value::Null)["result"].clone()
+}
+
+/// One JSON-RPC request with `params` on a fresh connection; the whole reply object.
+fn rpc_reply(socket: &Path, method: &str, params: serde_json::Value) -> serde_json::Value {
     use std::io::Read;
     let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("the RPC socket");
     stream.set_read_timeout(Some(BOUND)).unwrap();
-    let request = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    let mut request = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    if !params.is_null() {
+        request["params"] = params;
+    }
     stream.write_all(request.to_string().as_bytes()).unwrap();
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -448,7 +541,7 @@ fn rpc_call(socket: &Path, method: &str) -> serde_json::Value {
         assert!(read > 0, "the daemon closed the socket");
         bytes.extend_from_slice(&chunk[..read]);
         if let Ok(reply) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            return reply["result"].clone();
+            return reply;
         }
     }
 }
@@ -508,4 +601,79 @@ fn fio_trim_on_a_thin_volume_returns_the_space() {
     let check = Command::new(env!("CARGO_BIN_EXE_thinctl")).arg("check").arg(&image).output();
     let check = check.unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
+
+/// Asserts `reply` is the error -22 and its message names `parameter`.
+fn refused_naming(reply: &serde_json::Value, parameter: &str) {
+    assert_eq!(reply["error"]["code"], -22, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("{parameter}: ")), "{message}");
+}
+
+/// Sizes and block sizes no export can serve are refused at create with -22 naming the limit
+/// (before: a 2^63-block null bdev advertised an unaligned NBD size, a 2 GiB-block one a 2 GiB
+/// NBD block size it then failed to read, and 2^44 MiB volumes were "at least 1" MiB). The
+/// largest accepted ones are served: `nbdinfo` sees an aligned size and the block size, and
+/// `qemu-io` reads their last block.
+#[test]
+fn sizes_and_block_sizes_no_export_can_serve_are_refused_at_create() {
+    if !have_tools("nbd_geometry", &["nbdinfo", "qemu-io"]) {
+        return;
+    }
+    let dir = scratch_dir("nbd_geometry");
+    let port = free_port();
+    let config = write_config(&dir, &[malloc("Malloc0", 16384, 4096)], port, &[]);
+    let daemon = Daemon::start(&dir, &config, port);
+    let socket = dir.join("spdk.sock");
+    let null = |name: &str, num_blocks: u64, block_size: u64| {
+        let params = serde_json::json!({
+            "name": name, "num_blocks": num_blocks, "block_size": block_size
+        });
+        rpc_reply(&socket, "bdev_null_create", params)
+    };
+    refused_naming(&null("Huge", 1 << 63, 512), "num_blocks");
+    refused_naming(&null("Wide", 1, 1 << 31), "block_size");
+    refused_naming(&null("Odd", 8, 1536), "block_size");
+    let malloc = serde_json::json!({"name": "M", "num_blocks": 8, "block_size": 131072});
+    refused_naming(&rpc_reply(&socket, "bdev_malloc_create", malloc), "block_size");
+    let file = dir.join("uring.img");
+    std::fs::File::create(&file).unwrap().set_len(1 << 20).unwrap();
+    let uring = serde_json::json!({
+        "name": "U", "filename": file.to_str().unwrap(), "block_size": 131072
+    });
+    refused_naming(&rpc_reply(&socket, "bdev_uring_create", uring), "block_size");
+    let largest_blocks = bdev_thin::limits::BDEV_SIZE_BYTES_MAX / 512;
+    refused_naming(&null("Over", largest_blocks + 1, 512), "num_blocks");
+    assert_eq!(null("Largest", largest_blocks, 512)["result"], "Largest");
+    assert_eq!(null("Widest", 16, 65536)["result"], "Widest");
+    refused_naming(
+        &rpc_reply(
+            &socket,
+            "bdev_null_resize",
+            serde_json::json!({"name": "Widest", "new_size": 1u64 << 44}),
+        ),
+        "new_size",
+    );
+    let pool = serde_json::json!({"bdev_name": "Malloc0", "pool_name": "pool0"});
+    assert!(rpc_reply(&socket, "bdev_thin_pool_create", pool)["result"].is_string());
+    let volume =
+        serde_json::json!({"pool_name": "pool0", "volume_name": "v", "size_in_mib": 1u64 << 44});
+    refused_naming(&rpc_reply(&socket, "bdev_thin_create", volume), "size_in_mib");
+
+    for (bdev, size, block) in
+        [("Largest", largest_blocks * 512, 512u64), ("Widest", 16 * 65536, 65536)]
+    {
+        let params = serde_json::json!({"bdev_name": bdev});
+        assert_eq!(rpc_reply(&socket, "nbd_export_add", params)["result"], bdev);
+        let uri = format!("nbd://127.0.0.1:{port}/{bdev}");
+        let info: serde_json::Value =
+            serde_json::from_str(&run_ok("nbdinfo", &["--json", &uri])).expect("nbdinfo --json");
+        let export = &info["exports"][0];
+        assert_eq!(export["export-size"], size, "{info}");
+        assert_eq!(size % block, 0);
+        assert_eq!(export["block_size_minimum"], block, "{info}");
+        let last = format!("read {} {block}", size - block);
+        qemu_io(&uri, &[&last]);
+    }
+    daemon.terminate();
 }

@@ -108,10 +108,10 @@ pub fn parse(text: &str) -> Result<Vec<ConfigEntry>, ConfigError> {
         };
         if !SUBSYSTEMS.contains(&name) {
             if !config.is_empty() {
-                eprintln!(
+                crate::names::log_line(format_args!(
                     "config: skipping {} entries of subsystem {name} (not in this build)",
                     config.len()
-                );
+                ));
             }
             continue;
         }

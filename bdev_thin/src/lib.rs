@@ -9,6 +9,8 @@
 //! - [`backend`] holds the base devices (`malloc`, `null`, `uring`).
 //! - [`bdev`] is the registry of named devices, per-core channels and `bdev_get_iostat`.
 //! - [`export`] serves bdevs to other processes: the NBD server and the NVMe-oF/TCP target.
+//! - [`admission`] caps the connections of every server, with handshake deadlines.
+//! - [`names`] bounds the names clients choose and escapes them in logs.
 //! - [`nvme`] is NVMe and NVMe/TCP on the wire: commands, Identify, log pages, PDUs (no IO).
 //! - [`testing`] (feature `testing`) is the deterministic stepping host and its simulated device.
 //!
@@ -18,12 +20,14 @@
 //! - `backend::uring::ring`: submission entries that point into buffers the kernel fills;
 //! - `sys`: the few libc calls std lacks (epoll, eventfd, flock, block-device ioctls).
 
+pub mod admission;
 pub mod backend;
 pub mod bdev;
 pub mod config;
 pub mod export;
 pub mod host;
 pub mod limits;
+pub mod names;
 pub mod nvme;
 pub mod rpc;
 pub mod runtime;

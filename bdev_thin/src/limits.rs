@@ -26,6 +26,24 @@ pub const DEVICE_CHANNEL_DEPTH_MAX: usize = 1024;
 /// larger frontend IOs are split by the frontend).
 pub const IO_BYTES_MAX: usize = 4 << 20;
 
+/// Smallest and largest block size of a bdev. Exports serve only powers of two in this range:
+/// NBD's minimum block size must be a power of two of at most 64 KiB (libnbd refuses more),
+/// NVMe's LBA data size is a power of two, and Linux takes logical blocks of 512 B to 64 KiB.
+pub const BDEV_BLOCK_BYTES_MIN: u32 = 512;
+pub const BDEV_BLOCK_BYTES_MAX: u32 = 64 << 10;
+
+/// Largest size of a bdev, in bytes: NBD clients and Linux (`loff_t`) hold sizes and offsets
+/// as signed 64-bit numbers, and QEMU further rounds its limit down to 1 GiB (its
+/// `BDRV_MAX_LENGTH`, 2^63 - 2^30), so every export of every bdev opens in every client.
+pub const BDEV_SIZE_BYTES_MAX: u64 = (1 << 63) - (1 << 30);
+
+const _: () = assert!(BDEV_BLOCK_BYTES_MAX as usize <= IO_BYTES_MAX);
+const _: () = assert!(BDEV_SIZE_BYTES_MAX.is_multiple_of(BDEV_BLOCK_BYTES_MAX as u64));
+
+/// Longest bdev name a create method takes, in bytes (SPDK bounds only pool and volume names,
+/// at 63 bytes; see `names`).
+pub const BDEV_NAME_BYTES_MAX: usize = 255;
+
 /// Time after the last busy poll before a reactor parks, in microseconds (DESIGN.md: 1 ms).
 pub const REACTOR_IDLE_BEFORE_PARK_US: u64 = 1000;
 
@@ -126,9 +144,21 @@ pub const VOLUME_VIEW_CHUNKS_MAX: u64 = 1 << 21;
 /// refused with ENOSPC.
 pub const POOL_VIEW_CHUNKS_MAX: u64 = 1 << 24;
 /// JSON-RPC connections served at once. SPDK accepts 64; we take twice that so a burst of 100
-/// clients (a test, a script that fans out) is served rather than refused. A client past the
-/// cap is accepted and closed at once, so it sees a clean EOF instead of a hang.
+/// clients (a test, a script that fans out) is served rather than refused. At the cap, the
+/// connection that has waited longest without sending a request is closed to make room; with
+/// none, the new client is accepted and closed at once, so it sees a clean EOF, not a hang.
 pub const RPC_CONNECTIONS_MAX: usize = 128;
+
+/// Default time a connection has from accept to the end of its handshake (NBD negotiation, a
+/// JSON-RPC connection's first request); then it is closed. qemu-nbd's `--handshake-limit`
+/// defaults to the same 10 s: ample for any client on a loopback or LAN, short enough that
+/// connections that say nothing cannot hold the server's slots for long.
+pub const CONNECTION_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Default time a JSON-RPC connection may stay idle (no request running, nothing to send, no
+/// complete request received) before it is closed. Long, as scripts keep a client open between
+/// calls; it bounds how long idle clients can hold the server's slots.
+pub const RPC_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// Largest JSON-RPC request, in bytes (SPDK's 256 KiB). Also the size of a connection's input
 /// buffer: a longer request gets an error and the connection closes, so a 64 MiB request costs
@@ -180,8 +210,10 @@ const _: () = assert!(RPC_OUTPUT_PAUSE_BYTES < RPC_OUTPUT_BYTES_MAX);
 /// Virtual blocks of a new snapshot's view the owner fills per poll (bounded work per poll;
 /// 64 Ki entries are about 0.1 ms).
 pub const VIEW_BUILD_BLOCKS_PER_POLL: u64 = 65536;
-/// NBD connections one server serves at once; a further client is closed at accept. Each holds
-/// an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a bdev channel.
+/// NBD connections one server serves at once. At the cap, the connection that has waited
+/// longest in its negotiation is closed to make room; with none, a further client is closed at
+/// accept. Each holds an arena of [`NBD_CONNECTION_BUFFER_BYTES`] (virtual until touched) and a
+/// bdev channel.
 pub const NBD_CONNECTIONS_MAX: usize = 64;
 
 /// Requests one NBD connection keeps in flight (slots sized at negotiation); more wait in the

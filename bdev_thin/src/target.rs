@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::admission::ConnectionTimeouts;
 use crate::bdev::BdevRegistry;
 use crate::bdev::thin::ThinPool;
 use crate::runtime::RuntimeHandle;
@@ -18,6 +19,8 @@ pub struct Target {
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
+    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
+    connection_timeouts: ConnectionTimeouts,
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
     /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
@@ -27,6 +30,14 @@ pub struct Target {
 
 impl Target {
     pub fn new(runtime: RuntimeHandle) -> Arc<Target> {
+        Self::with_connection_timeouts(runtime, ConnectionTimeouts::default())
+    }
+
+    /// A target whose servers close connections on `timeouts` (`thin_tgt`'s flags).
+    pub fn with_connection_timeouts(
+        runtime: RuntimeHandle,
+        timeouts: ConnectionTimeouts,
+    ) -> Arc<Target> {
         Arc::new(Target {
             runtime,
             bdevs: BdevRegistry::new(),
@@ -34,10 +45,15 @@ impl Target {
             examines: std::sync::Mutex::new((0, Vec::new())),
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
+            connection_timeouts: timeouts,
             nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
             nvme_controllers: Default::default(),
             initialized: AtomicBool::new(false),
         })
+    }
+
+    pub fn connection_timeouts(&self) -> ConnectionTimeouts {
+        self.connection_timeouts
     }
 
     /// Every pool hosted here.

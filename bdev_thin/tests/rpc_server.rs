@@ -59,6 +59,11 @@ fn dispatch(target: &Arc<Target>, method: &str, params: Option<Value>, reply: Re
             assert!(sent.is_ok());
         }
         "held" => HELD.lock().unwrap().push(reply),
+        // A handler that loses its reply (a bug the server must survive), on another core.
+        "dropped" => {
+            let sent = target.runtime.send(1, move |_| drop(reply));
+            assert!(sent.is_ok());
+        }
         _ => rpc::call(target, method, params, reply),
     }
 }
@@ -121,6 +126,27 @@ fn replies_from_other_cores_and_threads_arrive_in_completion_order() {
     assert_eq!(slow["error"]["code"], -16);
     runtime.stop();
     assert!(!path.exists(), "the socket is removed at stop");
+}
+
+#[test]
+fn a_reply_dropped_unanswered_still_answers_alone_and_in_a_batch() {
+    let runtime = two_cores();
+    let target = Target::new(runtime.handle());
+    let path = socket_path("dropped");
+    listen_with(&target, &path, dispatch).unwrap();
+    let mut client = Client::connect(&path);
+    client.send(r#"{"method":"dropped","id":1}"#);
+    let reply = client.reply();
+    assert_eq!((reply["id"].clone(), reply["error"]["code"].clone()), (json!(1), json!(-32603)));
+    client.send(r#"[{"method":"dropped","id":2},{"method":"spdk_get_version","id":3}]"#);
+    let batch = client.reply();
+    let codes: Vec<Value> = batch.as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(codes.len(), 2, "{batch}");
+    assert!(batch.as_array().unwrap().iter().any(|r| r["error"]["code"] == -32603), "{batch}");
+    // The connection is served on, and the server drains at stop (nothing counted in flight).
+    client.send(r#"{"method":"spdk_get_version","id":4}"#);
+    assert_eq!(client.reply()["id"], 4);
+    runtime.stop();
 }
 
 /// Keeps `depth` one-block reads in flight on a bdev channel of its core and counts them.

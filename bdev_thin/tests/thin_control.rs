@@ -566,3 +566,82 @@ fn an_unreserved_shrink_of_a_shared_leaf_leaves_a_commit_that_does_not_fit() {
     assert_eq!(answer, Ok(()));
     rig.commit();
 }
+
+/// A pool whose tiny metadata region a volume `filler` filled to its reserve, with a volume
+/// `v` of 16 blocks made before; both committed. Returns the rig, `v` and `filler`.
+fn metadata_at_its_reserve() -> (Rig, VolumeId, VolumeId) {
+    let data_blocks = 200_000;
+    let (device, mut meta) = tiny_metadata(data_blocks);
+    let volume = create_in(&mut meta, "v", 16);
+    let filler = create_in(&mut meta, "filler", data_blocks);
+    // Each commit gives back the blocks its shadows replaced: fill until a fresh commit
+    // leaves no room for one more mapping.
+    let mut mapped = 0;
+    loop {
+        let before = mapped;
+        while mapped < data_blocks {
+            let mapping = Mapping { data_block: DataBlock(mapped), time: 0 };
+            if meta.insert(filler, VirtBlock(mapped), mapping).is_err() {
+                break;
+            }
+            mapped += 1;
+        }
+        commit_directly(&device, &mut meta);
+        if mapped == before {
+            break;
+        }
+    }
+    assert!(mapped < data_blocks - 16, "the metadata ran out first: {mapped}");
+    let config = settings(DiscardMode::Passdown, Mutations::NONE);
+    (Rig::with_metadata(device, meta, config), volume, filler)
+}
+
+/// A volume fills a tiny metadata region to its reserve: a write that needs a new mapping
+/// fails with ENOSPC and the pool says `out_of_metadata_space`. Deleting the volume gives its
+/// nodes back with the next commit, and the mode with them: the write goes through.
+#[test]
+fn out_of_metadata_space_ends_when_a_delete_gave_the_space_back() {
+    let (mut rig, volume, filler) = metadata_at_its_reserve();
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::NoSpace);
+    assert_eq!(rig.owner.mode(), PoolMode::OutOfMetadataSpace);
+    assert_eq!(rig.control(|done| ControlOp::DeleteVolume { volume: filler, done }), Ok(()));
+    rig.commit();
+    assert_eq!(rig.owner.mode(), PoolMode::Write, "the space came back");
+    assert_eq!(rig.run(&mut channel, write(0, 0x77)).status, IoStatus::Success);
+    assert_reads(&mut rig, &mut channel, 0, 0x77);
+    rig.check();
+}
+
+/// At the reserve, a create and a snapshot are refused whole: no volume, no view, and the
+/// snapshot's origin is not left quiesced (its mapped blocks still take fast-path writes).
+#[test]
+fn a_create_or_snapshot_the_metadata_cannot_hold_changes_nothing() {
+    let (mut rig, volume, filler) = metadata_at_its_reserve();
+    let free_before = rig.owner.metadata().metadata_free_blocks();
+    let err = rig.try_create_volume("new", 16).expect_err("no metadata space");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    let name = "snap".to_string();
+    let err = rig
+        .control(|done| ControlOp::Snapshot { origin: filler, uuid: [3; 16], name, done })
+        .expect_err("no metadata space");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    let names: Vec<String> = rig.owner.metadata().volumes().map(|v| v.name.clone()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(rig.owner.metadata().metadata_free_blocks(), free_before);
+    let view = rig.shared.view(filler).unwrap();
+    assert_eq!(
+        view.resolve(VirtBlock(0)),
+        Resolved::Mapped { data_block: DataBlock(0), exclusive: true },
+        "the origin's view is as it was"
+    );
+    let mut channel = rig.channel(filler);
+    channel.submit(write(0, 0x66)).unwrap();
+    let mut done = None;
+    for _ in 0..100 {
+        channel.poll(&mut |c| done = Some(c));
+    }
+    assert_eq!(done.expect("a fast-path write, no owner poll").status, IoStatus::Success);
+    assert!(rig.shared.view(volume).is_some());
+    rig.check();
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
+use bdev_thin::admission::ConnectionTimeouts;
 use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
 use bdev_thin::target::Target;
 use clap::Parser;
@@ -29,6 +30,13 @@ struct Args {
     /// Keep reactors polling when idle.
     #[arg(long)]
     no_park: bool,
+    /// Close a connection (RPC or NBD) that has not finished its handshake (an RPC
+    /// connection's first request, NBD negotiation) this many milliseconds after accept.
+    #[arg(long, default_value_t = bdev_thin::limits::CONNECTION_HANDSHAKE_TIMEOUT_MS)]
+    handshake_timeout_ms: u64,
+    /// Close an RPC connection idle (nothing running, nothing to send) this many milliseconds.
+    #[arg(long, default_value_t = bdev_thin::limits::RPC_IDLE_TIMEOUT_MS)]
+    idle_timeout_ms: u64,
     /// Print the version and exit.
     #[arg(long)]
     version: bool,
@@ -43,7 +51,8 @@ fn main() {
         return;
     }
     if let Err(e) = run(&args) {
-        eprintln!("thin_tgt: {e:#}");
+        // A config error may quote names: one line, escaped.
+        bdev_thin::names::log_line(format_args!("thin_tgt: {e:#}"));
         std::process::exit(1);
     }
 }
@@ -59,7 +68,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let runtime =
         Runtime::start(RuntimeOptions { mask, park: !args.no_park, ..Default::default() })
             .context("starting reactors")?;
-    let target = Target::new(runtime.handle());
+    let timeouts = ConnectionTimeouts {
+        handshake_ms: args.handshake_timeout_ms,
+        idle_ms: args.idle_timeout_ms,
+    };
+    let target = Target::with_connection_timeouts(runtime.handle(), timeouts);
     if let Some(config) = &args.config {
         bdev_thin::config::load(&target, config)?;
     }

@@ -23,14 +23,7 @@ pub struct MallocDevice {
 
 impl MallocDevice {
     pub fn new(block_size_bytes: u32, num_blocks: u64) -> Result<MallocDevice, DeviceError> {
-        if block_size_bytes < 512 || !block_size_bytes.is_multiple_of(512) {
-            return Err(DeviceError::Invalid(format!(
-                "block_size: {block_size_bytes} is not a multiple of 512"
-            )));
-        }
-        if num_blocks == 0 {
-            return Err(DeviceError::Invalid("num_blocks: must be greater than 0".into()));
-        }
+        super::check_geometry(block_size_bytes, num_blocks).map_err(DeviceError::Invalid)?;
         let too_big = || {
             DeviceError::Invalid(format!(
                 "num_blocks: {num_blocks} blocks of {block_size_bytes} bytes do not fit in memory"

@@ -21,6 +21,31 @@ pub use null::NullDevice;
 pub use nvme_tcp::NvmeDevice;
 pub use uring::UringDevice;
 
+/// Checks a base device's block size and block count against what bdevs and their exports can
+/// serve (`limits::BDEV_*`). The message names the parameter and the limit.
+pub fn check_geometry(block_size_bytes: u32, num_blocks: u64) -> Result<(), String> {
+    let (min, max) = (limits::BDEV_BLOCK_BYTES_MIN, limits::BDEV_BLOCK_BYTES_MAX);
+    if !block_size_bytes.is_power_of_two() || !(min..=max).contains(&block_size_bytes) {
+        return Err(format!(
+            "block_size: {block_size_bytes} is not a power of two from {min} to {max} bytes \
+             (the block sizes NBD and NVMe-oF exports serve)"
+        ));
+    }
+    if num_blocks == 0 {
+        return Err("num_blocks: must be greater than 0".into());
+    }
+    let max_blocks = limits::BDEV_SIZE_BYTES_MAX / u64::from(block_size_bytes);
+    if num_blocks > max_blocks {
+        return Err(format!(
+            "num_blocks: {num_blocks} blocks of {block_size_bytes} bytes are more than \
+             {max_blocks}, the most that fit in {} bytes (the largest size every NBD client and \
+             Linux open)",
+            limits::BDEV_SIZE_BYTES_MAX
+        ));
+    }
+    Ok(())
+}
+
 /// Completions of a device that finishes IO at submission (malloc, null), delivered at the next
 /// poll so a submitter is never re-entered from `submit`. Bounded by the channel depth.
 pub(crate) struct LocalCompletions {

@@ -16,14 +16,7 @@ pub struct NullDevice {
 
 impl NullDevice {
     pub fn new(block_size_bytes: u32, num_blocks: u64) -> Result<NullDevice, DeviceError> {
-        if block_size_bytes < 512 || !block_size_bytes.is_multiple_of(512) {
-            return Err(DeviceError::Invalid(format!(
-                "block_size: {block_size_bytes} is not a multiple of 512"
-            )));
-        }
-        if num_blocks == 0 {
-            return Err(DeviceError::Invalid("num_blocks: must be greater than 0".into()));
-        }
+        super::check_geometry(block_size_bytes, num_blocks).map_err(DeviceError::Invalid)?;
         Ok(NullDevice { block_size_bytes, num_blocks: AtomicU64::new(num_blocks) })
     }
 

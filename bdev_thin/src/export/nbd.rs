@@ -24,19 +24,20 @@ use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arrayvec::ArrayVec;
 use serde_json::{Value, json};
 
+use crate::admission::{Admission, ConnectionTimeouts, Ticket};
 use crate::bdev::{Bdev, BdevChannel, BdevDescriptor, BdevError};
 use crate::host::{
-    CoreId, DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus,
+    CoreId, DeviceChannel, Host, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus,
     PollStatus, Poller, SgList,
 };
 use crate::limits;
-use crate::runtime::{self, RuntimeHandle};
+use crate::runtime::{self, ReactorWaker, RuntimeHandle};
 
 /// Wire constants of the NBD protocol (NetworkBlockDevice/nbd, doc/proto.md). Big-endian.
 mod wire {
@@ -168,7 +169,6 @@ pub struct ExportInfo {
 #[derive(Default)]
 struct Shared {
     exports: Mutex<Vec<Arc<Export>>>,
-    connection_count: AtomicUsize,
 }
 
 impl Shared {
@@ -194,6 +194,8 @@ struct RunState {
     stop: AtomicBool,
     /// Called once the listener is closed (the reply to `nbd_server_stop`).
     on_stopped: Mutex<Option<OnStopped>>,
+    /// The connection cap and the negotiation deadline of this run.
+    admission: Arc<Admission<ReactorWaker>>,
 }
 
 impl RunState {
@@ -213,12 +215,14 @@ pub struct NbdServer {
 
 impl NbdServer {
     /// Binds `listen_address:port` and starts accepting on the runtime's first core. Port 0
-    /// picks a free port; the address bound is returned.
+    /// picks a free port; the address bound is returned. A client that has not finished its
+    /// negotiation within `timeouts.handshake_ms` is closed.
     pub fn start(
         &self,
         runtime: &RuntimeHandle,
         listen_address: &str,
         port: u16,
+        timeouts: ConnectionTimeouts,
     ) -> Result<SocketAddr, NbdError> {
         let mut running = lock(&self.running);
         if let Some(run) = running.as_ref() {
@@ -240,6 +244,7 @@ impl NbdServer {
             local_address,
             stop: AtomicBool::new(false),
             on_stopped: Mutex::new(None),
+            admission: Admission::new("nbd", limits::NBD_CONNECTIONS_MAX, timeouts),
         });
         let poller = ListenerPoller {
             listener: Some(listener),
@@ -391,25 +396,23 @@ impl ListenerPoller {
     }
 
     fn hand_off(&mut self, stream: TcpStream) {
-        let previous = self.shared.connection_count.fetch_add(1, Ordering::SeqCst);
-        if previous >= limits::NBD_CONNECTIONS_MAX
-            || stream.set_nonblocking(true).is_err()
-            || stream.set_nodelay(true).is_err()
-        {
-            self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
+        let core = self.cores.get(self.next_core % self.cores.len().max(1)).copied();
+        let core = core.unwrap_or_else(|| self.runtime.first_core());
+        // Refused (logged by admission): dropping the stream closes it.
+        let Some(ticket) = self.run.admission.admit(runtime::now_ns(), self.runtime.waker(core))
+        else {
+            return;
+        };
+        self.next_core = self.next_core.wrapping_add(1);
+        if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
             return;
         }
-        let core = self.cores.get(self.next_core % self.cores.len().max(1)).copied();
-        self.next_core = self.next_core.wrapping_add(1);
-        let core = core.unwrap_or_else(|| self.runtime.first_core());
         let shared = Arc::clone(&self.shared);
         let run = Arc::clone(&self.run);
-        let sent = self.runtime.send(core, move |ctx| {
-            ctx.add_local_poller(Box::new(Connection::new(stream, shared, run)));
+        // If the core cannot take it (stopping), the closure and the ticket are dropped.
+        let _ = self.runtime.send(core, move |ctx| {
+            ctx.add_local_poller(Box::new(Connection::new(stream, shared, run, ticket)));
         });
-        if sent.is_err() {
-            self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 }
 
@@ -906,6 +909,8 @@ struct Connection {
     closing: Option<Close>,
     finished: bool,
     io: Option<Transmission>,
+    /// Its place under the server's cap; the handshake ends when transmission starts.
+    ticket: Ticket<ReactorWaker>,
 }
 
 fn be_u16(bytes: &[u8], at: usize) -> u16 {
@@ -936,7 +941,12 @@ struct RequestHeader {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, shared: Arc<Shared>, run: Arc<RunState>) -> Connection {
+    fn new(
+        stream: TcpStream,
+        shared: Arc<Shared>,
+        run: Arc<RunState>,
+        ticket: Ticket<ReactorWaker>,
+    ) -> Connection {
         let fd = stream.as_raw_fd();
         let mut connection = Connection {
             stream,
@@ -953,6 +963,7 @@ impl Connection {
             closing: None,
             finished: false,
             io: None,
+            ticket,
         };
         connection.handshake_out.extend_from_slice(&wire::NBD_MAGIC.to_be_bytes());
         connection.handshake_out.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
@@ -1237,6 +1248,7 @@ impl Connection {
         let (tx, description) = Transmission::open(export).ok()?;
         tx.export.connection_count.fetch_add(1, Ordering::Relaxed);
         self.io = Some(tx);
+        self.ticket.handshake_done();
         self.input = Input::RequestHeader;
         Some(description)
     }
@@ -1554,6 +1566,15 @@ impl Poller for Connection {
                 self.closing = Some(Close::Graceful);
             }
         }
+        // Only a negotiating connection can be timed out or evicted: no clock read once it
+        // transmits.
+        if self.closing.is_none()
+            && self.io.is_none()
+            && let Some(reason) = self.ticket.close_reason(runtime::now_ns())
+        {
+            self.ticket.log_close(reason);
+            self.closing = Some(Close::Abrupt);
+        }
         if let Some(tx) = self.io.as_mut() {
             work += tx.reap();
             work += tx.submit_pending();
@@ -1622,7 +1643,6 @@ impl Poller for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         runtime::unwatch_fd(self.fd);
-        self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
         if let Some(tx) = self.io.as_ref() {
             tx.export.connection_count.fetch_sub(1, Ordering::Relaxed);
         }

@@ -35,6 +35,7 @@ pub fn strerror(errno: i32) -> &'static str {
         libc::EACCES => "Permission denied",
         libc::ETIMEDOUT => "Connection timed out",
         libc::EAGAIN => "Resource temporarily unavailable",
+        libc::ENAMETOOLONG => "File name too long",
         _ => "Unknown error",
     }
 }

@@ -43,6 +43,10 @@ impl Params {
     pub fn optional_string(&mut self, key: &str) -> Result<Option<String>, RpcError> {
         match self.take(key) {
             None => Ok(None),
+            // SPDK's decoder refuses these too: no C string holds a NUL.
+            Some(Value::String(s)) if s.contains('\0') => {
+                Err(RpcError::invalid_params(format!("{key}: must not contain NUL (\\u0000)")))
+            }
             Some(Value::String(s)) => Ok(Some(s)),
             Some(_) => Err(expected(key, "a string")),
         }

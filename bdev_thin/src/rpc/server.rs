@@ -18,6 +18,12 @@
 //! the same close. Every buffer is bounded (see `limits`), so no input grows memory without
 //! bound. The socket and every connection are registered as wake sources, so a parked reactor
 //! wakes for a new client or request.
+//!
+//! Connections are admitted by [`crate::admission`]: at most `limits::RPC_CONNECTIONS_MAX`; a
+//! connection's handshake is its first complete request, so one that sends none within the
+//! handshake timeout is closed, and at the cap the one that has waited longest without a
+//! request makes room for a new client. A connection idle (nothing running, nothing to send)
+//! for the idle timeout is closed too.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -32,6 +38,7 @@ use serde_json::Value;
 
 use super::framing::{self, Framer};
 use super::{RpcError, methods};
+use crate::admission::{Admission, CloseReason, Ticket};
 use crate::host::{Host, MessageRing, PollStatus, Poller};
 use crate::limits;
 use crate::runtime::{self, ReactorWaker};
@@ -72,6 +79,56 @@ struct Finished {
 
 type ReplyRing = MessageRing<Finished, ReactorWaker>;
 
+/// A started request's way back to the poller, called once from whichever core answers.
+/// Dropped unanswered (a handler lost its `Reply`: a bug), it still answers with an internal
+/// error, so the client, a batch holding the request and the connection's slot never wait for
+/// an answer that cannot come.
+struct PendingReply {
+    ring: Arc<ReplyRing>,
+    slot: usize,
+    generation: u64,
+    destination: Destination,
+    /// The request's id; taken by the answer (`None` inside: a notification).
+    id: Option<Option<Value>>,
+}
+
+impl PendingReply {
+    fn answer(mut self, result: Result<Value, RpcError>) {
+        self.push(result);
+    }
+
+    fn push(&mut self, result: Result<Value, RpcError>) {
+        let Some(id) = self.id.take() else { return };
+        let response = match (id, result) {
+            (None, Ok(_)) => None,
+            (id, result) => Some(framing::reply_bytes(id.unwrap_or(Value::Null), result)),
+        };
+        let finished = Finished {
+            slot: self.slot,
+            generation: self.generation,
+            destination: self.destination,
+            response,
+        };
+        if self.ring.push(finished).is_err() {
+            // Unreachable: a slot was reserved before the request started.
+            eprintln!("rpc: reply ring full; a reply was lost");
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if self.id.is_some() {
+            eprintln!("rpc: a request was dropped without an answer; answering -32603");
+            let error = RpcError::new(
+                super::error::INTERNAL_ERROR,
+                "Internal error: the request was dropped without an answer",
+            );
+            self.push(Err(error));
+        }
+    }
+}
+
 /// A batch whose elements are still running.
 struct Batch {
     responses: Vec<Option<Vec<u8>>>,
@@ -98,11 +155,30 @@ struct Connection {
     /// triggered wait on a socket nobody reads would end every park at once), writability
     /// while output waits (so a client that drains a large reply gets the rest at once).
     watched: (bool, bool),
+    /// Its place under the cap; the handshake ends with the first complete request.
+    ticket: Ticket<ReactorWaker>,
+    /// When it last started a request or got a reply (the idle timeout counts from it).
+    last_active_ns: u64,
 }
 
 impl Connection {
     fn unsent(&self) -> usize {
         self.output.len() - self.output_sent
+    }
+
+    /// Whether the connection must close now: evicted at the cap, no first request in time,
+    /// or idle (nothing running, nothing to send) for the idle timeout.
+    fn close_reason(&self, now_ns: u64) -> Option<CloseReason> {
+        if let Some(reason) = self.ticket.close_reason(now_ns) {
+            return Some(reason);
+        }
+        let idle_ns = self.ticket.timeouts().idle_ms.saturating_mul(1_000_000);
+        let idle = !self.ticket.is_handshaking()
+            && self.in_flight == 0
+            && self.unsent() == 0
+            && self.batches.is_empty()
+            && !self.input_pending;
+        (idle && now_ns.saturating_sub(self.last_active_ns) >= idle_ns).then_some(CloseReason::Idle)
     }
 
     /// Queues one reply and its newline.
@@ -207,7 +283,9 @@ pub fn listen_with(
         next_generation: 1,
         replies,
         in_flight: 0,
-        refused_count: 0,
+        admission: Admission::new("rpc", limits::RPC_CONNECTIONS_MAX, target.connection_timeouts()),
+        waker: target.runtime.waker(core),
+        now_ns: runtime::now_ns(),
     };
     target.runtime.add_poller(core, Box::new(poller))?;
     Ok(ServerHandle { path: path.to_path_buf() })
@@ -227,14 +305,14 @@ struct RpcPoller {
     replies: Arc<ReplyRing>,
     /// Requests started and not yet taken back from the ring (each holds a ring slot).
     in_flight: usize,
-    refused_count: u64,
+    /// The cap and the handshake deadline (a connection's first request).
+    admission: Arc<Admission<ReactorWaker>>,
+    waker: ReactorWaker,
+    /// The clock at the start of this poll.
+    now_ns: u64,
 }
 
 impl RpcPoller {
-    fn live_count(&self) -> usize {
-        self.connections.iter().filter(|c| c.is_some()).count()
-    }
-
     fn take_replies(&mut self) -> bool {
         let mut busy = false;
         for _ in 0..limits::RPC_REPLIES_PER_POLL_MAX {
@@ -248,6 +326,7 @@ impl RpcPoller {
                 continue;
             }
             connection.in_flight -= 1;
+            connection.last_active_ns = self.now_ns;
             match finished.destination {
                 Destination::Single => {
                     if let Some(response) = finished.response {
@@ -283,18 +362,11 @@ impl RpcPoller {
                 }
             };
             busy = true;
-            if self.live_count() >= limits::RPC_CONNECTIONS_MAX {
-                // Dropping the stream closes it: the client reads EOF, it does not hang.
-                self.refused_count += 1;
-                if self.refused_count.is_power_of_two() {
-                    eprintln!(
-                        "rpc: {} connections open (the most served); refused {} so far",
-                        limits::RPC_CONNECTIONS_MAX,
-                        self.refused_count
-                    );
-                }
+            // Refused (logged by admission): dropping the stream closes it, so the client
+            // reads EOF, it does not hang.
+            let Some(ticket) = self.admission.admit(self.now_ns, self.waker.clone()) else {
                 continue;
-            }
+            };
             if let Err(e) = stream.set_nonblocking(true) {
                 eprintln!("rpc: cannot make a connection non-blocking: {e}");
                 continue;
@@ -313,6 +385,8 @@ impl RpcPoller {
                 closing: false,
                 input_pending: false,
                 watched: (true, false),
+                ticket,
+                last_active_ns: self.now_ns,
             };
             self.next_generation += 1;
             match self.connections.iter_mut().find(|c| c.is_none()) {
@@ -327,6 +401,11 @@ impl RpcPoller {
     fn serve(&mut self, slot: usize, stopping: bool) -> bool {
         let mut busy = false;
         let Some(Some(connection)) = self.connections.get_mut(slot) else { return false };
+        if !stopping && let Some(reason) = connection.close_reason(self.now_ns) {
+            connection.ticket.log_close(reason);
+            self.close(slot);
+            return true;
+        }
         // Progress on output counts as work, so a reactor writing a large reply to a client
         // that reads it stays up instead of parking between socket-buffer fulls.
         let mut wrote = false;
@@ -389,7 +468,11 @@ impl RpcPoller {
                 return busy;
             }
             let value = match connection.framer.next_value() {
-                Ok(Some(value)) => value,
+                Ok(Some(value)) => {
+                    connection.ticket.handshake_done();
+                    connection.last_active_ns = self.now_ns;
+                    value
+                }
                 Ok(None) => {
                     connection.input_pending = false;
                     return busy;
@@ -466,19 +549,14 @@ impl RpcPoller {
         };
         connection.in_flight += 1;
         self.in_flight += 1;
-        let ring = Arc::clone(&self.replies);
-        let id = request.id;
-        let reply: methods::Reply = Box::new(move |result| {
-            let response = match (id, result) {
-                (None, Ok(_)) => None,
-                (id, result) => Some(framing::reply_bytes(id.unwrap_or(Value::Null), result)),
-            };
-            let finished = Finished { slot, generation, destination, response };
-            if ring.push(finished).is_err() {
-                // Unreachable: a slot was reserved before the request started.
-                eprintln!("rpc: reply ring full; a reply was lost");
-            }
-        });
+        let pending = PendingReply {
+            ring: Arc::clone(&self.replies),
+            slot,
+            generation,
+            destination,
+            id: Some(request.id),
+        };
+        let reply: methods::Reply = Box::new(move |result| pending.answer(result));
         (self.dispatch)(&self.target, &request.method, request.params, reply);
     }
 
@@ -565,6 +643,7 @@ fn read_some(connection: &mut Connection) -> bool {
 
 impl Poller for RpcPoller {
     fn poll(&mut self) -> PollStatus {
+        self.now_ns = runtime::now_ns();
         let stopping = self.target.runtime.is_stopping();
         if stopping {
             self.stop_listening();

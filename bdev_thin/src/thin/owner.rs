@@ -86,6 +86,24 @@ pub enum ControlOp {
     },
 }
 
+impl ControlOp {
+    /// Answers the operation with `error` without running it.
+    pub fn fail(self, error: PoolError) {
+        match self {
+            ControlOp::CreateVolume { done, .. } | ControlOp::Snapshot { done, .. } => {
+                done(Err(error))
+            }
+            ControlOp::DeleteVolume { done, .. }
+            | ControlOp::Resize { done, .. }
+            | ControlOp::DeletePool { done }
+            | ControlOp::Grow { done, .. }
+            | ControlOp::Commit { done }
+            | ControlOp::ClearNeedsCheck { done } => done(Err(error)),
+            ControlOp::Describe { done } => done(Err(error)),
+        }
+    }
+}
+
 /// A pool's state as the owner sees it.
 #[derive(Clone, Debug)]
 pub struct PoolDescription {
@@ -141,6 +159,8 @@ pub enum PoolError {
     BadSize { size_bytes: u64, lba_bytes: u64 },
     #[error("nothing to grow: the device holds {data_blocks} data blocks, as the pool does")]
     NothingToGrow { data_blocks: u64 },
+    #[error("the pool was deleted")]
+    Deleted,
     #[error("the pool is writable: a check needs it read-only")]
     Writable,
 }
@@ -161,6 +181,7 @@ impl PoolError {
             PoolError::Metadata(_) => libc::EIO,
             PoolError::Io(errno) => *errno,
             PoolError::TooLarge { .. } => libc::EINVAL,
+            PoolError::Deleted => libc::ENODEV,
             PoolError::VolumeTooLarge { .. } => libc::EINVAL,
             PoolError::ViewMemory { .. } => libc::ENOSPC,
             PoolError::BadSize { .. } => libc::EINVAL,
@@ -419,6 +440,9 @@ pub struct Owner<D: BlockDevice, H: Host> {
     mode: PoolMode,
     /// A pool delete in progress, answered once the superblocks are gone.
     deleting: Option<ControlDone<()>>,
+    /// A pool delete was accepted: it waits for the operations before it, and every later one
+    /// but `Describe` is answered `Deleted` instead of run.
+    delete_requested: bool,
     /// The pool was deleted: the host drops this owner.
     finished: bool,
 }
@@ -517,6 +541,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 .collect(),
             mode: PoolMode::Write,
             deleting: None,
+            delete_requested: false,
             finished: false,
             meta,
             shared,
@@ -1806,6 +1831,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 // The pool is gone from the device: stop serving for good.
                 self.finished = true;
                 let failed = self.commit_failed;
+                // Whatever still waits for this owner is answered first (it will never run), so
+                // the delete's answer comes after every other.
+                for op in std::mem::take(&mut self.pending_control) {
+                    op.fail(PoolError::Deleted);
+                }
+                while let Some(op) = self.control.pop() {
+                    op.fail(PoolError::Deleted);
+                }
                 if let Some(done) = self.deleting.take() {
                     done(if failed { Err(PoolError::Io(libc::EIO)) } else { Ok(()) });
                 }

@@ -44,8 +44,9 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 }
 
 impl UringDevice {
-    /// Opens `path` for O_DIRECT IO. `block_size` must be a power of two ≥ 512 (and ≥ the
-    /// device's logical block size); it is detected if not given (512 for files).
+    /// Opens `path` for O_DIRECT IO. `block_size` must be a power of two in the bdev range
+    /// (`limits::BDEV_BLOCK_BYTES_*`) and ≥ the device's logical block size; it is detected if
+    /// not given (512 for files).
     pub fn open(path: &Path, block_size: Option<u32>) -> Result<UringDevice, DeviceError> {
         let open_error = |source| DeviceError::Open { path: path.display().to_string(), source };
         let metadata = std::fs::metadata(path).map_err(open_error)?;
@@ -72,11 +73,13 @@ impl UringDevice {
         let logical = if is_block_device { sys::block_device_logical_block_size(fd)? } else { 512 };
         let block_size_bytes = block_size.unwrap_or(logical);
         if !block_size_bytes.is_power_of_two()
-            || block_size_bytes < 512
-            || block_size_bytes < logical
+            || block_size_bytes < logical.max(limits::BDEV_BLOCK_BYTES_MIN)
+            || block_size_bytes > limits::BDEV_BLOCK_BYTES_MAX
         {
             return Err(DeviceError::Invalid(format!(
-                "block_size {block_size_bytes} must be a power of two and at least {logical}"
+                "block_size: {block_size_bytes} is not a power of two from {} to {} bytes",
+                logical.max(limits::BDEV_BLOCK_BYTES_MIN),
+                limits::BDEV_BLOCK_BYTES_MAX
             )));
         }
         let deallocate = if is_block_device && kernel_at_least(6, 12) {
@@ -127,6 +130,13 @@ impl UringDevice {
         } else {
             self.file.metadata()?.len()
         };
+        if bytes > limits::BDEV_SIZE_BYTES_MAX {
+            return Err(DeviceError::Invalid(format!(
+                "{}: {bytes} bytes are more than {}, the largest bdev",
+                self.path.display(),
+                limits::BDEV_SIZE_BYTES_MAX
+            )));
+        }
         let blocks = bytes / u64::from(self.block_size_bytes);
         self.num_blocks.store(blocks, Ordering::Relaxed);
         Ok(blocks)

@@ -67,6 +67,7 @@ pub(super) fn start(
         cores: runtime.cores(),
         next_core: 0,
         turn_count: 0,
+        refused_count: 0,
     };
     runtime.add_poller(runtime.first_core(), Box::new(poller)).map_err(|_| NvmfError::Stopping)?;
     eprintln!("nvmf: listening on {address} ({local_address})");
@@ -82,6 +83,7 @@ struct ListenerPoller {
     cores: Vec<CoreId>,
     next_core: usize,
     turn_count: u32,
+    refused_count: u64,
 }
 
 impl ListenerPoller {
@@ -91,15 +93,34 @@ impl ListenerPoller {
         }
     }
 
+    /// Logs a refused connection: the first and then every power of two, so a flood of them
+    /// cannot flood the log.
+    fn log_refusal(&mut self, stream: &TcpStream, reason: &str) {
+        self.refused_count += 1;
+        if self.refused_count.is_power_of_two() {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            eprintln!(
+                "nvmf: {}: connection from {peer} refused: {reason} ({} refused so far)",
+                self.address, self.refused_count
+            );
+        }
+    }
+
     fn hand_off(&mut self, stream: TcpStream) {
         let previous = self.shared.connection_count.fetch_add(1, Ordering::SeqCst);
         let options = self.shared.transport();
-        let refused = previous >= limits::NVMF_CONNECTIONS_MAX
-            || options.is_none()
-            || stream.set_nonblocking(true).is_err()
-            || stream.set_nodelay(true).is_err();
-        let Some(options) = options.filter(|_| !refused) else {
+        let refusal = if previous >= limits::NVMF_CONNECTIONS_MAX {
+            Some(format!("the target holds its maximum of {previous} connections"))
+        } else if options.is_none() {
+            Some("no TCP transport (nvmf_create_transport)".to_string())
+        } else if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
+            Some("socket options failed".to_string())
+        } else {
+            None
+        };
+        let Some(options) = options.filter(|_| refusal.is_none()) else {
             self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
+            self.log_refusal(&stream, refusal.as_deref().unwrap_or_default());
             return; // dropped: the host sees the connection close
         };
         let core = self.cores.get(self.next_core % self.cores.len().max(1)).copied();

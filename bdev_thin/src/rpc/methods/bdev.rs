@@ -54,6 +54,17 @@ fn parameter_error(error: DeviceError) -> RpcError {
     }
 }
 
+/// A name no bdev may have: -32602, naming the parameter and the bound.
+fn check_name(name: &str) -> Result<(), RpcError> {
+    crate::names::check_bdev_name("name", name).map_err(RpcError::invalid_params)
+}
+
+/// A block size or count no bdev or export can serve: -22, naming the parameter and limit.
+fn check_geometry(block_size: u32, num_blocks: u64) -> Result<(), RpcError> {
+    crate::backend::check_geometry(block_size, num_blocks)
+        .map_err(|message| RpcError::errno(libc::EINVAL, message))
+}
+
 fn register(
     target: &Arc<Target>,
     name: String,
@@ -69,6 +80,9 @@ fn register(
 pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Reply) {
     reply_with(reply, || {
         let name = params.optional_string("name")?;
+        if let Some(name) = &name {
+            check_name(name)?;
+        }
         let num_blocks = params.u64("num_blocks")?;
         let block_size = params.u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
@@ -78,12 +92,7 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
             &["physical_block_size", "optimal_io_boundary", "numa_id"],
         )?;
         params.finish()?;
-        if block_size % 512 != 0 || block_size == 0 {
-            return Err(RpcError::invalid_params("block_size: must be a multiple of 512"));
-        }
-        if num_blocks == 0 {
-            return Err(RpcError::invalid_params("num_blocks: must be greater than 0"));
-        }
+        check_geometry(block_size, num_blocks)?;
         let name = name.unwrap_or_else(|| target.bdevs.next_name("Malloc"));
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
@@ -96,6 +105,7 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
 pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply) {
     reply_with(reply, || {
         let name = params.string("name")?;
+        check_name(&name)?;
         let num_blocks = params.u64("num_blocks")?;
         let block_size = params.u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
@@ -113,6 +123,7 @@ pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply
             ],
         )?;
         params.finish()?;
+        check_geometry(block_size, num_blocks)?;
         if target.bdevs.get(&name).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
         }
@@ -125,6 +136,7 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
     reply_with(reply, || {
         let filename = params.string("filename")?;
         let name = params.string("name")?;
+        check_name(&name)?;
         let block_size = params.optional_u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
         params.finish()?;
@@ -133,12 +145,12 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
         }
         let device = UringDevice::open(Path::new(&filename), block_size).map_err(|e| {
             // Name the parameter, as every config error does.
-            let parameter = match &e {
-                DeviceError::Invalid(message) if message.starts_with("block_size") => "block_size",
-                _ => "filename",
-            };
+            let names_block_size =
+                matches!(&e, DeviceError::Invalid(message) if message.starts_with("block_size: "));
             let mut error = RpcError::from(e);
-            error.message = format!("{parameter}: {}", error.message);
+            if !names_block_size {
+                error.message = format!("filename: {}", error.message);
+            }
             error
         })?;
         register(target, name, uuid, BaseDevice::Uring(Arc::new(device)))
@@ -190,8 +202,15 @@ pub(super) fn null_resize(target: &Arc<Target>, mut params: Params, reply: Reply
         let Device::Base(BaseDevice::Null(device)) = bdev.device() else {
             return Err(RpcError::errno(libc::ENODEV, format!("{name} is not a null bdev")));
         };
-        let block_size = u64::from(bdev.info().block_size_bytes);
-        let blocks = new_size_mib.checked_mul(1 << 20).map(|b| b / block_size).unwrap_or(0);
+        let block_size = bdev.info().block_size_bytes;
+        let max_mib = crate::limits::BDEV_SIZE_BYTES_MAX >> 20;
+        if new_size_mib > max_mib {
+            return Err(RpcError::errno(
+                libc::EINVAL,
+                format!("new_size: {new_size_mib} MiB is more than {max_mib}, the largest bdev"),
+            ));
+        }
+        let blocks = (new_size_mib << 20) / u64::from(block_size);
         if blocks == 0 {
             return Err(RpcError::invalid_params("new_size: must be at least one block"));
         }

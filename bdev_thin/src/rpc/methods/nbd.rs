@@ -43,7 +43,8 @@ pub(super) fn server_start(target: &Arc<Target>, mut params: Params, reply: Repl
         let port = u16::try_from(port)
             .map_err(|_| RpcError::invalid_params("port: expected an integer from 0 to 65535"))?;
         let address = address.as_deref().unwrap_or(DEFAULT_LISTEN_ADDRESS);
-        let bound = target.nbd.start(&target.runtime, address, port)?;
+        let bound =
+            target.nbd.start(&target.runtime, address, port, target.connection_timeouts())?;
         eprintln!("nbd: listening on {bound}");
         Ok(json!(true))
     })

@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::Reply;
 use crate::backend::BaseDevice;
-use crate::bdev::thin::{OwnerPoller, ThinPool, ThinVolumeDevice, control_ring, owner_settings};
-use crate::bdev::{Bdev, Device};
+use crate::bdev::thin::{ControlRing, OwnerPoller, ThinPool, ThinVolumeDevice, owner_settings};
+use crate::bdev::{Bdev, BdevError, Device};
 use crate::host::{BlockDevice, Host};
+use crate::names::log_line;
 use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
@@ -55,6 +56,22 @@ fn thin_volume(target: &Target, name: &str) -> Result<(Arc<Bdev>, ThinVolumeDevi
         return Err(RpcError::errno(libc::ENODEV, format!("{name} is not a thin volume")));
     };
     Ok((bdev, device))
+}
+
+/// A volume's size from `size_in_mib`: at least 1 MiB, and no larger than a bdev may be (its
+/// exports hold sizes as signed 64-bit numbers); -22 naming the limit, never an overflow.
+fn volume_size_bytes(size_mib: u64) -> Result<u64, RpcError> {
+    if size_mib == 0 {
+        return Err(RpcError::invalid_params("size_in_mib: must be at least 1"));
+    }
+    let max_mib = crate::limits::BDEV_SIZE_BYTES_MAX >> 20;
+    if size_mib > max_mib {
+        return Err(RpcError::errno(
+            libc::EINVAL,
+            format!("size_in_mib: {size_mib} is more than {max_mib}, the largest bdev"),
+        ));
+    }
+    Ok(size_mib << 20)
 }
 
 fn check_name(key: &str, name: &str) -> Result<(), RpcError> {
@@ -212,7 +229,7 @@ fn new_pool(
         metadata_device: metadata.map(|(_, device)| device),
         home_core,
         shared: PoolShared::new(target.runtime.waker(home_core)),
-        control: control_ring(),
+        control: ControlRing::new(),
         device,
         geometry: ChannelGeometry {
             lba_bytes,
@@ -254,14 +271,21 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         Ok(meta) => meta,
         Err(MetadataError::NotAPool) => return,
         Err(e) => {
-            eprintln!("examine {}: a pool is there but cannot be opened: {e}", bdev.name());
+            log_line(format_args!(
+                "examine {}: a pool is there but cannot be opened: {e}",
+                bdev.name()
+            ));
             return;
         }
     };
     let record = meta.pool().clone();
     let layout = *meta.layout();
     if target.pools().iter().any(|p| p.name == record.name) {
-        eprintln!("examine {}: pool {} already exists; not opened", bdev.name(), record.name);
+        log_line(format_args!(
+            "examine {}: pool {} already exists; not opened",
+            bdev.name(),
+            record.name
+        ));
         return;
     }
     // With separate metadata, `bdev` holds the metadata and the data bdev comes by UUID.
@@ -274,16 +298,16 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
             }
         });
         let Some((data_bdev, data_device)) = found else {
-            eprintln!(
+            log_line(format_args!(
                 "examine {}: metadata of pool {}; waiting for its data bdev {data_uuid}",
                 bdev.name(),
                 record.name
-            );
+            ));
             target.wait_for_data_bdev(data_uuid, bdev.name().to_string());
             return;
         };
         if let Err(e) = bdev.try_claim("bdev_thin") {
-            eprintln!("examine {}: {e}", bdev.name());
+            log_line(format_args!("examine {}: {e}", bdev.name()));
             return;
         }
         (data_bdev, data_device, Some((bdev.name().to_string(), device)))
@@ -291,7 +315,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         (Arc::clone(bdev), device, None)
     };
     if let Err(e) = data_bdev.try_claim("bdev_thin") {
-        eprintln!("examine {}: {e}", data_bdev.name());
+        log_line(format_args!("examine {}: {e}", data_bdev.name()));
         if metadata.is_some() {
             bdev.release_claim();
         }
@@ -299,7 +323,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
     }
     let uuid = Uuid::from_bytes(record.uuid);
     let pool = new_pool(target, &data_bdev, data_device, metadata, layout, record, uuid);
-    eprintln!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name);
+    log_line(format_args!("examine {}: found pool {} ({uuid})", bdev.name(), pool.name));
     target.begin_examine();
     let ended = Arc::clone(target);
     let name = bdev.name().to_string();
@@ -310,7 +334,7 @@ fn examine_metadata(target: &Arc<Target>, bdev: &Arc<Bdev>) {
         data_bdev,
         Box::new(move |result| {
             if let Err(e) = result {
-                eprintln!("examine {name}: {}", e.message);
+                log_line(format_args!("examine {name}: {}", e.message));
             }
             ended.end_examine();
         }),
@@ -335,7 +359,7 @@ fn start_pool(
         let owner = Owner::with_metadata_device(
             target_for_owner.runtime.clone(),
             Arc::clone(&pool.shared),
-            Arc::clone(&pool.control),
+            pool.control.ring(),
             meta,
             &pool.device,
             pool.metadata_device.as_ref(),
@@ -343,7 +367,7 @@ fn start_pool(
         );
         match owner {
             Ok(owner) => {
-                ctx.add_local_poller(Box::new(OwnerPoller::new(owner)));
+                ctx.add_local_poller(Box::new(OwnerPoller::new(owner, Arc::clone(&pool.control))));
                 let registered = Arc::clone(&pool);
                 pool.send(ControlOp::Commit {
                     done: Box::new(move |result| match result {
@@ -361,10 +385,10 @@ fn start_pool(
                                     size_bytes,
                                 );
                                 if let Err(e) = registered_volume {
-                                    eprintln!(
+                                    log_line(format_args!(
                                         "pool {}: volume {name}: {}",
                                         registered.name, e.message
-                                    );
+                                    ));
                                 }
                             }
                             reply(Ok(json!(uuid)));
@@ -383,7 +407,7 @@ fn start_pool(
         }
     });
     if let Err(e) = sent {
-        eprintln!("bdev_thin_pool_create: {e}");
+        log_line(format_args!("bdev_thin_pool_create: {e}"));
     }
 }
 
@@ -394,10 +418,7 @@ pub(super) fn create(target: &Arc<Target>, mut params: Params, reply: Reply) {
         let size_mib = params.u64("size_in_mib")?;
         let pool = find_pool(target, &mut params)?;
         params.finish()?;
-        let size_bytes = size_mib
-            .checked_mul(1 << 20)
-            .filter(|b| *b > 0)
-            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let size_bytes = volume_size_bytes(size_mib)?;
         let alias = format!("{}/{volume_name}", pool.name);
         if target.bdevs.get(&alias).is_ok() {
             return Err(RpcError::errno(libc::EEXIST, format!("volume {alias} already exists")));
@@ -510,7 +531,7 @@ pub(super) fn delete(target: &Arc<Target>, mut params: Params, reply: Reply) {
             // the volume and its bdev as they were.
             Ok(()) => {
                 if let Err(e) = target.bdevs.unregister_claimed(bdev.name(), DELETING) {
-                    eprintln!("bdev_thin_delete {}: {e}", bdev.name());
+                    log_line(format_args!("bdev_thin_delete {}: {e}", bdev.name()));
                 }
                 let mut volumes = device.pool.volumes.lock().unwrap_or_else(|p| p.into_inner());
                 volumes.retain(|(v, _)| *v != id);
@@ -529,10 +550,7 @@ pub(super) fn resize(target: &Arc<Target>, mut params: Params, reply: Reply) {
         let name = params.string("name")?;
         let size_mib = params.u64("size_in_mib")?;
         params.finish()?;
-        let size_bytes = size_mib
-            .checked_mul(1 << 20)
-            .filter(|b| *b > 0)
-            .ok_or_else(|| RpcError::invalid_params("size_in_mib: must be at least 1"))?;
+        let size_bytes = volume_size_bytes(size_mib)?;
         let (_, device) = thin_volume(target, &name)?;
         Ok((device, size_bytes))
     })();
@@ -652,11 +670,13 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
             }
         }
         for (_, name) in &volumes {
-            // Opened since the check above: the delete stops here, the pool intact.
-            if let Err(e) = target.bdevs.unregister(name)
-                && !matches!(e, crate::bdev::BdevError::NotFound(_))
-            {
-                return Err(e.into());
+            // Opened since the check above: the delete stops here, the pool intact. A volume
+            // its own `bdev_thin_delete` claimed goes with that delete, which the owner answers
+            // before this one.
+            match target.bdevs.unregister(name) {
+                Ok(_) | Err(BdevError::NotFound(_)) => {}
+                Err(BdevError::Claimed { module, .. }) if module == DELETING => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(pool)
@@ -669,6 +689,17 @@ pub(super) fn pool_delete(target: &Arc<Target>, mut params: Params, reply: Reply
     let deleted = Arc::clone(&pool);
     pool.send(ControlOp::DeletePool {
         done: Box::new(move |result| {
+            // The owner has stopped, failed or not: volumes that operations queued before the
+            // delete made go with their pool.
+            let volumes =
+                std::mem::take(&mut *deleted.volumes.lock().unwrap_or_else(|p| p.into_inner()));
+            for (_, name) in volumes {
+                if let Err(e) = target.bdevs.unregister(&name)
+                    && !matches!(e, BdevError::NotFound(_))
+                {
+                    log_line(format_args!("bdev_thin_pool_delete {}: {e}", deleted.name));
+                }
+            }
             target.remove_pool(&deleted);
             if let Ok(base) = target.bdevs.get(&deleted.base_bdev) {
                 base.release_claim();

@@ -241,9 +241,22 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         while let Some(op) = self.control.pop() {
             busy = true;
-            self.handle_control(op);
+            self.admit_control(op);
         }
         busy
+    }
+
+    /// Takes a new operation from the ring. Once a pool delete is accepted, later operations
+    /// are answered `Deleted` rather than run, so the delete waits only for what came before it
+    /// and every operation gets exactly one answer.
+    fn admit_control(&mut self, op: ControlOp) {
+        if self.delete_requested && !matches!(op, ControlOp::Describe { .. }) {
+            return op.fail(PoolError::Deleted);
+        }
+        if matches!(op, ControlOp::DeletePool { .. }) {
+            self.delete_requested = true;
+        }
+        self.handle_control(op);
     }
 
     pub(super) fn handle_control(&mut self, op: ControlOp) {
@@ -353,7 +366,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 }
             }
             ControlOp::DeletePool { done } => {
-                let busy = self.ops.iter().any(Option::is_some) || !self.is_drained();
+                // Operations accepted before the delete finish first (they answer then).
+                let busy = self.ops.iter().any(Option::is_some)
+                    || !self.is_drained()
+                    || !self.control_commits.is_empty()
+                    || !self.snapshots.is_empty()
+                    || !self.pending_control.is_empty();
                 if busy || self.commit_stage != CommitStage::Idle {
                     self.pending_control.push_back(ControlOp::DeletePool { done });
                     return;
