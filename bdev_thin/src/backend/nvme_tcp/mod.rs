@@ -3,14 +3,14 @@
 //! a real Dataset Management deallocate on the wire.
 //!
 //! Who runs what. An [`NvmeController`] is shared state (control plane, behind mutexes and a
-//! few atomics). Its admin queue is one poller on one core ([`admin`]): the attach sequence
+//! few atomics). Its admin queue is one poller on one core (`admin`): the attach sequence
 //! (ICReq, Fabrics Connect, CC.EN and CSTS.RDY, Identify controller / CNS 06h / namespaces /
 //! descriptors, Set Features number of queues), then keep alives, AERs and, when the
 //! connection is lost, the reconnect policy of [`ReconnectPolicy`]. Each core that opens a
-//! channel of one of its namespaces gets one IO queue pair for the controller ([`io`]), shared
+//! channel of one of its namespaces gets one IO queue pair for the controller (`io`), shared
 //! by every channel of that core and polled by them: no thread, no blocking socket call; the
 //! connect is a state machine driven by polls. An [`NvmeNamespace`] is the block device; its
-//! channels ([`channel`]) submit to their core's queue pair.
+//! channels (`channel`) submit to their core's queue pair.
 //!
 //! The controller announces what its host must do (register bdevs, remove them) through
 //! [`ControllerEvents`], so this module knows no registry. Nothing a controller sends can
