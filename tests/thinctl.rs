@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 use bdev_thin::thin::metadata::{
     CommitPlan, Layout, METADATA_BLOCK_BYTES, PoolMetadata, PoolRecord,
 };
-use bdev_thin::thin::types::{DataBlock, DiscardMode, Mapping, OutOfSpaceMode, VirtBlock};
+use bdev_thin::thin::types::{
+    DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolSettings, VirtBlock,
+};
 
 /// A file under the target dir, removed when dropped.
 struct TempFile(PathBuf);
@@ -40,12 +42,14 @@ fn pool_record() -> PoolRecord {
     PoolRecord {
         uuid: [0x11; 16],
         name: "pool0".to_string(),
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
+        settings: PoolSettings {
+            discard: DiscardMode::Passdown,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 0,
+            commit_interval_ms: 1000,
+        },
         needs_check: false,
         data_bdev_uuid: [0; 16],
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use bdev_thin::thin::metadata::{FORMAT_VERSION, Layout, PoolMetadata, PoolRecord, check};
 use bdev_thin::thin::types::{DataBlock, DiscardMode, Mapping, MetaBlock, OutOfSpaceMode};
-use bdev_thin::thin::types::{VirtBlock, VolumeId};
+use bdev_thin::thin::types::{PoolSettings, VirtBlock, VolumeId};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pool-v1.blocks");
 
@@ -43,12 +43,14 @@ fn build() -> BTreeMap<u64, Vec<u8>> {
     let pool = PoolRecord {
         uuid: *b"fixture-pool-v1!",
         name: "fixture".to_string(),
-        discard: DiscardMode::NoPassdown,
-        zero_new_blocks: false,
-        out_of_space: OutOfSpaceMode::Queue,
-        no_space_timeout_s: 30,
-        low_water_mark: 100,
-        commit_interval_ms: 500,
+        settings: PoolSettings {
+            discard: DiscardMode::NoPassdown,
+            zero_new_blocks: false,
+            out_of_space: OutOfSpaceMode::Queue,
+            no_space_timeout_s: 30,
+            low_water_mark: 100,
+            commit_interval_ms: 500,
+        },
         needs_check: false,
         data_bdev_uuid: [0; 16],
     };
@@ -104,11 +106,15 @@ fn version_1_fixture_opens_and_checks() {
     assert_eq!(md.time(), 1);
     let pool = md.pool();
     assert_eq!(pool.name, "fixture");
-    assert_eq!(pool.discard, DiscardMode::NoPassdown);
-    assert_eq!(pool.out_of_space, OutOfSpaceMode::Queue);
-    assert!(!pool.zero_new_blocks);
+    assert_eq!(pool.settings.discard, DiscardMode::NoPassdown);
+    assert_eq!(pool.settings.out_of_space, OutOfSpaceMode::Queue);
+    assert!(!pool.settings.zero_new_blocks);
     assert_eq!(
-        (pool.no_space_timeout_s, pool.low_water_mark, pool.commit_interval_ms),
+        (
+            pool.settings.no_space_timeout_s,
+            pool.settings.low_water_mark,
+            pool.settings.commit_interval_ms
+        ),
         (30, 100, 500)
     );
     assert_eq!(md.layout().data_block_bytes, 64 << 10);

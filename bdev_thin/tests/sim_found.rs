@@ -115,7 +115,7 @@ fn a_request_parked_for_a_snapshot_view_is_answered_when_the_snapshot_goes() {
 #[test]
 fn a_read_only_pool_comes_to_rest() {
     let mut eager = settings(DiscardMode::Passdown, Mutations::NONE);
-    eager.commit_interval_ms = 0;
+    eager.pool.commit_interval_ms = 0;
     let mut rig = Rig::new(16, eager);
     let volume = rig.create_volume("v", 8);
     let mut channel = rig.channel(volume);

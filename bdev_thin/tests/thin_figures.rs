@@ -12,7 +12,9 @@ use bdev_thin::thin::metadata::{Layout, PoolMetadata, PoolRecord};
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings};
 use bdev_thin::thin::pool::PoolShared;
-use bdev_thin::thin::types::{DataBlock, DiscardMode, Mapping, OutOfSpaceMode, VirtBlock};
+use bdev_thin::thin::types::{
+    DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolSettings, VirtBlock,
+};
 use crossbeam_queue::ArrayQueue;
 
 const BLOCK: u64 = 64 << 10;
@@ -26,12 +28,14 @@ fn snapshot_of_fully_mapped(size_bytes: u64) -> (std::time::Duration, u64) {
     let record = PoolRecord {
         uuid: [3; 16],
         name: "figures".into(),
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
+        settings: PoolSettings {
+            discard: DiscardMode::Passdown,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 0,
+            commit_interval_ms: 1000,
+        },
         needs_check: false,
         data_bdev_uuid: [0; 16],
     };

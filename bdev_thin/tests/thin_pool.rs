@@ -528,7 +528,7 @@ fn only_a_read_only_pool_clears_needs_check() {
 #[test]
 fn queue_mode_holds_writes_until_the_pool_grows() {
     let mut config = settings(DiscardMode::Passdown, Mutations::NONE);
-    config.out_of_space = OutOfSpaceMode::Queue;
+    config.pool.out_of_space = OutOfSpaceMode::Queue;
     // The device has 4 blocks more than the pool: a grow finds them.
     let mut rig = Rig::growable(4, 4, config);
     let volume = rig.create_volume("v", 8);

@@ -126,7 +126,7 @@ fn a_steady_thin_loop_allocates_nothing() {
     use bdev_thin::thin::metadata::{Layout, PoolMetadata, PoolRecord};
     use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings};
     use bdev_thin::thin::pool::PoolShared;
-    use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, VolumeId};
+    use bdev_thin::thin::types::{DiscardMode, OutOfSpaceMode, PoolSettings, VolumeId};
 
     let device = BaseDevice::Malloc(Arc::new(MallocDevice::new(4096, 65536).unwrap()));
     let bytes = 65536 * 4096;
@@ -134,12 +134,14 @@ fn a_steady_thin_loop_allocates_nothing() {
     let record = PoolRecord {
         uuid: [9; 16],
         name: "pool0".into(),
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
+        settings: PoolSettings {
+            discard: DiscardMode::Passdown,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 0,
+            commit_interval_ms: 1000,
+        },
         needs_check: false,
         data_bdev_uuid: [0; 16],
     };

@@ -242,12 +242,12 @@ fn dump(device: &Path, metadata_path: Option<&Path>, as_json: bool) -> anyhow::R
         "data_offset_bytes": layout.data_offset_bytes,
         "metadata_blocks": layout.metadata_blocks,
         "metadata_separate": layout.metadata_separate,
-        "discard": pool.discard.name(),
-        "zero_new_blocks": pool.zero_new_blocks,
-        "out_of_space": pool.out_of_space.name(),
-        "no_space_timeout_s": pool.no_space_timeout_s,
-        "low_water_mark": pool.low_water_mark,
-        "commit_interval_ms": pool.commit_interval_ms,
+        "discard": pool.settings.discard.name(),
+        "zero_new_blocks": pool.settings.zero_new_blocks,
+        "out_of_space": pool.settings.out_of_space.name(),
+        "no_space_timeout_s": pool.settings.no_space_timeout_s,
+        "low_water_mark": pool.settings.low_water_mark,
+        "commit_interval_ms": pool.settings.commit_interval_ms,
     });
     let volumes: Vec<Value> = md
         .volumes()

@@ -25,7 +25,7 @@ use super::mutations::{self, Mutation, Mutations};
 use super::pool::{ChannelShared, OwnerMessage, OwnerOp, OwnerReply, PoolLimits, PoolShared};
 use super::space_map::{Counts, NoBlock, SpaceMap};
 use super::types::{
-    DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, VirtBlock, VolumeId,
+    DataBlock, DiscardMode, Mapping, OutOfSpaceMode, PoolMode, PoolSettings, VirtBlock, VolumeId,
 };
 use super::view::{VIEW_CHUNK_SLOT_BYTES, VolumeView};
 use crate::host::{
@@ -194,31 +194,17 @@ impl PoolError {
 /// A pool's settings that the owner acts on.
 #[derive(Clone, Copy, Debug)]
 pub struct OwnerSettings {
-    pub discard: DiscardMode,
-    pub zero_new_blocks: bool,
-    pub out_of_space: OutOfSpaceMode,
-    pub no_space_timeout_s: u32,
-    pub low_water_mark: u64,
-    pub commit_interval_ms: u32,
+    /// What the pool's record persists.
+    pub pool: PoolSettings,
     pub mutations: Mutations,
     /// The bounds the owner and the channels size themselves by.
     pub limits: PoolLimits,
 }
 
-/// The counts the allocator sees; `.1` is mutation `ReuseFreedBeforeCommit`.
 impl OwnerSettings {
     /// The settings a pool's record asks for.
     pub fn from_record(record: &PoolRecord, mutations: Mutations) -> OwnerSettings {
-        OwnerSettings {
-            discard: record.discard,
-            zero_new_blocks: record.zero_new_blocks,
-            out_of_space: record.out_of_space,
-            no_space_timeout_s: record.no_space_timeout_s,
-            low_water_mark: record.low_water_mark,
-            commit_interval_ms: record.commit_interval_ms,
-            mutations,
-            limits: PoolLimits::PRODUCTION,
-        }
+        OwnerSettings { pool: record.settings, mutations, limits: PoolLimits::PRODUCTION }
     }
 
     /// A new pool's record carrying these settings.
@@ -226,12 +212,7 @@ impl OwnerSettings {
         PoolRecord {
             uuid,
             name: name.to_string(),
-            discard: self.discard,
-            zero_new_blocks: self.zero_new_blocks,
-            out_of_space: self.out_of_space,
-            no_space_timeout_s: self.no_space_timeout_s,
-            low_water_mark: self.low_water_mark,
-            commit_interval_ms: self.commit_interval_ms,
+            settings: self.pool,
             needs_check: false,
             data_bdev_uuid: [0; 16],
         }
@@ -739,7 +720,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         counters.set_mode(self.mode);
         counters.needs_check.store(self.meta.pool().needs_check, Ordering::Relaxed);
         let free = self.space.data_blocks().saturating_sub(self.meta.used_data_blocks());
-        counters.low_water_reached.store(free <= self.settings.low_water_mark, Ordering::Relaxed);
+        counters
+            .low_water_reached
+            .store(free <= self.settings.pool.low_water_mark, Ordering::Relaxed);
     }
 
     fn reply(&mut self, channel: u32, reply: OwnerReply) {
@@ -1024,7 +1007,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 write.copy_from = Some(source);
                 write.copy_buffer = self.copy_buffers.pop();
                 WriteStage::Copying { chunk: 0, reading: true }
-            } else if (!whole && self.settings.zero_new_blocks)
+            } else if (!whole && self.settings.pool.zero_new_blocks)
                 || matches!(write.payload, Payload::Zeroes)
             {
                 WriteStage::Zeroing
@@ -1059,7 +1042,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             Err(reason) => {
                 let now = self.host.now_ns();
                 let since = *self.no_space_since_ns.get_or_insert(now);
-                let timeout_ns = u64::from(self.settings.no_space_timeout_s) * 1_000_000_000;
+                let timeout_ns = u64::from(self.settings.pool.no_space_timeout_s) * 1_000_000_000;
                 let timed_out = now.saturating_sub(since) >= timeout_ns;
                 let wait = match reason {
                     NoBlock::Pending { uncommitted } => {
@@ -1069,7 +1052,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     }
                     NoBlock::Exhausted => {
                         self.mode = PoolMode::OutOfDataSpace;
-                        self.settings.out_of_space == OutOfSpaceMode::Queue && !timed_out
+                        self.settings.pool.out_of_space == OutOfSpaceMode::Queue && !timed_out
                     }
                 };
                 if wait { Allocation::Wait } else { Allocation::Fail(IoStatus::NoSpace) }
@@ -1385,7 +1368,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             return Ok(());
         };
         let zeroes = message.op == OwnerOp::WriteZeroes;
-        if !zeroes && self.settings.discard == DiscardMode::Ignore {
+        if !zeroes && self.settings.pool.discard == DiscardMode::Ignore {
             self.reply(
                 message.channel,
                 OwnerReply {
@@ -1414,7 +1397,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let whole_first = request_first.div_ceil(self.lbas_per_block);
         let whole_end = (request_end / self.lbas_per_block).max(whole_first);
         let keep_allocated = zeroes && message.request.flags.contains(IoFlags::NO_UNMAP);
-        let passdown = self.settings.discard == DiscardMode::Passdown;
+        let passdown = self.settings.pool.discard == DiscardMode::Passdown;
         let hold = !self.settings.mutations.is_on(Mutation::NoHold);
         let volume = message.volume;
         let op = Op::Range(RangeOp {
@@ -1646,7 +1629,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     fn release_freed(&mut self, mut freed: Vec<DataBlock>, done: ControlDone<()>) {
         let after = self.commits_started;
         self.commit_wanted = true;
-        let passdown = self.settings.discard == DiscardMode::Passdown && !freed.is_empty();
+        let passdown = self.settings.pool.discard == DiscardMode::Passdown && !freed.is_empty();
         if !passdown || self.free_ops.is_empty() {
             let epoch = self.grace.epoch();
             for block in freed {
@@ -1812,7 +1795,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         }
         let dirty = self.meta.is_dirty();
         let now = if dirty { self.host.now_ns() } else { self.last_commit_ns };
-        let interval_ns = u64::from(self.settings.commit_interval_ms) * 1_000_000;
+        let interval_ns = u64::from(self.settings.pool.commit_interval_ms) * 1_000_000;
         let timer = dirty && now.saturating_sub(self.last_commit_ns) >= interval_ns;
         let waiting = self.ops_busy()
             && self.ops.iter().any(|op| match op {

@@ -79,6 +79,34 @@ impl OutOfSpaceMode {
     }
 }
 
+/// A pool's settings (API.md `bdev_thin_pool_create`): persisted in the superblock as part of
+/// the pool's record and acted on by its owner. `Default` is what `bdev_thin_pool_create`
+/// applies to what its call leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub discard: DiscardMode,
+    /// Zero the rest of a newly provisioned block that a write covers only in part.
+    pub zero_new_blocks: bool,
+    pub out_of_space: OutOfSpaceMode,
+    pub no_space_timeout_s: u32,
+    /// Free data blocks at or below which the pool reports `low_water_reached`.
+    pub low_water_mark: u64,
+    pub commit_interval_ms: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            discard: DiscardMode::Passdown,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 0,
+            commit_interval_ms: 1000,
+        }
+    }
+}
+
 /// The pool's operating mode (dm-thin's modes, API.md `mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PoolMode {

@@ -16,7 +16,7 @@ use bdev_thin::thin::metadata::{Layout, METADATA_BLOCK_BYTES, PoolMetadata, chec
 use bdev_thin::thin::mutations::Mutations;
 use bdev_thin::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
 use bdev_thin::thin::pool::{PoolLimits, PoolShared};
-use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, VolumeId};
+use bdev_thin::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, PoolSettings, VolumeId};
 use crossbeam_queue::ArrayQueue;
 
 pub const LBA: u32 = 512;
@@ -39,12 +39,14 @@ pub struct Rig {
 
 pub fn settings(discard: DiscardMode, mutations: Mutations) -> OwnerSettings {
     OwnerSettings {
-        discard,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 0,
-        commit_interval_ms: 1000,
+        pool: PoolSettings {
+            discard,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 0,
+            commit_interval_ms: 1000,
+        },
         mutations,
         limits: PoolLimits::PRODUCTION,
     }

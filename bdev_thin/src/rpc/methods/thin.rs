@@ -21,7 +21,9 @@ use crate::thin::channel::ChannelGeometry;
 use crate::thin::metadata::{Layout, MetadataError, PoolMetadata, PoolRecord};
 use crate::thin::owner::{ControlOp, Owner, PoolDescription, PoolError};
 use crate::thin::pool::PoolShared;
-use crate::thin::types::{DiscardMode, MetaBlock, OutOfSpaceMode, PoolMode, VolumeId};
+use crate::thin::types::{
+    DiscardMode, MetaBlock, OutOfSpaceMode, PoolMode, PoolSettings, VolumeId,
+};
 
 const DATA_BLOCK_BYTES_DEFAULT: u64 = 65536;
 const DATA_BLOCK_BYTES_MIN: u64 = 4096;
@@ -98,21 +100,34 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
                 "data_block_size: must be a power of two from 4096 to 1073741824",
             ));
         }
+        let defaults = PoolSettings::default();
         let discard = match params.optional_string("discard")? {
-            None => DiscardMode::Passdown,
+            None => defaults.discard,
             Some(text) => DiscardMode::parse(&text).ok_or_else(|| {
                 RpcError::invalid_params("discard: expected passdown, no_passdown or ignore")
             })?,
         };
         let out_of_space = match params.optional_string("out_of_space")? {
-            None => OutOfSpaceMode::Error,
+            None => defaults.out_of_space,
             Some(text) => OutOfSpaceMode::parse(&text)
                 .ok_or_else(|| RpcError::invalid_params("out_of_space: expected error or queue"))?,
         };
-        let zero_new_blocks = params.optional_bool("zero_new_blocks")?.unwrap_or(true);
-        let no_space_timeout_s = params.optional_u32("no_space_timeout_s")?.unwrap_or(60);
-        let low_water_mark = params.optional_u64("low_water_mark")?.unwrap_or(0);
-        let commit_interval_ms = params.optional_u32("commit_interval_ms")?.unwrap_or(1000);
+        let settings = PoolSettings {
+            discard,
+            out_of_space,
+            zero_new_blocks: params
+                .optional_bool("zero_new_blocks")?
+                .unwrap_or(defaults.zero_new_blocks),
+            no_space_timeout_s: params
+                .optional_u32("no_space_timeout_s")?
+                .unwrap_or(defaults.no_space_timeout_s),
+            low_water_mark: params
+                .optional_u64("low_water_mark")?
+                .unwrap_or(defaults.low_water_mark),
+            commit_interval_ms: params
+                .optional_u32("commit_interval_ms")?
+                .unwrap_or(defaults.commit_interval_ms),
+        };
         let max_mib = params.optional_u64("max_growable_size_mib")?;
         params.finish()?;
         if target.pools().iter().any(|p| p.name == pool_name) {
@@ -178,12 +193,7 @@ pub(super) fn pool_create(target: &Arc<Target>, mut params: Params, reply: Reply
         let record = PoolRecord {
             uuid: *uuid.as_bytes(),
             name: pool_name.clone(),
-            discard,
-            zero_new_blocks,
-            out_of_space,
-            no_space_timeout_s,
-            low_water_mark,
-            commit_interval_ms,
+            settings,
             needs_check: false,
             // With a metadata bdev, examine pairs it with its data bdev by this UUID.
             data_bdev_uuid: if metadata.is_some() { *bdev.uuid().as_bytes() } else { [0; 16] },
@@ -776,12 +786,12 @@ fn pool_json(pool: &ThinPool, d: &PoolDescription) -> Value {
         "metadata_used_bytes": (d.metadata_total_blocks - d.metadata_free_blocks) * 4096,
         "metadata_total_bytes": d.metadata_total_blocks * 4096,
         "transaction_id": d.transaction_id,
-        "discard": pool.record.discard.name(),
-        "zero_new_blocks": pool.record.zero_new_blocks,
-        "out_of_space": pool.record.out_of_space.name(),
-        "low_water_mark": pool.record.low_water_mark,
+        "discard": pool.record.settings.discard.name(),
+        "zero_new_blocks": pool.record.settings.zero_new_blocks,
+        "out_of_space": pool.record.settings.out_of_space.name(),
+        "low_water_mark": pool.record.settings.low_water_mark,
         "low_water_reached": d.data_blocks.saturating_sub(d.used_data_blocks)
-            <= pool.record.low_water_mark,
+            <= pool.record.settings.low_water_mark,
         "max_growable_size": pool.layout.data_blocks_max * block,
         "mode": d.mode.name(),
         "needs_check": d.needs_check,

@@ -50,7 +50,7 @@ use crate::thin::metadata::{Layout, PoolMetadata};
 use crate::thin::mutations::Mutations;
 use crate::thin::owner::{ControlOp, Owner, OwnerSettings, PoolError};
 use crate::thin::pool::{PoolLimits, PoolShared};
-use crate::thin::types::{DiscardMode, OutOfSpaceMode, PoolMode, VolumeId};
+use crate::thin::types::{DiscardMode, OutOfSpaceMode, PoolMode, PoolSettings, VolumeId};
 
 const LBA: u32 = 512;
 const SECTOR: usize = LBA as usize;
@@ -436,16 +436,18 @@ impl Sim {
             _ => DiscardMode::Ignore,
         };
         let settings = OwnerSettings {
-            discard,
-            zero_new_blocks: !rng.chance(150),
-            out_of_space: if rng.chance(200) {
-                OutOfSpaceMode::Queue
-            } else {
-                OutOfSpaceMode::Error
+            pool: PoolSettings {
+                discard,
+                zero_new_blocks: !rng.chance(150),
+                out_of_space: if rng.chance(200) {
+                    OutOfSpaceMode::Queue
+                } else {
+                    OutOfSpaceMode::Error
+                },
+                no_space_timeout_s: 5,
+                low_water_mark: 0,
+                commit_interval_ms: rng.range(10, 2000) as u32,
             },
-            no_space_timeout_s: 5,
-            low_water_mark: 0,
-            commit_interval_ms: rng.range(10, 2000) as u32,
             mutations: config.mutations,
             limits,
         };

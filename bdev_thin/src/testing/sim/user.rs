@@ -101,7 +101,7 @@ impl Sim {
         };
         let versioned = match kind {
             UserKind::Write { .. } | UserKind::WriteZeroes { .. } => (lba, count),
-            UserKind::Unmap if self.settings.discard != DiscardMode::Ignore => {
+            UserKind::Unmap if self.settings.pool.discard != DiscardMode::Ignore => {
                 let first = lba.div_ceil(lpb);
                 let end = ((lba + count) / lpb).max(first);
                 (first * lpb, (end - first) * lpb)
@@ -222,7 +222,7 @@ impl Sim {
             return Ok(());
         };
         let checked_end = versions.size_since(op.issue);
-        let stale_allowed = !self.settings.zero_new_blocks;
+        let stale_allowed = !self.settings.pool.zero_new_blocks;
         self.report.reads_checked += 1;
         let mut pins = Vec::new();
         for (i, sector) in bytes.chunks(SECTOR).enumerate() {

@@ -25,9 +25,7 @@ use crate::limits::{
     METADATA_BTREE_DEPTH_MAX, METADATA_NODE_ENTRIES_MIN, METADATA_REGION_BLOCKS_MAX,
     METADATA_REGION_BLOCKS_MIN, METADATA_RESERVE_BLOCKS_MAX, POOL_VOLUMES_MAX,
 };
-use crate::thin::types::{
-    DataBlock, DiscardMode, Mapping, MetaBlock, OutOfSpaceMode, VirtBlock, VolumeId,
-};
+use crate::thin::types::{DataBlock, Mapping, MetaBlock, PoolSettings, VirtBlock, VolumeId};
 use btree::{Store, TreeKind};
 use codec::BlockType;
 use superblock::{Child, Superblock};
@@ -227,12 +225,7 @@ pub struct PoolRecord {
     pub uuid: [u8; 16],
     /// <= 63 bytes UTF-8.
     pub name: String,
-    pub discard: DiscardMode,
-    pub zero_new_blocks: bool,
-    pub out_of_space: OutOfSpaceMode,
-    pub no_space_timeout_s: u32,
-    pub low_water_mark: u64,
-    pub commit_interval_ms: u32,
+    pub settings: PoolSettings,
     pub needs_check: bool,
     /// UUID of the data bdev when metadata is separate (examine pairs them), else zeroes.
     pub data_bdev_uuid: [u8; 16],

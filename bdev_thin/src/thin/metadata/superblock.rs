@@ -9,7 +9,7 @@ use super::{
     FORMAT_VERSION, Layout, METADATA_BLOCK_BYTES, MetadataError, NAME_BYTES_MAX, PoolRecord,
 };
 use crate::limits::{METADATA_REGION_BLOCKS_MAX, METADATA_REGION_BLOCKS_MIN, POOL_VOLUMES_MAX};
-use crate::thin::types::{DiscardMode, OutOfSpaceMode};
+use crate::thin::types::{DiscardMode, OutOfSpaceMode, PoolSettings};
 
 /// "BDTHINMD", little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"BDTHINMD");
@@ -69,7 +69,7 @@ pub fn encode(sb: &Superblock) -> Vec<u8> {
     if pool.needs_check {
         flags |= FLAG_NEEDS_CHECK;
     }
-    if pool.zero_new_blocks {
+    if pool.settings.zero_new_blocks {
         flags |= FLAG_ZERO_NEW_BLOCKS;
     }
     if layout.metadata_separate {
@@ -78,11 +78,11 @@ pub fn encode(sb: &Superblock) -> Vec<u8> {
     codec::put_u32(&mut b, 36, flags);
     b[40..56].copy_from_slice(&pool.uuid);
     codec::put_name(&mut b, 56, &pool.name, NAME_BYTES_MAX);
-    b[120] = discard_code(pool.discard);
-    b[121] = out_of_space_code(pool.out_of_space);
-    codec::put_u32(&mut b, 124, pool.no_space_timeout_s);
-    codec::put_u64(&mut b, 128, pool.low_water_mark);
-    codec::put_u32(&mut b, 136, pool.commit_interval_ms);
+    b[120] = discard_code(pool.settings.discard);
+    b[121] = out_of_space_code(pool.settings.out_of_space);
+    codec::put_u32(&mut b, 124, pool.settings.no_space_timeout_s);
+    codec::put_u64(&mut b, 128, pool.settings.low_water_mark);
+    codec::put_u32(&mut b, 136, pool.settings.commit_interval_ms);
     codec::put_u32(&mut b, 140, layout.data_block_bytes);
     codec::put_u64(&mut b, 144, layout.metadata_blocks);
     codec::put_u64(&mut b, 152, layout.data_blocks);
@@ -144,12 +144,14 @@ pub fn decode(bytes: &[u8], block: u64) -> Result<Superblock, MetadataError> {
     let pool = PoolRecord {
         uuid: r.array16(40)?,
         name: r.name(56, NAME_BYTES_MAX)?,
-        discard,
-        zero_new_blocks: flags & FLAG_ZERO_NEW_BLOCKS != 0,
-        out_of_space,
-        no_space_timeout_s: r.u32(124)?,
-        low_water_mark: r.u64(128)?,
-        commit_interval_ms: r.u32(136)?,
+        settings: PoolSettings {
+            discard,
+            zero_new_blocks: flags & FLAG_ZERO_NEW_BLOCKS != 0,
+            out_of_space,
+            no_space_timeout_s: r.u32(124)?,
+            low_water_mark: r.u64(128)?,
+            commit_interval_ms: r.u32(136)?,
+        },
         needs_check: flags & FLAG_NEEDS_CHECK != 0,
         data_bdev_uuid: r.array16(176)?,
     };

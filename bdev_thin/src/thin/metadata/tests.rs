@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::btree::{self, TreeKind};
 use super::space;
 use super::*;
+use crate::thin::types::{DiscardMode, OutOfSpaceMode};
 
 /// A metadata region in memory: block number → bytes (absent blocks read as zeroes).
 #[derive(Clone, Default)]
@@ -53,12 +54,14 @@ fn pool_record() -> PoolRecord {
     PoolRecord {
         uuid: [7; 16],
         name: "pool0".to_string(),
-        discard: DiscardMode::Passdown,
-        zero_new_blocks: true,
-        out_of_space: OutOfSpaceMode::Error,
-        no_space_timeout_s: 60,
-        low_water_mark: 10,
-        commit_interval_ms: 1000,
+        settings: PoolSettings {
+            discard: DiscardMode::Passdown,
+            zero_new_blocks: true,
+            out_of_space: OutOfSpaceMode::Error,
+            no_space_timeout_s: 60,
+            low_water_mark: 10,
+            commit_interval_ms: 1000,
+        },
         needs_check: false,
         data_bdev_uuid: [0; 16],
     }
@@ -972,16 +975,16 @@ fn million_mappings_figures() {
 #[test]
 fn settings_growth_and_needs_check_persist() {
     let (mut image, mut md) = sample_image();
-    md.pool_mut().discard = DiscardMode::Ignore;
-    md.pool_mut().low_water_mark = 77;
+    md.pool_mut().settings.discard = DiscardMode::Ignore;
+    md.pool_mut().settings.low_water_mark = 77;
     md.grow_data(5000).unwrap();
     assert!(matches!(md.grow_data(1 << 40), Err(MetadataError::GrowPastMax { .. })));
     md.insert(VolumeId(1), VirtBlock(900), Mapping { data_block: DataBlock(4500), time: 1 })
         .unwrap();
     commit(&mut md, &mut image);
     let reopened = image.open().unwrap();
-    assert_eq!(reopened.pool().discard, DiscardMode::Ignore);
-    assert_eq!(reopened.pool().low_water_mark, 77);
+    assert_eq!(reopened.pool().settings.discard, DiscardMode::Ignore);
+    assert_eq!(reopened.pool().settings.low_water_mark, 77);
     assert_eq!(reopened.layout().data_blocks, 5000);
     assert_eq!(reopened.data_count_committed(DataBlock(4500)), 1);
     image.check().unwrap();
