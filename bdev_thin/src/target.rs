@@ -1,22 +1,21 @@
-//! The target: everything a daemon or `perf` hosts — the runtime handle and the bdev registry
-//! (pools and exports join later). RPC methods and config loading act on it. Control plane only.
+//! The target: everything a daemon or `perf` hosts — the runtime handle, the bdev registry, the
+//! thin pools, the exports and the NVMe controllers attached. RPC methods and config loading act
+//! on it. Control plane only.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::admission::ConnectionTimeouts;
-use crate::bdev::BdevRegistry;
-use crate::bdev::thin::ThinPool;
+use crate::backend::nvme_tcp::NvmeController;
+use crate::bdev::pools::ThinPools;
+use crate::bdev::{Bdev, BdevRegistry};
 use crate::runtime::RuntimeHandle;
 
 pub struct Target {
     pub runtime: RuntimeHandle,
     pub bdevs: Arc<BdevRegistry>,
-    pools: std::sync::Mutex<Vec<Arc<ThinPool>>>,
-    /// Metadata bdevs found by examine whose data bdev has not appeared: (data UUID, name).
-    waiting_metadata: std::sync::Mutex<Vec<(uuid::Uuid, String)>>,
-    /// Pools being opened by examine, and who waits for them (`bdev_wait_for_examine`).
-    examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
+    /// The thin pools hosted here, and their lifecycle (`bdev_thin_*` methods, examine).
+    pub thin_pools: Arc<ThinPools>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
     /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
@@ -24,7 +23,7 @@ pub struct Target {
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
     /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
-    pub nvme_controllers: crate::rpc::methods::bdev_nvme::NvmeControllers,
+    pub nvme_controllers: NvmeControllers,
     initialized: AtomicBool,
 }
 
@@ -38,16 +37,15 @@ impl Target {
         runtime: RuntimeHandle,
         timeouts: ConnectionTimeouts,
     ) -> Arc<Target> {
+        let bdevs = BdevRegistry::new();
         Arc::new(Target {
+            thin_pools: ThinPools::new(runtime.clone(), Arc::clone(&bdevs)),
             runtime,
-            bdevs: BdevRegistry::new(),
-            pools: std::sync::Mutex::new(Vec::new()),
-            examines: std::sync::Mutex::new((0, Vec::new())),
-            waiting_metadata: std::sync::Mutex::new(Vec::new()),
+            bdevs,
             nbd: crate::export::nbd::NbdServer::default(),
             connection_timeouts: timeouts,
             nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
-            nvme_controllers: Default::default(),
+            nvme_controllers: NvmeControllers::default(),
             initialized: AtomicBool::new(false),
         })
     }
@@ -56,63 +54,19 @@ impl Target {
         self.connection_timeouts
     }
 
-    /// Every pool hosted here.
-    pub fn pools(&self) -> Vec<Arc<ThinPool>> {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Looks for pools on a bdev that just appeared (SPDK's examine).
+    pub fn examine(&self, bdev: &Arc<Bdev>) {
+        self.thin_pools.examine(bdev);
     }
 
-    pub fn remove_pool(&self, pool: &Arc<ThinPool>) {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| !Arc::ptr_eq(p, pool));
-    }
-
-    pub fn add_pool(&self, pool: Arc<ThinPool>) {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner()).push(pool);
-    }
-
-    /// Remembers a metadata bdev until its data bdev (by UUID) appears.
-    pub fn wait_for_data_bdev(&self, data_uuid: uuid::Uuid, metadata_bdev: String) {
-        let mut waiting = self.waiting_metadata.lock().unwrap_or_else(|p| p.into_inner());
-        if !waiting.iter().any(|(_, name)| *name == metadata_bdev) {
-            waiting.push((data_uuid, metadata_bdev));
-        }
-    }
-
-    /// The metadata bdevs that waited for the data bdev `data_uuid`.
-    pub fn take_waiting_metadata(&self, data_uuid: uuid::Uuid) -> Vec<String> {
-        let mut waiting = self.waiting_metadata.lock().unwrap_or_else(|p| p.into_inner());
-        let (ready, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut *waiting).into_iter().partition(|(uuid, _)| *uuid == data_uuid);
-        *waiting = rest;
-        ready.into_iter().map(|(_, name)| name).collect()
-    }
-
+    /// An examine that reads bdevs off the reactors starts; `bdev_wait_for_examine` waits
+    /// for its [`Target::end_examine`].
     pub fn begin_examine(&self) {
-        self.examines.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
+        self.thin_pools.begin_examine();
     }
 
     pub fn end_examine(&self) {
-        let waiters = {
-            let mut examines = self.examines.lock().unwrap_or_else(|p| p.into_inner());
-            examines.0 -= 1;
-            if examines.0 > 0 {
-                return;
-            }
-            std::mem::take(&mut examines.1)
-        };
-        for reply in waiters {
-            reply(Ok(serde_json::json!(true)));
-        }
-    }
-
-    /// Answers `reply` once no examine is in progress (at once if none is).
-    pub fn when_examined(&self, reply: crate::rpc::methods::Reply) {
-        let mut examines = self.examines.lock().unwrap_or_else(|p| p.into_inner());
-        if examines.0 == 0 {
-            drop(examines);
-            reply(Ok(serde_json::json!(true)));
-        } else {
-            examines.1.push(reply);
-        }
+        self.thin_pools.end_examine();
     }
 
     /// Marks start-up done (`framework_wait_init` answers from then on).
@@ -122,5 +76,33 @@ impl Target {
 
     pub fn is_initialized(&self) -> bool {
         self.initialized.load(Ordering::SeqCst)
+    }
+}
+
+/// The NVMe-oF controllers attached to a target.
+#[derive(Default)]
+pub struct NvmeControllers {
+    list: Mutex<Vec<Arc<NvmeController>>>,
+}
+
+impl NvmeControllers {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<NvmeController>>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn find(&self, name: &str) -> Option<Arc<NvmeController>> {
+        self.lock().iter().find(|c| c.name() == name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<NvmeController>> {
+        self.lock().clone()
+    }
+
+    pub fn add(&self, controller: Arc<NvmeController>) {
+        self.lock().push(controller);
+    }
+
+    pub fn remove(&self, controller: &Arc<NvmeController>) {
+        self.lock().retain(|c| !Arc::ptr_eq(c, controller));
     }
 }

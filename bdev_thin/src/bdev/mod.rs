@@ -6,6 +6,7 @@
 //! an NBD connection, a pool owner): its statistics are written only by that core with relaxed
 //! stores and summed by `bdev_get_iostat` from any thread.
 
+pub mod pools;
 pub mod stats;
 pub mod thin;
 

@@ -73,7 +73,7 @@ fn register(
 ) -> Result<Value, RpcError> {
     let bdev = Bdev::new(name.clone(), uuid.unwrap_or_else(Uuid::new_v4), Device::Base(device));
     target.bdevs.register(Arc::clone(&bdev))?;
-    super::thin::examine(target, &bdev);
+    target.examine(&bdev);
     Ok(json!(name))
 }
 
@@ -416,7 +416,7 @@ pub(super) fn wait_for_examine(target: &Arc<Target>, params: Params, reply: Repl
     if let Err(e) = params.finish() {
         return reply(Err(e));
     }
-    target.when_examined(reply);
+    target.thin_pools.when_examined(move || reply(Ok(json!(true))));
 }
 
 /// SPDK option setters we have no use for: the parameters must be an object of JSON scalars or

@@ -23,34 +23,6 @@ use crate::rpc::RpcError;
 use crate::rpc::params::Params;
 use crate::target::Target;
 
-/// The controllers attached to a target.
-#[derive(Default)]
-pub struct NvmeControllers {
-    list: Mutex<Vec<Arc<NvmeController>>>,
-}
-
-impl NvmeControllers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<NvmeController>>> {
-        self.list.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn find(&self, name: &str) -> Option<Arc<NvmeController>> {
-        self.lock().iter().find(|c| c.name() == name).cloned()
-    }
-
-    pub fn all(&self) -> Vec<Arc<NvmeController>> {
-        self.lock().clone()
-    }
-
-    fn add(&self, controller: Arc<NvmeController>) {
-        self.lock().push(controller);
-    }
-
-    fn remove(&self, controller: &Arc<NvmeController>) {
-        self.lock().retain(|c| !Arc::ptr_eq(c, controller));
-    }
-}
-
 fn invalid(message: impl Into<String>) -> RpcError {
     RpcError::invalid_params(message)
 }
@@ -180,7 +152,7 @@ fn examine_off_reactor(
         let target = Arc::clone(&target);
         move || {
             for bdev in &bdevs {
-                super::thin::examine(&target, bdev);
+                target.examine(bdev);
             }
             then();
             target.end_examine();
