@@ -7,11 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::LocalCompletions;
-use crate::host::{
-    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
-    SgList,
-};
+use super::instant::{InstantChannel, InstantStore};
+use crate::host::{BlockDevice, DeviceError, DeviceInfo, IoKind, IoRequest, IoStatus, SgList};
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -90,25 +87,27 @@ impl BlockDevice for MallocDevice {
     }
 
     fn open_channel(&self) -> Result<MallocChannel, DeviceError> {
-        Ok(MallocChannel {
-            info: self.info(),
+        let store = MallocStore {
             words: Arc::clone(&self.words),
-            completions: LocalCompletions::new(),
-        })
+            words_per_block: self.block_size_bytes as usize / 8,
+        };
+        Ok(InstantChannel::new(self.info(), store))
     }
 }
 
-pub struct MallocChannel {
-    info: DeviceInfo,
+/// A channel of a malloc device.
+pub type MallocChannel = InstantChannel<MallocStore>;
+
+/// The blocks a malloc channel reads and writes: the device's, shared by every channel.
+pub struct MallocStore {
     words: Arc<[AtomicU64]>,
-    completions: LocalCompletions,
+    words_per_block: usize,
 }
 
-impl MallocChannel {
+impl MallocStore {
     fn word_range(&self, request: &IoRequest) -> std::ops::Range<usize> {
-        let words_per_block = self.info.block_size_bytes as usize / 8;
-        let first = request.offset_blocks as usize * words_per_block;
-        first..first + request.num_blocks as usize * words_per_block
+        let first = request.offset_blocks as usize * self.words_per_block;
+        first..first + request.num_blocks as usize * self.words_per_block
     }
 
     fn read(&self, range: std::ops::Range<usize>, buffers: &mut SgList) {
@@ -137,41 +136,22 @@ impl MallocChannel {
     }
 }
 
-impl DeviceChannel for MallocChannel {
+impl InstantStore for MallocStore {
     #[inline]
-    fn submit(&mut self, mut request: IoRequest) -> Result<(), IoRequest> {
-        if self.completions.is_full() {
-            return Err(request);
-        }
-        let status = match request.validate(self.info.block_size_bytes, self.info.num_blocks) {
-            Err(status) => status,
-            Ok(()) => {
-                match request.kind {
-                    IoKind::Read => {
-                        let range = self.word_range(&request);
-                        self.read(range, &mut request.buffers);
-                    }
-                    IoKind::Write => self.write(self.word_range(&request), &request.buffers),
-                    IoKind::Unmap | IoKind::WriteZeroes => {
-                        for word in &self.words[self.word_range(&request)] {
-                            word.store(0, Ordering::Relaxed);
-                        }
-                    }
-                    IoKind::Flush | IoKind::Reset => {}
-                }
-                IoStatus::Success
+    fn execute(&self, request: &mut IoRequest) -> IoStatus {
+        match request.kind {
+            IoKind::Read => {
+                let range = self.word_range(request);
+                self.read(range, &mut request.buffers);
             }
-        };
-        self.completions.push(request, status);
-        Ok(())
-    }
-
-    #[inline]
-    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
-        self.completions.deliver(complete)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.completions.len()
+            IoKind::Write => self.write(self.word_range(request), &request.buffers),
+            IoKind::Unmap | IoKind::WriteZeroes => {
+                for word in &self.words[self.word_range(request)] {
+                    word.store(0, Ordering::Relaxed);
+                }
+            }
+            IoKind::Flush | IoKind::Reset => {}
+        }
+        IoStatus::Success
     }
 }

@@ -3,16 +3,16 @@
 //! the enum a pool's data device is: static dispatch over the four, so the IO path never goes
 //! through a vtable.
 
+pub mod instant;
 pub mod malloc;
 pub mod null;
 pub mod nvme_tcp;
 pub mod uring;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::host::{
-    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
+    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest,
 };
 use crate::limits;
 
@@ -44,41 +44,6 @@ pub fn check_geometry(block_size_bytes: u32, num_blocks: u64) -> Result<(), Stri
         ));
     }
     Ok(())
-}
-
-/// Completions of a device that finishes IO at submission (malloc, null), delivered at the next
-/// poll so a submitter is never re-entered from `submit`. Bounded by the channel depth.
-pub(crate) struct LocalCompletions {
-    queue: VecDeque<IoCompletion>,
-}
-
-impl LocalCompletions {
-    pub(crate) fn new() -> Self {
-        Self { queue: VecDeque::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX) }
-    }
-
-    pub(crate) fn is_full(&self) -> bool {
-        self.queue.len() >= limits::DEVICE_CHANNEL_DEPTH_MAX
-    }
-
-    pub(crate) fn push(&mut self, request: IoRequest, status: IoStatus) {
-        debug_assert!(!self.is_full());
-        self.queue.push_back(IoCompletion { request, status });
-    }
-
-    pub(crate) fn deliver(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
-        let count = self.queue.len();
-        for _ in 0..count {
-            if let Some(completion) = self.queue.pop_front() {
-                complete(completion);
-            }
-        }
-        count
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.queue.len()
-    }
 }
 
 /// A base device of any kind: what a pool's data and metadata devices are.

@@ -3,10 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::LocalCompletions;
-use crate::host::{
-    BlockDevice, DeviceChannel, DeviceError, DeviceInfo, IoCompletion, IoKind, IoRequest, IoStatus,
-};
+use super::instant::{InstantChannel, InstantStore};
+use crate::host::{BlockDevice, DeviceError, DeviceInfo, IoKind, IoRequest, IoStatus};
 
 #[derive(Debug)]
 pub struct NullDevice {
@@ -43,38 +41,23 @@ impl BlockDevice for NullDevice {
     }
 
     fn open_channel(&self) -> Result<NullChannel, DeviceError> {
-        Ok(NullChannel { info: self.info(), completions: LocalCompletions::new() })
+        Ok(InstantChannel::new(self.info(), NullStore))
     }
 }
 
-pub struct NullChannel {
-    info: DeviceInfo,
-    completions: LocalCompletions,
-}
+/// A channel of a null device.
+pub type NullChannel = InstantChannel<NullStore>;
 
-impl DeviceChannel for NullChannel {
+/// Nothing to read or write: reads leave their buffers as they are, as SPDK's null bdev does.
+pub struct NullStore;
+
+impl InstantStore for NullStore {
     #[inline]
-    fn submit(&mut self, request: IoRequest) -> Result<(), IoRequest> {
-        if self.completions.is_full() {
-            return Err(request);
+    fn execute(&self, request: &mut IoRequest) -> IoStatus {
+        if matches!(request.kind, IoKind::Unmap | IoKind::Flush) {
+            IoStatus::Failed(libc::ENOTSUP)
+        } else {
+            IoStatus::Success
         }
-        let status = match request.validate(self.info.block_size_bytes, self.info.num_blocks) {
-            Err(status) => status,
-            Ok(()) if matches!(request.kind, IoKind::Unmap | IoKind::Flush) => {
-                IoStatus::Failed(libc::ENOTSUP)
-            }
-            Ok(()) => IoStatus::Success,
-        };
-        self.completions.push(request, status);
-        Ok(())
-    }
-
-    #[inline]
-    fn poll(&mut self, complete: &mut impl FnMut(IoCompletion)) -> usize {
-        self.completions.deliver(complete)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.completions.len()
     }
 }

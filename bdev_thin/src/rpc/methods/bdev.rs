@@ -72,6 +72,8 @@ fn register(
     device: BaseDevice,
 ) -> Result<Value, RpcError> {
     let bdev = Bdev::new(name.clone(), uuid.unwrap_or_else(Uuid::new_v4), Device::Base(device));
+    // The registry refuses a name, alias or UUID already taken (EEXIST) under its lock; a
+    // look-up before creating the device would race another create of the same name.
     target.bdevs.register(Arc::clone(&bdev))?;
     target.examine(&bdev);
     Ok(json!(name))
@@ -94,9 +96,6 @@ pub(super) fn malloc_create(target: &Arc<Target>, mut params: Params, reply: Rep
         params.finish()?;
         check_geometry(block_size, num_blocks)?;
         let name = name.unwrap_or_else(|| target.bdevs.next_name("Malloc"));
-        if target.bdevs.get(&name).is_ok() {
-            return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
-        }
         let device = MallocDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Malloc(Arc::new(device)))
     })
@@ -124,9 +123,6 @@ pub(super) fn null_create(target: &Arc<Target>, mut params: Params, reply: Reply
         )?;
         params.finish()?;
         check_geometry(block_size, num_blocks)?;
-        if target.bdevs.get(&name).is_ok() {
-            return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
-        }
         let device = NullDevice::new(block_size, num_blocks).map_err(parameter_error)?;
         register(target, name, uuid, BaseDevice::Null(Arc::new(device)))
     })
@@ -140,9 +136,6 @@ pub(super) fn uring_create(target: &Arc<Target>, mut params: Params, reply: Repl
         let block_size = params.optional_u32("block_size")?;
         let uuid = params.optional_uuid("uuid")?;
         params.finish()?;
-        if target.bdevs.get(&name).is_ok() {
-            return Err(RpcError::errno(libc::EEXIST, format!("bdev {name} already exists")));
-        }
         let device = UringDevice::open(Path::new(&filename), block_size).map_err(|e| {
             // Name the parameter, as every config error does.
             let names_block_size =
