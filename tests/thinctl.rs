@@ -197,9 +197,7 @@ fn check_clears_needs_check_only_when_clean_and_only_when_no_one_holds_the_pool(
 
     // Refused while another process holds the device (as a daemon serving the pool does).
     let holder = std::fs::File::open(&image.0).unwrap();
-    assert!(
-        bdev_thin::sys::lock_exclusive(std::os::unix::io::AsRawFd::as_raw_fd(&holder)).unwrap()
-    );
+    assert!(bdev_thin::sys::lock_exclusive(&holder).unwrap());
     let busy = thinctl(&["check", "--clear-needs-check", path]);
     assert_eq!(busy.status.code(), Some(2), "{}", String::from_utf8_lossy(&busy.stdout));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));

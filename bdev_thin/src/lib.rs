@@ -18,7 +18,8 @@
 //! `// SAFETY:` line:
 //! - `host::buffer`: aligned IO buffers that split into disjoint owned pieces;
 //! - `backend::uring::ring`: submission entries that point into buffers the kernel fills;
-//! - `sys`: the few libc calls std lacks (epoll, eventfd, flock, block-device ioctls).
+//! - `sys`: the Linux calls std lacks, through `rustix`; its one `unsafe` names an open
+//!   descriptor by its number for the runtime's watch calls.
 
 pub mod admission;
 pub mod backend;

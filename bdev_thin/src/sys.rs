@@ -1,17 +1,34 @@
-//! The few Linux calls std does not offer: epoll and eventfd (reactor parking), flock (exclusive
-//! base devices), the block-device size ioctls and a readiness check (the NBD listener). Each
-//! wrapper checks its arguments and turns the C result into an `io::Result`; nothing here runs
-//! per IO.
+//! The Linux calls std does not offer, through `rustix`: epoll and eventfd (reactor parking),
+//! flock (exclusive base devices), the logical block size of a block device and a readiness
+//! check (the listeners). Each wrapper turns the call's result into an `io::Result`; nothing
+//! here runs per IO.
 //!
-//! This module is one of the few allowed `unsafe`: every block is one libc call on a descriptor
-//! the wrapper owns or borrows.
+//! This module is one of the few allowed `unsafe`, for one thing rustix leaves to its caller:
+//! naming an open descriptor by its number ([`with_raw_fd`]), for the runtime's watch calls,
+//! which take the numbers pollers and sockets give.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
-    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(result) }
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, epoll};
+use rustix::fs::FlockOperation;
+
+/// Runs `call` with the open descriptor numbered `fd`.
+///
+/// The caller keeps `fd` open until `call` returns: the runtime's watch and unwatch calls come
+/// from the descriptor's owner (a socket, an io_uring eventfd), which unwatches before closing.
+pub fn with_raw_fd<R>(
+    fd: RawFd,
+    call: impl FnOnce(BorrowedFd<'_>) -> io::Result<R>,
+) -> io::Result<R> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is not -1, and the borrow ends with `call`, while the caller keeps the
+    // descriptor open (see above); nothing here closes or keeps it.
+    call(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// A non-blocking eventfd: a counter that wakes a parked reactor.
@@ -20,25 +37,21 @@ pub struct EventFd(OwnedFd);
 
 impl EventFd {
     pub fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
-        let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
+        Ok(EventFd(fd))
     }
 
     /// Adds one to the counter, waking any epoll that watches it.
     pub fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our descriptor. EAGAIN (counter saturated)
-        // still leaves it readable, which is all a wake needs, so the result is ignored.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // EAGAIN (counter saturated) still leaves it readable, which is all a wake needs.
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
 
     /// Resets the counter to zero.
     pub fn drain(&self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our descriptor; EAGAIN means already zero.
-        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        let mut value = [0u8; 8];
+        // EAGAIN means it is zero already.
+        let _ = rustix::io::read(&self.0, &mut value);
     }
 
     pub fn raw(&self) -> RawFd {
@@ -46,119 +59,94 @@ impl EventFd {
     }
 }
 
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// An epoll instance: the one wait a parked reactor sleeps in.
 #[derive(Debug)]
 pub struct Epoll(OwnedFd);
 
+/// The data each watch carries: the descriptor's number (wake-ups are not told apart).
+fn event_data(fd: BorrowedFd<'_>) -> epoll::EventData {
+    epoll::EventData::new_u64(fd.as_raw_fd() as u64)
+}
+
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
-        // SAFETY: no pointers; a non-negative result is a new descriptor we own.
-        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by epoll_create1.
-        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Epoll(epoll::create(epoll::CreateFlags::CLOEXEC)?))
     }
 
     /// Watches `fd` for readability (level-triggered).
-    pub fn add(&self, fd: RawFd) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
-        // SAFETY: `event` is a live epoll_event; epoll copies it before returning.
-        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })
-            .map(drop)
+    pub fn add(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(epoll::add(&self.0, fd, event_data(fd), epoll::EventFlags::IN)?)
     }
 
     /// Watches `fd` for readability and/or writability (level-triggered), adding it or
     /// changing its interest; neither removes it. For sockets with output waiting.
-    pub fn watch(&self, fd: RawFd, readable: bool, writable: bool) -> io::Result<()> {
+    pub fn watch(&self, fd: BorrowedFd<'_>, readable: bool, writable: bool) -> io::Result<()> {
         if !readable && !writable {
             self.remove(fd);
             return Ok(());
         }
-        let mut events = 0u32;
+        let mut flags = epoll::EventFlags::empty();
         if readable {
-            events |= libc::EPOLLIN as u32;
+            flags |= epoll::EventFlags::IN;
         }
         if writable {
-            events |= libc::EPOLLOUT as u32;
+            flags |= epoll::EventFlags::OUT;
         }
-        let mut event = libc::epoll_event { events, u64: fd as u64 };
-        // SAFETY: `event` is a live epoll_event; epoll copies it before returning.
-        let modified =
-            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut event) };
-        match check(modified) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // SAFETY: as above; the descriptor was not registered yet.
-                check(unsafe {
-                    libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
-                })
-                .map(drop)
-            }
-            other => other.map(drop),
+        match epoll::modify(&self.0, fd, event_data(fd), flags) {
+            // Not registered yet.
+            Err(rustix::io::Errno::NOENT) => Ok(epoll::add(&self.0, fd, event_data(fd), flags)?),
+            other => Ok(other?),
         }
     }
 
-    pub fn remove(&self, fd: RawFd) {
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; ENOENT (already gone) is fine to ignore.
-        let _ = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut event) };
+    /// Stops watching `fd`; one that was not watched is fine.
+    pub fn remove(&self, fd: BorrowedFd<'_>) {
+        let _ = epoll::delete(&self.0, fd);
     }
 
-    /// Sleeps until a watched descriptor is ready or `timeout_ms` passes; returns how many were.
+    /// Sleeps until a watched descriptor is ready or `timeout_ms` passes (for ever when
+    /// negative); returns how many were.
     pub fn wait(&self, timeout_ms: i32) -> io::Result<usize> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        // SAFETY: the pointer and length describe `events`, which outlives the call.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                timeout_ms,
-            )
-        };
-        match check(n) {
-            Ok(n) => Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
+        let mut events = [const { MaybeUninit::<epoll::Event>::uninit() }; 16];
+        let timeout = u64::try_from(timeout_ms).ok().map(|ms| Timespec {
+            tv_sec: (ms / 1000) as i64,
+            tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+        });
+        match epoll::wait(&self.0, &mut events[..], timeout.as_ref()) {
+            Ok((ready, _)) => Ok(ready.len()),
+            Err(rustix::io::Errno::INTR) => Ok(0),
+            Err(e) => Err(e.into()),
         }
     }
 }
 
 /// Whether `fd` is readable now (a zero-timeout `poll`). A listener asks this before
 /// `accept`, which allocates a socket even when it then fails with EAGAIN.
-pub fn is_readable(fd: RawFd) -> bool {
-    let mut entry = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: the pointer names one live pollfd and the count is 1; timeout 0 never blocks.
-    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
-    ready > 0 && entry.revents != 0
+pub fn is_readable(fd: impl AsFd) -> bool {
+    let mut entries = [PollFd::new(&fd, PollFlags::IN)];
+    let ready = rustix::event::poll(&mut entries, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }));
+    ready.is_ok_and(|count| count > 0) && !entries[0].revents().is_empty()
 }
 
 /// Takes an exclusive, non-blocking `flock` on `fd`: a second daemon on the same file fails
-/// instead of racing IO still draining from the first.
-pub fn lock_exclusive(fd: RawFd) -> io::Result<bool> {
-    // SAFETY: flock takes no pointers; `fd` is a descriptor the caller owns.
-    match check(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
+/// instead of racing IO still draining from the first. `Ok(false)`: another holds it.
+pub fn lock_exclusive(fd: impl AsFd) -> io::Result<bool> {
+    match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKSSZGET: libc::c_ulong = 0x1268;
-
-/// Size in bytes of the block device open on `fd`.
-pub fn block_device_size_bytes(fd: RawFd) -> io::Result<u64> {
-    let mut size: u64 = 0;
-    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`.
-    check(unsafe { libc::ioctl(fd, BLKGETSIZE64, &mut size as *mut u64) })?;
-    Ok(size)
-}
-
 /// Logical block size of the block device open on `fd`.
-pub fn block_device_logical_block_size(fd: RawFd) -> io::Result<u32> {
-    let mut size: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int through the pointer, which points at `size`.
-    check(unsafe { libc::ioctl(fd, BLKSSZGET, &mut size as *mut libc::c_int) })?;
-    u32::try_from(size).map_err(|_| io::Error::other("negative logical block size"))
+pub fn block_device_logical_block_size(fd: impl AsFd) -> io::Result<u32> {
+    Ok(rustix::fs::ioctl_blksszget(fd)?)
 }
 
 /// Pins the calling thread to `core` (core_affinity, with an error instead of a bool).
@@ -173,16 +161,4 @@ pub fn pin_to_core(core: usize) -> io::Result<()> {
     } else {
         Err(io::Error::other(format!("could not pin to core {core}")))
     }
-}
-
-/// CPU time this process has used, in microseconds (user + system), for idle-cost figures.
-pub fn process_cpu_time_us() -> u64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct the pointer names; it was zero-initialised.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let to_us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    to_us(usage.ru_utime) + to_us(usage.ru_stime)
 }

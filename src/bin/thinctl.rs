@@ -151,7 +151,6 @@ fn check(device: &Path, metadata_path: Option<&Path>, clear: bool) -> anyhow::Re
 /// an exclusive flock, both refused while a daemon has it.
 fn open_exclusive(path: &Path) -> anyhow::Result<File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    use std::os::unix::io::AsRawFd;
     let is_block_device = std::fs::metadata(path)
         .with_context(|| format!("opening {}", path.display()))?
         .file_type()
@@ -166,7 +165,7 @@ fn open_exclusive(path: &Path) -> anyhow::Result<File> {
         Some(libc::EBUSY) => busy(),
         _ => anyhow::Error::new(e).context(format!("opening {} for writing", path.display())),
     })?;
-    if !bdev_thin::sys::lock_exclusive(file.as_raw_fd()).context("locking the device")? {
+    if !bdev_thin::sys::lock_exclusive(&file).context("locking the device")? {
         return Err(busy());
     }
     Ok(file)

@@ -429,7 +429,7 @@ impl Poller for ListenerPoller {
         let mut accepted = 0;
         while accepted < limits::NBD_ACCEPTS_PER_POLL_MAX {
             let Some(listener) = self.listener.as_ref() else { break };
-            if !crate::sys::is_readable(listener.as_raw_fd()) {
+            if !crate::sys::is_readable(listener) {
                 break;
             }
             match listener.accept() {

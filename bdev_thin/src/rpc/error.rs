@@ -45,10 +45,6 @@ impl RpcError {
         RpcError { code, message: message.into() }
     }
 
-    pub fn parse_error() -> RpcError {
-        RpcError::new(PARSE_ERROR, "Parse error")
-    }
-
     pub fn invalid_request() -> RpcError {
         RpcError::new(INVALID_REQUEST, "Invalid request")
     }

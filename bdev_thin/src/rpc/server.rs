@@ -252,7 +252,7 @@ pub fn listen_with(
         .write(true)
         .open(&lock)
         .map_err(|source| ServerError::Io { path: lock.display().to_string(), source })?;
-    if !crate::sys::lock_exclusive(lock_file.as_raw_fd()).map_err(io_error)? {
+    if !crate::sys::lock_exclusive(&lock_file).map_err(io_error)? {
         return Err(ServerError::InUse {
             path: path.display().to_string(),
             lock: lock.display().to_string(),

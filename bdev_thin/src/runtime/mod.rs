@@ -337,7 +337,7 @@ pub fn current_core() -> Option<CoreId> {
 pub fn watch_fd(fd: i32) {
     CURRENT.with(|c| {
         if let Some(current) = c.borrow().as_ref()
-            && let Err(e) = current.epoll.add(fd)
+            && let Err(e) = crate::sys::with_raw_fd(fd, |fd| current.epoll.add(fd))
         {
             eprintln!("reactor {}: cannot watch fd {fd}: {e}", current.core);
         }
@@ -349,7 +349,8 @@ pub fn watch_fd(fd: i32) {
 pub fn watch_fd_for(fd: i32, readable: bool, writable: bool) {
     CURRENT.with(|c| {
         if let Some(current) = c.borrow().as_ref()
-            && let Err(e) = current.epoll.watch(fd, readable, writable)
+            && let Err(e) =
+                crate::sys::with_raw_fd(fd, |fd| current.epoll.watch(fd, readable, writable))
         {
             eprintln!("reactor {}: cannot watch fd {fd}: {e}", current.core);
         }
@@ -359,7 +360,10 @@ pub fn watch_fd_for(fd: i32, readable: bool, writable: bool) {
 pub fn unwatch_fd(fd: i32) {
     CURRENT.with(|c| {
         if let Some(current) = c.borrow().as_ref() {
-            current.epoll.remove(fd);
+            let _ = crate::sys::with_raw_fd(fd, |fd| {
+                current.epoll.remove(fd);
+                Ok(())
+            });
         }
     });
 }

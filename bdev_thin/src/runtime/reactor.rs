@@ -1,6 +1,7 @@
 //! One reactor's loop: control events, pollers, timed pollers, counters, parking and stopping.
 //! Runs on its own pinned thread and owns everything it polls; nothing here takes a lock.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -53,7 +54,7 @@ impl ReactorContext {
 
     fn add(&mut self, mut poller: Box<dyn Poller>, timer: Option<(u64, u64)>) {
         for fd in poller.wake_fds() {
-            if let Err(e) = self.epoll.add(fd) {
+            if let Err(e) = crate::sys::with_raw_fd(fd, |fd| self.epoll.add(fd)) {
                 eprintln!(
                     "reactor {}: poller {}: cannot watch fd {fd}: {e}",
                     self.core,
@@ -65,10 +66,6 @@ impl ReactorContext {
             poller.begin_stop();
         }
         self.added.push(PollerSlot { poller, timer });
-    }
-
-    pub fn poller_count(&self) -> usize {
-        self.pollers.len() + self.added.len()
     }
 }
 
@@ -87,7 +84,7 @@ pub(crate) fn run(runtime: Arc<RuntimeShared>, me: Arc<ReactorShared>) {
         }
     };
     if let Some(eventfd) = me.waker.eventfd()
-        && let Err(e) = epoll.add(eventfd.raw())
+        && let Err(e) = epoll.add(eventfd.as_fd())
     {
         eprintln!("reactor {}: cannot watch its eventfd: {e}", me.core);
     }

@@ -198,11 +198,6 @@ impl SpaceMap {
         }
         count
     }
-
-    /// Oldest epoch still waiting for a grace period.
-    pub fn oldest_grace_epoch(&self) -> Option<u64> {
-        self.grace.front().map(|(epoch, _)| *epoch)
-    }
 }
 
 #[cfg(test)]

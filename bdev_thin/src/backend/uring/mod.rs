@@ -8,6 +8,7 @@
 mod ring;
 
 use std::fs::{File, OpenOptions};
+use std::io::Seek;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -66,11 +67,11 @@ impl UringDevice {
             Some(libc::EBUSY) => DeviceError::Busy { path: path.display().to_string() },
             _ => open_error(source),
         })?;
-        let fd = file.as_raw_fd();
-        if !sys::lock_exclusive(fd)? {
+        if !sys::lock_exclusive(&file)? {
             return Err(DeviceError::Busy { path: path.display().to_string() });
         }
-        let logical = if is_block_device { sys::block_device_logical_block_size(fd)? } else { 512 };
+        let logical =
+            if is_block_device { sys::block_device_logical_block_size(&file)? } else { 512 };
         let block_size_bytes = block_size.unwrap_or(logical);
         if !block_size_bytes.is_power_of_two()
             || block_size_bytes < logical.max(limits::BDEV_BLOCK_BYTES_MIN)
@@ -126,7 +127,10 @@ impl UringDevice {
     /// Re-reads the size of the file or device (`bdev_uring_rescan`); returns the block count.
     pub fn rescan(&self) -> Result<u64, DeviceError> {
         let bytes = if self.is_block_device {
-            sys::block_device_size_bytes(self.file.as_raw_fd())?
+            // A block device's end is its size (lseek, no ioctl). Moving the file position
+            // changes nothing: every IO names its offset.
+            let mut file: &File = &self.file;
+            file.seek(std::io::SeekFrom::End(0))?
         } else {
             self.file.metadata()?.len()
         };

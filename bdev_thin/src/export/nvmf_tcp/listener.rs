@@ -152,7 +152,7 @@ impl Poller for ListenerPoller {
         let mut accepted = 0;
         while accepted < ACCEPTS_PER_POLL_MAX {
             let Some(socket) = self.socket.as_ref() else { break };
-            if !crate::sys::is_readable(socket.as_raw_fd()) {
+            if !crate::sys::is_readable(socket) {
                 break;
             }
             match socket.accept() {
