@@ -244,9 +244,7 @@ impl OwnerPoller {
 
     /// Whether the metadata still holds changes a commit could write.
     fn has_uncommitted(&self) -> bool {
-        use crate::thin::types::PoolMode;
-        self.owner.metadata().is_dirty()
-            && !matches!(self.owner.mode(), PoolMode::ReadOnly | PoolMode::Fail)
+        self.owner.metadata().is_dirty() && self.owner.mode().is_writable()
     }
 }
 

@@ -119,6 +119,12 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
+    /// Whether the pool may change its metadata: not in `read_only` (a metadata write failed,
+    /// or `needs_check` is set) nor in `fail` (dm-thin's modes that refuse every change).
+    pub fn is_writable(self) -> bool {
+        !matches!(self, PoolMode::ReadOnly | PoolMode::Fail)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PoolMode::Write => "write",

@@ -4,7 +4,7 @@
 //! says it may, everything pending completes).
 
 use crate::host::PollStatus;
-use crate::thin::types::{DataBlock, PoolMode, VirtBlock, VolumeId};
+use crate::thin::types::{DataBlock, VirtBlock, VolumeId};
 use crate::thin::view::Resolved;
 
 use super::{Failure, Sim, fail, trace};
@@ -88,7 +88,7 @@ impl Sim {
 
     /// Whether the pool's views may mark anything certainly not shared.
     fn writable(&self) -> bool {
-        !matches!(self.owner.mode(), PoolMode::ReadOnly | PoolMode::Fail)
+        self.owner.mode().is_writable()
     }
 
     /// I6 on blocks `[first, end)` of `volume`.

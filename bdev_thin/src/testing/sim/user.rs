@@ -2,7 +2,7 @@
 //! channel's depth, and the check of every read against the oracle (I3, snapshot stability).
 
 use crate::host::{DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, SgList};
-use crate::thin::types::{DiscardMode, PoolMode, VolumeId};
+use crate::thin::types::{DiscardMode, VolumeId};
 
 use super::oracle::{Content, Entry, Oracle, Verdict, decode, pattern};
 use super::{Failure, REQUEST_SECTORS_MAX, SECTOR, Sim, fail, trace};
@@ -188,9 +188,7 @@ impl Sim {
             }
             UserKind::Write { .. } | UserKind::Unmap | UserKind::WriteZeroes { .. } => {
                 let mut ok = status.is_success();
-                if op.kind == UserKind::Unmap
-                    && matches!(self.owner.mode(), PoolMode::ReadOnly | PoolMode::Fail)
-                {
+                if op.kind == UserKind::Unmap && !self.owner.mode().is_writable() {
                     // A read-only pool acknowledges a discard without doing it (advisory).
                     ok = false;
                 }
