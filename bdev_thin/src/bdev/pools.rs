@@ -161,6 +161,11 @@ impl ThinPools {
             .ok_or_else(|| ThinBdevError::PoolNotFound(uuid.to_string()))
     }
 
+    /// Forgets `pool` (deleted, or closed after its base bdev went away).
+    pub fn remove(&self, pool: &Arc<ThinPool>) {
+        lock(&self.pools).retain(|p| !Arc::ptr_eq(p, pool));
+    }
+
     /// The thin volume a bdev name (or alias, or UUID) names.
     pub fn volume(&self, name: &str) -> Result<(Arc<Bdev>, ThinVolumeDevice), ThinBdevError> {
         let bdev = self.bdevs.get(name)?;
@@ -689,7 +694,7 @@ impl ThinPools {
                         log_line(format_args!("bdev_thin_pool_delete {}: {e}", deleted.name));
                     }
                 }
-                lock(&pools.pools).retain(|p| !Arc::ptr_eq(p, &deleted));
+                pools.remove(&deleted);
                 if let Ok(base) = pools.bdevs.get(&deleted.base_bdev) {
                     base.release_claim();
                 }
