@@ -583,7 +583,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             passdown_done: VecDeque::with_capacity(settings.limits.owner_ops),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
             finish_after_commit: Vec::with_capacity(settings.limits.owner_ops),
-            backlog: VecDeque::new(),
+            backlog: VecDeque::with_capacity(settings.limits.owner_ops),
             unsent: VecDeque::new(),
             copy_buffers: (0..settings.limits.copy_buffers)
                 .map(|_| IoBuffer::new(copy_bytes))
