@@ -18,7 +18,7 @@ pub struct Target {
     pub thin_pools: Arc<ThinPools>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
-    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
+    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD, NVMe-oF).
     connection_timeouts: ConnectionTimeouts,
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
@@ -44,7 +44,7 @@ impl Target {
             bdevs,
             nbd: crate::export::nbd::NbdServer::default(),
             connection_timeouts: timeouts,
-            nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
+            nvmf: crate::export::nvmf_tcp::NvmfTarget::new(timeouts),
             nvme_controllers: NvmeControllers::default(),
             initialized: AtomicBool::new(false),
         })
