@@ -26,6 +26,8 @@ pub struct Target {
     /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
     pub nvme_controllers: crate::rpc::methods::bdev_nvme::NvmeControllers,
     initialized: AtomicBool,
+    /// Examine runs on every new bdev (SPDK's `bdev_auto_examine`); off, only `bdev_examine`.
+    auto_examine: AtomicBool,
 }
 
 impl Target {
@@ -49,6 +51,7 @@ impl Target {
             nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
             nvme_controllers: Default::default(),
             initialized: AtomicBool::new(false),
+            auto_examine: AtomicBool::new(true),
         })
     }
 
@@ -118,6 +121,14 @@ impl Target {
     /// Marks start-up done (`framework_wait_init` answers from then on).
     pub fn set_initialized(&self) {
         self.initialized.store(true, Ordering::SeqCst);
+    }
+
+    pub fn auto_examine(&self) -> bool {
+        self.auto_examine.load(Ordering::SeqCst)
+    }
+
+    pub fn set_auto_examine(&self, auto: bool) {
+        self.auto_examine.store(auto, Ordering::SeqCst);
     }
 
     pub fn is_initialized(&self) -> bool {

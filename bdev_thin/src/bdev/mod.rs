@@ -6,6 +6,7 @@
 //! an NBD connection, a pool owner): its statistics are written only by that core with relaxed
 //! stores and summed by `bdev_get_iostat` from any thread.
 
+pub mod gone;
 pub mod stats;
 pub mod thin;
 
@@ -427,6 +428,14 @@ impl BdevRegistry {
             return Err(BdevError::Busy { name: bdev.name.clone() });
         }
         Ok(bdevs.remove(index))
+    }
+
+    /// Removes a bdev whose device went away, whoever claims or holds it open: its IO fails
+    /// from now on, and those who hold it let go when they close it.
+    pub fn remove_gone(&self, name: &str) -> Option<Arc<Bdev>> {
+        let mut bdevs = lock(&self.bdevs);
+        let index = bdevs.iter().position(|b| b.answers_to(name))?;
+        Some(bdevs.remove(index))
     }
 
     /// Removes a bdev that `module` claimed in order to delete it (a thin volume while its

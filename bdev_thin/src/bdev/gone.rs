@@ -1,0 +1,64 @@
+//! A base bdev that goes away (an NVMe namespace whose controller was lost, a namespace the
+//! target removed): the pools on it close without writing, their volumes' bdevs leave the
+//! registry, and the base bdev is released so that it can be unregistered. The pool on the
+//! device stays as its last commit left it; when the device comes back, examine opens it from
+//! there (DESIGN.md "A base device that goes away").
+
+use std::sync::Arc;
+
+use crate::names::log_line;
+use crate::target::Target;
+use crate::thin::owner::ControlOp;
+
+/// Closes every pool whose data or metadata bdev is `base`, then calls `then` (once, after the
+/// last pool let go of its bdevs; at once when none sits on `base`). Never waits: each pool
+/// answers from its home core.
+pub fn close_pools_on(target: &Arc<Target>, base: &str, then: impl FnOnce() + Send + 'static) {
+    let on_base: Vec<_> = target
+        .pools()
+        .into_iter()
+        .filter(|pool| pool.base_bdev == base || pool.metadata_bdev.as_deref() == Some(base))
+        .collect();
+    if on_base.is_empty() {
+        return then();
+    }
+    // The last pool to answer runs `then`.
+    let then = Arc::new(std::sync::Mutex::new(Some(Box::new(then) as Box<dyn FnOnce() + Send>)));
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(on_base.len()));
+    for pool in on_base {
+        let (target, closed, then, remaining) =
+            (Arc::clone(target), Arc::clone(&pool), Arc::clone(&then), Arc::clone(&remaining));
+        pool.send(ControlOp::ClosePool {
+            done: Box::new(move |result| {
+                if let Err(e) = result {
+                    log_line(format_args!(
+                        "pool {}: closing after {base_name}: {e}",
+                        closed.name,
+                        base_name = closed.base_bdev
+                    ));
+                }
+                let volumes =
+                    std::mem::take(&mut *closed.volumes.lock().unwrap_or_else(|p| p.into_inner()));
+                for (_, name) in volumes {
+                    target.bdevs.remove_gone(&name);
+                }
+                target.remove_pool(&closed);
+                for name in std::iter::once(&closed.base_bdev).chain(closed.metadata_bdev.iter()) {
+                    if let Ok(bdev) = target.bdevs.get(name) {
+                        bdev.release_claim();
+                    }
+                }
+                log_line(format_args!(
+                    "pool {} closed: its base bdev went away; it reopens from its last commit \
+                     when the bdev is back",
+                    closed.name
+                ));
+                if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1
+                    && let Some(then) = then.lock().unwrap_or_else(|p| p.into_inner()).take()
+                {
+                    then();
+                }
+            }),
+        });
+    }
+}
