@@ -258,7 +258,9 @@ fn io_queue_connects_refused_past_the_retry_limit_fail_io_and_the_process_keeps_
     let refused = proxy.counters().io_connects_refused.load(Ordering::SeqCst);
     let per_queue = u64::from(NVME_IO_CONNECT_RETRIES) + 1;
     assert!(
-        refused > before && (refused - before) % per_queue == 0 && before % per_queue == 0,
+        refused > before
+            && (refused - before).is_multiple_of(per_queue)
+            && before.is_multiple_of(per_queue),
         "each queue pair tries once and retries {NVME_IO_CONNECT_RETRIES} times: {before} \
          then {refused} refusals"
     );
