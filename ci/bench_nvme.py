@@ -133,9 +133,8 @@ def initiator_spdk_section(bench):
     )
     try:
         target.prefill(t)
-        # bdevperf's CpuWatch counts bdevperf alone; the target's CPU is in "others" there.
         bdevperf = t.bdevperf_side("bdevperf nvme", attach_config(target.port), "Nvme0n1",
-                                   write_pass=False, memory_mib=1024)
+                                   write_pass=False, memory_mib=1024, servers=[target.daemon])
         compare(
             bench.r, "initiator spdk", tests(bench.args.seconds),
             [Side("perf", perf_over_nvme(t, target)), Side("bdevperf", bdevperf)],
