@@ -5,7 +5,8 @@
 //! half-written transaction.
 //!
 //! From the close on, the owner sends nothing to its devices: what it would submit is
-//! completed as failed on its next poll, so every state machine ends by its own error path.
+//! completed as failed on its next poll, and what was in flight fails when it completes, so
+//! every state machine ends by its own error path and no IO is acknowledged.
 //! New requests and control operations are refused. Once no IO of its own is in flight, what
 //! still waits (flushes and writes for a commit, ranges, snapshots, control operations) is
 //! answered with an error and the owner finishes: the host drops it and releases its bdevs.
@@ -42,7 +43,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// refusals of what arrives, and the end once nothing is in flight. Bounded work.
     pub(super) fn poll_closing(&mut self) -> PollStatus {
         self.refresh_channels();
-        let mut busy = self.poll_device();
+        let mut busy = self.poll_device_closing();
         busy |= self.drain_passdown_completions();
         for _ in 0..self.refused.len() {
             let Some(request) = self.refused.pop_front() else { break };
@@ -70,6 +71,23 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             busy = true;
         }
         PollStatus::busy_if(busy)
+    }
+
+    /// Completions of IO that was in flight at the close: each fails, even one the device
+    /// did, so that no write is acknowledged whose mapping can no longer be committed.
+    fn poll_device_closing(&mut self) -> bool {
+        let mut completed = std::mem::take(&mut self.completed);
+        let mut count = self.data.poll(&mut |completion| completed.push(completion));
+        if let Some(channel) = self.metadata_channel.as_mut()
+            && channel.in_flight() > 0
+        {
+            count += channel.poll(&mut |completion| completed.push(completion));
+        }
+        for IoCompletion { request, .. } in completed.drain(..) {
+            self.complete_device(IoCompletion { request, status: GONE });
+        }
+        self.completed = completed;
+        count > 0
     }
 
     fn nothing_in_flight(&self) -> bool {
