@@ -70,7 +70,18 @@ fn fill_of(write: u64) -> u8 {
 
 #[test]
 fn a_pool_whose_target_is_lost_closes_and_comes_back_by_examine_with_its_commits() {
-    let scratch = Scratch::new("nvme_lost_pool");
+    lost_and_back(false);
+}
+
+/// The same with the pool's metadata on a local bdev: the data bdev goes and comes back, the
+/// metadata bdev stays, and the pool opens again when the data bdev's UUID reappears.
+#[test]
+fn a_pool_with_local_metadata_whose_data_target_is_lost_comes_back_with_its_commits() {
+    lost_and_back(true);
+}
+
+fn lost_and_back(local_metadata: bool) {
+    let scratch = Scratch::new(if local_metadata { "nvme_lost_split" } else { "nvme_lost_pool" });
     let disk = scratch.path("disk.img");
     std::fs::File::create(&disk).and_then(|f| f.set_len(64 << 20)).expect("the disk file");
     let port = free_port();
@@ -82,7 +93,14 @@ fn a_pool_whose_target_is_lost_closes_and_comes_back_by_examine_with_its_commits
         json!({"name": "Local0", "num_blocks": 2048, "block_size": 4096}),
     );
     attach(&local, port);
-    let pool = json!({"bdev_name": "Nvme0n1", "pool_name": "pool0", "data_block_size": 65536});
+    let mut pool = json!({"bdev_name": "Nvme0n1", "pool_name": "pool0", "data_block_size": 65536});
+    if local_metadata {
+        local.call(
+            "bdev_malloc_create",
+            json!({"name": "Meta0", "num_blocks": 1024, "block_size": 4096}),
+        );
+        pool["metadata_bdev_name"] = json!("Meta0");
+    }
     local.call("bdev_thin_pool_create", pool);
     let volume = json!({"pool_name": "pool0", "volume_name": "vol0", "size_in_mib": 8});
     let volume = local.call("bdev_thin_create", volume);

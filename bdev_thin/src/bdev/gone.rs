@@ -28,6 +28,7 @@ pub fn close_pools_on(target: &Arc<Target>, base: &str, then: impl FnOnce() + Se
     for pool in on_base {
         let (target, closed, then, remaining) =
             (Arc::clone(target), Arc::clone(&pool), Arc::clone(&then), Arc::clone(&remaining));
+        let gone = base.to_string();
         pool.send(ControlOp::ClosePool {
             done: Box::new(move |result| {
                 if let Err(e) = result {
@@ -47,6 +48,14 @@ pub fn close_pools_on(target: &Arc<Target>, base: &str, then: impl FnOnce() + Se
                     if let Ok(bdev) = target.bdevs.get(name) {
                         bdev.release_claim();
                     }
+                }
+                // The data bdev went and the metadata bdev stays: the pool opens again when
+                // a bdev of the data bdev's UUID appears, as after a restart.
+                if let Some(metadata) = &closed.metadata_bdev
+                    && *metadata != gone
+                {
+                    let data_uuid = uuid::Uuid::from_bytes(closed.record.data_bdev_uuid);
+                    target.wait_for_data_bdev(data_uuid, metadata.clone());
                 }
                 log_line(format_args!(
                     "pool {} closed: its base bdev went away; it reopens from its last commit \
