@@ -349,6 +349,13 @@ class Bench:
 
         bench_nbd.cow_section(self)
 
+    # ---- NVMe-oF/TCP (bench_nvmf.py) ----
+
+    def nvmf(self):
+        import bench_nvmf
+
+        bench_nvmf.nvmf_section(self)
+
     # ---- the NVMe/TCP initiator (bench_nvme.py) ----
 
     def initiator(self):
@@ -361,7 +368,7 @@ class Bench:
 # Sections whose rows are kept apart by device.
 SPLIT = ("sweep", "large", "fua", "cow")
 SECTIONS = ("foundation", "spdk", "sweep", "large", "thin", "provision", "passdown",
-            "fua", "cow", "nbd", "initiator")
+            "fua", "cow", "nbd", "nvmf", "initiator")
 # Sections whose rows go under other names.
 ROW_SECTIONS = {"initiator": ["initiator", "initiator spdk"]}
 
