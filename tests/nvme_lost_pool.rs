@@ -1,7 +1,8 @@
 //! A pool on a remote namespace whose target dies for good, end to end: the remote is a real
 //! `thin_tgt` process exporting a file (io_uring) over NVMe/TCP, with `bdev_auto_examine` off;
-//! this process attaches it, builds a pool and a volume on it, writes and commits. Then the remote is killed (SIGKILL):
-//! past `ctrlr_loss_timeout_sec` the controller and its namespace's bdev are removed, the pool
+//! this process attaches it, builds a pool and a volume on it, writes and commits. Then the
+//! remote is killed (SIGKILL): past `ctrlr_loss_timeout_sec` the controller and its namespace's
+//! bdev are removed, the pool
 //! closes without writing (IO on its volume fails, its volume's bdev leaves `bdev_get_bdevs`)
 //! and the process keeps serving. The remote is started again on the same file; attaching the
 //! controller again brings the pool and its volume back by examine, and every committed write
