@@ -356,11 +356,21 @@ class Bench:
 
         bench_nvmf.nvmf_section(self)
 
+    # ---- the NVMe/TCP initiator (bench_nvme.py) ----
+
+    def initiator(self):
+        import bench_nvme
+
+        bench_nvme.initiator_section(self)
+        bench_nvme.initiator_spdk_section(self)
+
 
 # Sections whose rows are kept apart by device.
 SPLIT = ("sweep", "large", "fua", "cow")
 SECTIONS = ("foundation", "spdk", "sweep", "large", "thin", "provision", "passdown",
-            "fua", "cow", "nbd", "nvmf")
+            "fua", "cow", "nbd", "nvmf", "initiator")
+# Sections whose rows go under other names.
+ROW_SECTIONS = {"initiator": ["initiator", "initiator spdk"]}
 
 
 def machine_meta(root, spdk_dir, tools):
@@ -427,6 +437,7 @@ def main():
         for section in sections:
             started = time.monotonic()
             names = [f"{section} malloc", f"{section} uring"] if section in SPLIT else [section]
+            names = ROW_SECTIONS.get(section, names)
             for name in names:
                 recorder.begin_section(name, meta["date"])
             getattr(bench, "spdk_section" if section == "spdk" else section)()

@@ -16,7 +16,8 @@
 #   SECONDS_PER_RUN  seconds of each timed run (default 2); SWEEP_SECONDS for the sweep (1)
 #   SPDK_DIR         an SPDK build (its build/examples/bdevperf is used, never built here):
 #                    adds SPDK's bdevperf on malloc and on a thin lvol beside our perf, and
-#                    the nvmf section (its build/bin/spdk_nvme_perf and nvmf_tgt)
+#                    the nvmf section (its build/bin/spdk_nvme_perf and nvmf_tgt), and
+#                    in the initiator section our perf vs bdevperf to its nvmf_tgt
 #
 # It installs what it needs beyond ci/install.sh: matplotlib into .venv (pip) and, as root,
 # Debian's python3-libnbd (the FUA/FLUSH client). The passdown section needs root (a loop
@@ -25,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sections="foundation spdk sweep large thin provision passdown fua cow nbd nvmf"
+sections="foundation spdk sweep large thin provision passdown fua cow nbd nvmf initiator"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
     echo "Sections: $sections"

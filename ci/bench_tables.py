@@ -224,12 +224,19 @@ def tables(doc):
         ("fua", ["fua malloc", "fua uring"], "iops", ""),
         ("cow", ["cow malloc", "cow uring"], "iops", ""),
         ("nbd", ["nbd"], "iops", ""),
+        ("initiator", ["initiator", "initiator spdk"], "iops", ""),
     ):
         blocks = []
         for section in sections:
             t = section_table(doc, section, key, unit)
             if t:
                 blocks.append((f"**{section}**\n\n" if len(sections) > 1 else "") + t)
+        if name == "initiator":
+            # The figures are IOPS and p99 latency.
+            for section in sections:
+                t = section_table(doc, section, "p99_us", " µs")
+                if t:
+                    blocks.append(f"**{section}, p99 latency**\n\n" + t)
         if blocks:
             out[name] = caption(doc, sections) + "\n\n".join(blocks)
     return out

@@ -185,11 +185,12 @@ class Tools:
         return text.splitlines()[-1] if text else "?"
 
     def bdevperf_side(self, label, config, target, write_pass=True, setup_rpcs=(),
-                      memory_mib=2048):
+                      memory_mib=2048, servers=()):
         """SPDK's bdevperf -z on core 0, without hugepages; per round one process: the RPCs of
         `setup_rpcs`, a sequential write pass over the whole bdev (128 KiB, QD32, long enough to
         cover it), then each test through `perform_tests`. Latency percentiles from its `-l`
-        summary (a histogram per job, which our perf also keeps)."""
+        summary (a histogram per job, which our perf also keeps). `servers` (daemons: a target
+        it is attached to) are measured with it."""
         config_path = self.write_config(label.replace(" ", "_"), config)
         binary = os.path.join(self.spdk_dir, "build/examples/bdevperf")
 
@@ -222,7 +223,7 @@ class Tools:
                 out = []
                 for test in tests:
                     summaries = _summary_count(log)
-                    watch = CpuWatch([daemon.pid]).start()
+                    watch = CpuWatch([daemon.pid, *(d.pid for d in servers)]).start()
                     result = client.call("perform_tests", {
                         "workload_type": test["workload"],
                         "io_size": str(test["io_size"]),

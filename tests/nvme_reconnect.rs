@@ -9,17 +9,26 @@
 //!   until detached;
 //! - an AER: a namespace resized on the target resizes the bdev; one added appears as a bdev,
 //!   one removed goes;
+//! - every IO queue Connect refused with Command Sequence Error: the queue retries up to its
+//!   limit, then its IO fails; the controller and the process keep serving;
+//! - a target that accepts the connection and answers ICReq but never Fabrics Connect: the
+//!   attach fails with an error naming the Connect once `fabrics_connect_timeout_us` passed,
+//!   and the process keeps serving;
 //! - a thin pool on the namespace rides out a reconnect (writes and their commits in flight at
 //!   the cut complete; the pool stays writable and clean), and another host's attach finds it
 //!   by examine with every write.
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bdev_thin::host::{IoKind, IoStatus};
+use bdev_thin::limits::NVME_IO_CONNECT_RETRIES;
+use bdev_thin::nvme::tcp::{Encoder, IcResp};
 use common::nvme::{NQN, Side, attach_params, remote_target, request, run, try_call, wait_for};
 use common::nvme_proxy::NvmeProxy;
 use serde_json::{Value, json};
@@ -228,4 +237,79 @@ fn a_pool_on_the_namespace_rides_out_a_reconnect_and_comes_back_by_examine() {
         let bytes = request.buffers.segments()[0].as_slice();
         assert!(bytes.iter().all(|&b| b == expected), "write {} lost", request.tag);
     }
+}
+
+#[test]
+fn io_queue_connects_refused_past_the_retry_limit_fail_io_and_the_process_keeps_serving() {
+    let (_remote, upstream) = remote_target(&[malloc("Malloc0", 8)]);
+    let proxy = NvmeProxy::start(upstream, Duration::from_secs(1));
+    proxy.refuse_io_connects(true);
+    let local = Side::new();
+    local.call(
+        "bdev_malloc_create",
+        json!({"name": "Local0", "num_blocks": 2048, "block_size": 4096}),
+    );
+    local.call("bdev_nvme_attach_controller", attach_params(proxy.address, NQN, json!({})));
+    let handle = local.handle();
+    let bdev = local.bdev("Nvme0n1");
+    let before = proxy.counters().io_connects_refused.load(Ordering::SeqCst);
+    let outcome = run(&handle, &bdev, vec![request(IoKind::Read, 0, 8, BLOCK, Some(0), 0)]);
+    assert_eq!(outcome[0].1, IoStatus::Failed(libc::EIO), "IO fails once the retries are spent");
+    let refused = proxy.counters().io_connects_refused.load(Ordering::SeqCst);
+    let per_queue = u64::from(NVME_IO_CONNECT_RETRIES) + 1;
+    assert!(
+        refused > before
+            && (refused - before).is_multiple_of(per_queue)
+            && before.is_multiple_of(per_queue),
+        "each queue pair tries once and retries {NVME_IO_CONNECT_RETRIES} times: {before} \
+         then {refused} refusals"
+    );
+    assert_eq!(controller_state(&local).as_deref(), Some("enabled"), "the admin queue stays");
+    let local_bdev = local.bdev("Local0");
+    let still = run(&handle, &local_bdev, vec![request(IoKind::Write, 0, 8, BLOCK, Some(1), 0)]);
+    assert!(still[0].1.is_success(), "the process keeps serving its other bdevs");
+    drop(bdev);
+    local.call("bdev_nvme_detach_controller", json!({"name": "Nvme0"}));
+}
+
+/// A listener that answers the first connection's ICReq and then reads, never answering,
+/// until the host closes it. Returns its address and whether a capsule arrived.
+fn silent_controller() -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("the listener binds");
+    let address = listener.local_addr().expect("bound");
+    let serving = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the host connects");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("a read bound");
+        let mut ic_req = [0u8; 128];
+        stream.read_exact(&mut ic_req).expect("ICReq");
+        let response = IcResp { maxh2cdata: 131_072, ..IcResp::default() };
+        stream.write_all(Encoder::ic_resp(&response).as_bytes()).expect("ICResp");
+        let mut capsule = false;
+        let mut byte = [0u8; 1];
+        while stream.read(&mut byte).is_ok_and(|n| n > 0) {
+            capsule = true;
+        }
+        capsule
+    });
+    (address, serving)
+}
+
+#[test]
+fn a_target_that_never_answers_connect_fails_the_attach_and_the_process_keeps_serving() {
+    let (address, serving) = silent_controller();
+    let local = Side::new();
+    let params = attach_params(address, NQN, json!({"fabrics_connect_timeout_us": 200_000}));
+    let error = try_call(&local.target, "bdev_nvme_attach_controller", params)
+        .expect_err("the attach fails");
+    assert!(
+        error.message.contains("Nvme0") && error.message.contains("Fabrics Connect"),
+        "{error}"
+    );
+    assert!(serving.join().expect("the listener thread"), "the Connect capsule was sent");
+    assert_eq!(local.call("bdev_nvme_get_controllers", json!({})), json!([]));
+    let created = local.call(
+        "bdev_malloc_create",
+        json!({"name": "Local0", "num_blocks": 2048, "block_size": 4096}),
+    );
+    assert_eq!(created, json!("Local0"), "the process keeps serving");
 }

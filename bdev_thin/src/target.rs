@@ -25,6 +25,8 @@ pub struct Target {
     /// NVMe-oF controllers attached by the initiator (`bdev_nvme_*` methods).
     pub nvme_controllers: NvmeControllers,
     initialized: AtomicBool,
+    /// Examine runs on every new bdev (SPDK's `bdev_auto_examine`); off, only `bdev_examine`.
+    auto_examine: AtomicBool,
 }
 
 impl Target {
@@ -47,6 +49,7 @@ impl Target {
             nvmf: crate::export::nvmf_tcp::NvmfTarget::new(timeouts),
             nvme_controllers: NvmeControllers::default(),
             initialized: AtomicBool::new(false),
+            auto_examine: AtomicBool::new(true),
         })
     }
 
@@ -72,6 +75,14 @@ impl Target {
     /// Marks start-up done (`framework_wait_init` answers from then on).
     pub fn set_initialized(&self) {
         self.initialized.store(true, Ordering::SeqCst);
+    }
+
+    pub fn auto_examine(&self) -> bool {
+        self.auto_examine.load(Ordering::SeqCst)
+    }
+
+    pub fn set_auto_examine(&self, auto: bool) {
+        self.auto_examine.store(auto, Ordering::SeqCst);
     }
 
     pub fn is_initialized(&self) -> bool {

@@ -1004,3 +1004,59 @@ fn rig_with_block_size(data_blocks: u64, block_bytes: u32, settings: OwnerSettin
     rig.geometry.lbas_per_block = u64::from(block_bytes / LBA);
     rig
 }
+
+/// The base device goes away: the close writes nothing (no commit, whatever is dirty), fails
+/// the writes in flight on the device and the flush queued behind them, and the device keeps
+/// the last commit, which a reopen finds.
+#[test]
+fn a_close_without_writes_fails_in_flight_and_queued_io_and_keeps_the_last_commit() {
+    let mut rig = Rig::new(16, settings(DiscardMode::Passdown, Mutations::NONE));
+    let volume = rig.create_volume("v", 8);
+    let mut channel = rig.channel(volume);
+    assert_eq!(rig.run(&mut channel, write(0, 0x41)).status, IoStatus::Success);
+    assert_eq!(rig.run(&mut channel, flush()).status, IoStatus::Success);
+    let region_lbas = rig.metadata_region_lbas();
+    let committed = rig.device.read_content(0, region_lbas);
+
+    rig.device.set_auto_complete(false);
+    channel.submit(write(1, 0x42)).unwrap();
+    channel.submit(write(2, 0x43)).unwrap();
+    for _ in 0..100 {
+        if rig.device.pending().len() == 2 {
+            break;
+        }
+        let _ = rig.wait(&mut channel, 1);
+    }
+    assert_eq!(rig.device.pending().len(), 2, "both writes in flight on the device");
+    let closed = rig.push_control(|done| ControlOp::ClosePool { done });
+    rig.owner.poll();
+    channel.submit(flush()).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..1000 {
+        rig.device.complete_all();
+        channel.poll(&mut |c| answers.push(c.status));
+        rig.owner.poll();
+        if rig.owner.is_finished() && answers.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(closed.lock().unwrap().take(), Some(Ok(())));
+    // The writes in flight fail as the device's; the flush, submitted once the volume was
+    // closed, is refused by the channel itself.
+    let in_flight = answers.iter().filter(|s| **s == IoStatus::Failed(libc::ENXIO)).count();
+    assert_eq!((answers.len(), in_flight), (3, 2), "every IO fails: {answers:?}");
+    assert!(answers.contains(&IoStatus::Failed(libc::ENODEV)), "{answers:?}");
+    assert_eq!(rig.device.read_content(0, region_lbas), committed, "no metadata was written");
+    let later = rig.push_control(|done| ControlOp::Commit { done });
+    rig.owner.poll();
+    assert_eq!(later.lock().unwrap().take(), None, "a finished owner runs nothing");
+
+    drop(channel);
+    let mut rig = rig.reopen();
+    rig.device.set_auto_complete(true);
+    let mut channel = rig.channel(volume);
+    assert_reads(&mut rig, &mut channel, 0, 0x41);
+    assert_reads(&mut rig, &mut channel, 1, 0);
+    assert_reads(&mut rig, &mut channel, 2, 0);
+    rig.check();
+}

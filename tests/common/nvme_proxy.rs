@@ -6,7 +6,9 @@
 //!   its ranges has been acknowledged by the target (then it goes, late: the seed's race made
 //!   certain), or until `hold_timeout` passed (then it goes as if merely slow);
 //! - cut every connection, and refuse new ones for as long as the test says (a target that
-//!   went away, or a network that did).
+//!   went away, or a network that did);
+//! - answer every IO queue's Fabrics Connect itself with Command Sequence Error (the QID still
+//!   held by a previous connection, as Linux's target says it), without forwarding it.
 //!
 //! Test code: blocking sockets and threads, every wait bounded, all threads end when the proxy
 //! is dropped.
@@ -41,6 +43,8 @@ pub struct ProxyCounters {
     /// Released because a Write to their range was acknowledged first.
     pub released_after_write: AtomicU64,
     pub released_by_timeout: AtomicU64,
+    /// IO queue Fabrics Connects answered Command Sequence Error.
+    pub io_connects_refused: AtomicU64,
 }
 
 struct Shared {
@@ -48,6 +52,7 @@ struct Shared {
     hold_deallocates: AtomicBool,
     hold_timeout: Duration,
     refusing: AtomicBool,
+    refuse_io_connects: AtomicBool,
     stop: AtomicBool,
     held: Mutex<Vec<Held>>,
     /// Both sockets of every live connection, to cut them.
@@ -87,6 +92,23 @@ fn capsule_command(pdu: &[u8]) -> Option<Command> {
     Some(Command::decode(sqe))
 }
 
+/// Whether `command` is a Fabrics Connect of an IO queue (QID not 0).
+fn is_io_connect(command: &Command) -> bool {
+    let fctype = command.nsid as u8;
+    command.opcode == 0x7F && fctype == 0x01 && command.cdw10 >> 16 != 0
+}
+
+/// A CapsuleResp PDU (no digests) answering `cid` with Command Sequence Error (SCT 0, SC 0Ch).
+fn sequence_error(cid: u16) -> Vec<u8> {
+    let mut pdu = vec![0u8; 24];
+    pdu[0] = 0x05;
+    pdu[2] = 24;
+    pdu[4] = 24;
+    pdu[8 + 12..8 + 14].copy_from_slice(&cid.to_le_bytes());
+    pdu[8 + 14..8 + 16].copy_from_slice(&(0x0Cu16 << 1).to_le_bytes());
+    pdu
+}
+
 /// The ranges of a Dataset Management deallocate capsule whose ranges came in it.
 fn deallocate_ranges(pdu: &[u8], command: &Command) -> Option<Vec<(u32, u64, u64)>> {
     if command.opcode != 0x09 || !command.dsm_deallocate() {
@@ -117,6 +139,7 @@ impl NvmeProxy {
             hold_deallocates: AtomicBool::new(false),
             hold_timeout,
             refusing: AtomicBool::new(false),
+            refuse_io_connects: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             sockets: Mutex::new(Vec::new()),
@@ -145,6 +168,10 @@ impl NvmeProxy {
             let _ = socket.shutdown(Shutdown::Both);
         }
         self.shared.held.lock().unwrap().clear();
+    }
+
+    pub fn refuse_io_connects(&self, refuse: bool) {
+        self.shared.refuse_io_connects.store(refuse, Ordering::SeqCst);
     }
 
     pub fn allow(&self) {
@@ -193,10 +220,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let to_client = Arc::new(Mutex::new(client));
         let to_upstream = Arc::new(Mutex::new(upstream));
         let writes: WritesInFlight = Arc::default();
-        let (h2c_shared, h2c_writes, h2c_upstream) =
-            (Arc::clone(&shared), Arc::clone(&writes), Arc::clone(&to_upstream));
+        let (h2c_shared, h2c_writes, h2c_upstream, h2c_client) = (
+            Arc::clone(&shared),
+            Arc::clone(&writes),
+            Arc::clone(&to_upstream),
+            Arc::clone(&to_client),
+        );
         std::thread::spawn(move || {
-            host_to_controller(client_reader, h2c_upstream, h2c_writes, h2c_shared)
+            host_to_controller(client_reader, h2c_upstream, h2c_writes, h2c_shared, h2c_client)
         });
         let c2h_shared = Arc::clone(&shared);
         std::thread::spawn(move || {
@@ -210,10 +241,16 @@ fn host_to_controller(
     upstream: Arc<Mutex<TcpStream>>,
     writes: WritesInFlight,
     shared: Arc<Shared>,
+    to_client: Arc<Mutex<TcpStream>>,
 ) {
     while let Some(pdu) = read_pdu(&mut client) {
         shared.counters.pdus.fetch_add(1, Ordering::SeqCst);
         if let Some(command) = capsule_command(&pdu) {
+            if shared.refuse_io_connects.load(Ordering::SeqCst) && is_io_connect(&command) {
+                shared.counters.io_connects_refused.fetch_add(1, Ordering::SeqCst);
+                send(&to_client, &sequence_error(command.cid));
+                continue;
+            }
             if command.opcode == 0x01 {
                 let range = (command.nsid, command.slba(), command.block_count());
                 writes.lock().unwrap().insert(command.cid, range);

@@ -430,6 +430,14 @@ impl BdevRegistry {
         Ok(bdevs.remove(index))
     }
 
+    /// Removes a bdev whose device went away, whoever claims or holds it open: its IO fails
+    /// from now on, and those who hold it let go when they close it.
+    pub fn remove_gone(&self, name: &str) -> Option<Arc<Bdev>> {
+        let mut bdevs = lock(&self.bdevs);
+        let index = bdevs.iter().position(|b| b.answers_to(name))?;
+        Some(bdevs.remove(index))
+    }
+
     /// Removes a bdev that `module` claimed in order to delete it (a thin volume while its
     /// pool deletes it): nobody could open it meanwhile, and a refused delete leaves it.
     pub fn unregister_claimed(&self, name: &str, module: &str) -> Result<Arc<Bdev>, BdevError> {

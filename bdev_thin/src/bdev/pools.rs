@@ -9,6 +9,8 @@
 //! the owner's work (and the commit that makes it durable) is done. RPC methods only decode
 //! what they are asked, call here and encode what comes back.
 
+mod gone;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;

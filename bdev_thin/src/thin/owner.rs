@@ -12,6 +12,7 @@
 //! The owner's own device IO needs no epoch: every block it reads or writes is referenced by
 //! a mapping it keeps busy in the order table, or reserved, so nothing can release it.
 
+mod close;
 mod control;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -84,6 +85,11 @@ pub enum ControlOp {
     ClearNeedsCheck {
         done: ControlDone<()>,
     },
+    /// The base device went away: stop without writing anything (what the last commit left
+    /// stays the pool), failing in-flight and queued IO. See `owner/close.rs`.
+    ClosePool {
+        done: ControlDone<()>,
+    },
 }
 
 impl ControlOp {
@@ -98,7 +104,8 @@ impl ControlOp {
             | ControlOp::DeletePool { done }
             | ControlOp::Grow { done, .. }
             | ControlOp::Commit { done }
-            | ControlOp::ClearNeedsCheck { done } => done(Err(error)),
+            | ControlOp::ClearNeedsCheck { done }
+            | ControlOp::ClosePool { done } => done(Err(error)),
             ControlOp::Describe { done } => done(Err(error)),
         }
     }
@@ -163,6 +170,8 @@ pub enum PoolError {
     Deleted,
     #[error("the pool is writable: a check needs it read-only")]
     Writable,
+    #[error("the pool was closed: its base device went away")]
+    Closed,
 }
 
 impl PoolError {
@@ -187,6 +196,7 @@ impl PoolError {
             PoolError::BadSize { .. } => libc::EINVAL,
             PoolError::NothingToGrow { .. } => libc::ENOSPC,
             PoolError::Writable => libc::EBUSY,
+            PoolError::Closed => libc::ENODEV,
         }
     }
 }
@@ -472,7 +482,12 @@ pub struct Owner<D: BlockDevice, H: Host> {
     /// A pool delete was accepted: it waits for the operations before it, and every later one
     /// but `Describe` is answered `Deleted` instead of run.
     delete_requested: bool,
-    /// The pool was deleted: the host drops this owner.
+    /// A close without writes in progress (the base device went away), answered once nothing
+    /// is in flight.
+    closing: Option<ControlDone<()>>,
+    /// Device IO submitted while closing: never sent, completed as failed on the next poll.
+    refused: VecDeque<IoRequest>,
+    /// The pool was deleted or closed: the host drops this owner.
     finished: bool,
 }
 
@@ -576,6 +591,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             mode: PoolMode::Write,
             deleting: None,
             delete_requested: false,
+            closing: None,
+            refused: VecDeque::new(),
             finished: false,
             meta,
             shared,
@@ -621,6 +638,12 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// One turn: completions first (they free what waiting work needs), then control,
     /// then requests, then grace periods and commits. Bounded work. Home core only.
     pub fn poll(&mut self) -> PollStatus {
+        if self.closing.is_some() {
+            return self.poll_closing();
+        }
+        if self.finished {
+            return PollStatus::Idle;
+        }
         if self.is_idle() {
             return PollStatus::Idle;
         }
@@ -651,6 +674,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     pub fn has_waiters(&self) -> bool {
         !self.backlog.is_empty()
             || !self.metadata_backlog.is_empty()
+            || !self.refused.is_empty()
             || !self.view_builds.is_empty()
             || self.commit_stage != CommitStage::Idle
             || self.commit_wanted
@@ -1093,6 +1117,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// Submits to the data device; a full channel (a commit of thousands of blocks, many
     /// passdown runs) parks the request in the backlog, retried in order on the next polls.
     fn submit(&mut self, request: IoRequest) {
+        if self.closing.is_some() {
+            return self.refused.push_back(request);
+        }
         if !self.backlog.is_empty() {
             self.backlog.push_back(request);
             return;
@@ -1105,6 +1132,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// Submits metadata IO (commit blocks, superblocks, their flushes) to the metadata
     /// device, which is the data device unless the pool has its own.
     fn submit_metadata(&mut self, request: IoRequest) {
+        if self.closing.is_some() {
+            return self.refused.push_back(request);
+        }
         let Some(channel) = self.metadata_channel.as_mut() else {
             return self.submit(request);
         };

@@ -75,7 +75,9 @@ fn register(
     // The registry refuses a name, alias or UUID already taken (EEXIST) under its lock; a
     // look-up before creating the device would race another create of the same name.
     target.bdevs.register(Arc::clone(&bdev))?;
-    target.examine(&bdev);
+    if target.auto_examine() {
+        target.examine(&bdev);
+    }
     Ok(json!(name))
 }
 
@@ -400,7 +402,10 @@ pub(super) fn examine(target: &Arc<Target>, mut params: Params, reply: Reply) {
     reply_with(reply, || {
         let name = params.string("name")?;
         params.finish()?;
-        target.bdevs.get(&name)?;
+        let bdev = target.bdevs.get(&name)?;
+        if !target.auto_examine() {
+            target.examine(&bdev);
+        }
         Ok(json!(true))
     })
 }
@@ -410,6 +415,15 @@ pub(super) fn wait_for_examine(target: &Arc<Target>, params: Params, reply: Repl
         return reply(Err(e));
     }
     target.thin_pools.when_examined(move || reply(Ok(json!(true))));
+}
+
+/// `bdev_set_options`' one option we act on: `bdev_auto_examine` false leaves examine to
+/// `bdev_examine` (a target that must not open the pools on the bdevs it exports). A bad value
+/// is refused by the check that follows.
+pub(super) fn set_auto_examine(target: &Target, params: Option<&Value>) {
+    if let Some(auto) = params.and_then(|p| p.get("bdev_auto_examine")).and_then(Value::as_bool) {
+        target.set_auto_examine(auto);
+    }
 }
 
 /// SPDK option setters we have no use for: the parameters must be an object of JSON scalars or
@@ -423,13 +437,13 @@ pub(super) fn check_option_setter(method: &str, params: Option<Value>) -> Result
 
 /// The option values a real `spdk_tgt` saves first in its `bdev` subsystem (its defaults), so a
 /// config saved here also loads there; our own loader accepts and ignores them.
-fn bdev_set_options_entry() -> Value {
+fn bdev_set_options_entry(auto_examine: bool) -> Value {
     json!({
         "method": "bdev_set_options",
         "params": {
             "bdev_io_pool_size": 65535,
             "bdev_io_cache_size": 256,
-            "bdev_auto_examine": true,
+            "bdev_auto_examine": auto_examine,
             "iobuf_small_cache_size": 128,
             "iobuf_large_cache_size": 16
         }
@@ -499,7 +513,7 @@ pub(crate) fn create_entry(bdev: &Bdev) -> Option<Value> {
 /// call in registration order (so a bdev is created before anything built on it), and
 /// `bdev_wait_for_examine` last, so pools on the bdevs are open before the next subsystem.
 pub(super) fn subsystem_config(target: &Arc<Target>) -> Option<Vec<Value>> {
-    let mut entries = vec![bdev_set_options_entry()];
+    let mut entries = vec![bdev_set_options_entry(target.auto_examine())];
     for entry in target.bdevs.all().iter().filter_map(|bdev| create_entry(bdev)) {
         if !entries.contains(&entry) {
             entries.push(entry);

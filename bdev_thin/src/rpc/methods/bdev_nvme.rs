@@ -151,7 +151,7 @@ fn examine_off_reactor(
     let spawned = std::thread::Builder::new().name("nvme_examine".into()).spawn({
         let target = Arc::clone(&target);
         move || {
-            for bdev in &bdevs {
+            for bdev in bdevs.iter().filter(|_| target.auto_examine()) {
                 target.examine(bdev);
             }
             then();
@@ -221,13 +221,17 @@ impl ControllerEvents for TargetEvents {
     fn namespace_removed(&self, namespace: &Arc<NvmeNamespace>) {
         let Some(target) = self.target.upgrade() else { return };
         let name = namespace.bdev_name();
-        match target.bdevs.unregister(&name) {
-            Ok(_) => eprintln!("nvme: {name} removed"),
-            Err(e) => eprintln!("nvme: {name} is gone but stays registered, failing its IO: {e}"),
-        }
+        // The controller leaves the list at once: an attach of the same name may follow.
         if namespace.controller.state() == crate::backend::nvme_tcp::ControllerState::Removed {
             target.nvme_controllers.remove(&namespace.controller);
         }
+        let (closing, base) = (Arc::clone(&target), name.clone());
+        target.thin_pools.close_pools_on(&base, move || match closing.bdevs.unregister(&name) {
+            Ok(_) => eprintln!("nvme: {name} removed"),
+            Err(e) => {
+                eprintln!("nvme: {name} is gone but stays registered, failing its IO: {e}")
+            }
+        });
     }
 }
 

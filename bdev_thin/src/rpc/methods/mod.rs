@@ -119,6 +119,9 @@ pub fn find(name: &str) -> Option<&'static Method> {
 /// Runs `method` with `params`; `reply` receives the result exactly once.
 pub fn call(target: &Arc<Target>, method: &str, params: Option<Value>, reply: Reply) {
     if is_ignored_option_setter(method) {
+        if method == "bdev_set_options" {
+            bdev::set_auto_examine(target, params.as_ref());
+        }
         return reply(bdev::check_option_setter(method, params));
     }
     let Some(handler) = find(method).map(|m| m.handler) else {

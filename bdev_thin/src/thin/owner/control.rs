@@ -250,6 +250,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     /// are answered `Deleted` rather than run, so the delete waits only for what came before it
     /// and every operation gets exactly one answer.
     fn admit_control(&mut self, op: ControlOp) {
+        if let ControlOp::ClosePool { done } = op {
+            return self.begin_close(done);
+        }
         if self.delete_requested && !matches!(op, ControlOp::Describe { .. }) {
             return op.fail(PoolError::Deleted);
         }
@@ -365,6 +368,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                     Err(e) => done(Err(e.into())),
                 }
             }
+            ControlOp::ClosePool { done } => self.begin_close(done),
             ControlOp::DeletePool { done } => {
                 // Operations accepted before the delete finish first (they answer then).
                 let busy = self.ops.iter().any(Option::is_some)
