@@ -52,6 +52,7 @@ impl Sim {
         self.ops.clear();
         self.in_flight_bytes = 0;
         self.release_at.clear();
+        self.race_held.clear();
         self.answered_ranges.clear();
         for v in self.volumes.values_mut() {
             v.channels.clear();
