@@ -3,7 +3,7 @@
 #   ci/guest_initramfs.sh OUTPUT.cpio.gz
 # Busybox as the whole userland; the kernel modules for virtio-net, the NVMe/TCP host and the
 # nvmet-tcp target, null_blk and brd, with their dependencies, depmod'ed so busybox modprobe
-# works; nvme-cli, mke2fs, e2fsck, fstrim and blkdiscard with the libraries ldd names; /init and
+# works; nvme-cli, mke2fs, e2fsck, fstrim, blkdiscard and filefrag with the libraries ldd names; /init and
 # its helpers from ci/guest/. The kernel comes from .cache/guest/kernel (ci/install_guest.sh).
 # A test adds its own script as a second cpio appended to this one (tests/guest/mod.rs).
 set -euo pipefail
@@ -36,7 +36,7 @@ depmod -b "$root" "$version"
 
 # Dynamically linked tools busybox lacks (or has only in part), each with its libraries.
 tools=(/usr/sbin/nvme /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/fstrim /usr/sbin/blkdiscard
-    /usr/bin/fallocate)
+    /usr/bin/fallocate /usr/sbin/filefrag)
 for tool in "${tools[@]}"; do
     cp "$tool" "$root/sbin/"
     ldd "$tool" | awk '/=> \// { print $3 } /^[ \t]*\/lib/ { print $1 }'

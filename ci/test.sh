@@ -15,7 +15,7 @@ cargo test --workspace --release
 step "mutation tests (each safety mechanism switched off must be caught) and recovery in real
 processes (SIGKILL at commit crash points, then verify_only and thinctl check): one build"
 cargo test --release -p bdev_thin -p perf --features bdev_thin/mutations,perf/mutations \
-    --test thin_pool --test thin_control --test sim_mutations --test recovery
+    --test thin_pool --test thin_control --test sim_found --test sim_mutations --test recovery
 step "the seed's race over NVMe/TCP with the hold switched off (our target and the Linux kernel's)"
 cargo test --release -p thin_tgt --features mutations --test nvme_passdown_race
 step "deterministic simulator: the CI seed list and every seed that ever failed"

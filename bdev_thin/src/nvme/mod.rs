@@ -1,5 +1,5 @@
 //! NVMe and NVMe over Fabrics on the wire: the types and byte layouts both ends of an NVMe/TCP
-//! association share, with no IO and no state. The target (`export::nvmf_tcp`) and the
+//! association share, with no IO and no state but the PDU receiver both ends run. The target (`export::nvmf_tcp`) and the
 //! initiator (`backend::nvme_tcp`) use them from either side.
 //!
 //! - [`command`]: submission and completion queue entries, opcodes, status codes.
@@ -7,7 +7,8 @@
 //! - [`host`]: commands as a host builds them (admin and NVM IO).
 //! - [`identify`]: Identify data structures (controller, namespace, lists, descriptors, CNS 06h).
 //! - [`log`]: log pages (error, SMART / health, changed namespaces, discovery).
-//! - [`tcp`]: NVMe/TCP PDU headers, their validation and the CRC32C digests.
+//! - [`tcp`]: NVMe/TCP PDU headers, their validation and the CRC32C digests; [`tcp::receive`]
+//!   reads PDUs off a socket into a fixed staging buffer and the owner's buffers.
 //!
 //! Every multi-byte field is little-endian (NVMe Base 2.0 §1.4). Layouts are written once, as
 //! byte offsets from the specifications, and each structure's tests check them by offset.

@@ -56,11 +56,14 @@ pub enum Mutation {
     /// A block of a write_zeroes that finds no op slot, copy buffer or free block fails with
     /// EAGAIN instead of waiting for one.
     ZeroingFailsWhenBusy = 18,
+    /// A commit whose opening data flush fails keeps its open transaction instead of
+    /// aborting it: a shrink or delete answered as failed stays applied until a restart.
+    FailedDataFlushKeepsTransaction = 19,
 }
 
 impl Mutation {
     /// Every mutation, in switch order.
-    pub const ALL: [Mutation; 19] = [
+    pub const ALL: [Mutation; 20] = [
         Mutation::NoHold,
         Mutation::HoldDroppedAtIssue,
         Mutation::NoGrace,
@@ -80,6 +83,7 @@ impl Mutation {
         Mutation::UnreadyPieceToOwner,
         Mutation::FuaZeroesBeforeCommit,
         Mutation::ZeroingFailsWhenBusy,
+        Mutation::FailedDataFlushKeepsTransaction,
     ];
 }
 

@@ -1995,15 +1995,19 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let planned = self.commit_plan.take().is_some();
         if self.commit_failed {
             // DESIGN.md: no deallocate is issued, holds dropped, the transaction aborted,
-            // waiting unmaps fail with EIO, the pool turns read-only with needs_check.
-            if planned {
+            // waiting unmaps fail with EIO, the pool turns read-only with needs_check. The
+            // abort comes whatever step failed: a failed data flush aborts too, or what was
+            // answered as failed (a shrink, a delete) would stay applied until a restart.
+            let keep = !planned
+                && self.settings.mutations.is_on(Mutation::FailedDataFlushKeepsTransaction);
+            if !keep {
                 self.meta.abort();
             }
             self.meta.set_needs_check();
             self.mode = PoolMode::ReadOnly;
             self.commit_wanted = true;
             self.abort_waiters();
-            self.rebuild_views(planned);
+            self.rebuild_views(!keep);
         } else if planned {
             mutations::crash_point("commit_done");
             self.meta.commit_done();

@@ -1,33 +1,24 @@
 //! The socket side of a host queue pair: a non-blocking TCP connect, the ICReq / ICResp
-//! exchange, receiving the controller's PDUs (CapsuleResp, C2HData, R2T, C2HTermReq) through a
-//! staging buffer and a header → padding → data → digest state machine, and sending queued
-//! PDUs with `writev` straight from the owner's buffers.
+//! exchange, receiving the controller's PDUs (CapsuleResp, C2HData, R2T, C2HTermReq) through the
+//! shared receiver ([`crate::nvme::tcp::receive`]), and sending queued PDUs with `writev`
+//! straight from the owner's buffers.
 //!
 //! Runs on the queue pair's core; never blocks: a connect in progress, a socket with nothing
 //! to read or no room to write all just end the poll. Each poll decodes at most
-//! `limits::NVME_PDUS_PER_POLL_MAX` PDUs. Large read data goes from the socket straight into
-//! the command's buffer; what came in with a header is copied once.
+//! `limits::NVME_PDUS_PER_POLL_MAX` PDUs.
 
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 
 use arrayvec::ArrayVec;
 
-use super::queue::{
-    DataRef, DataStore, Finished, H2cTransfer, LinkError, Phase, QueuePair, copy_into,
-};
+use super::queue::{DataRef, DataStore, Finished, H2cTransfer, LinkError, Phase, QueuePair};
 use crate::limits;
 use crate::nvme::command::Status;
-use crate::nvme::tcp::{
-    self, COMMON_HEADER_BYTES, CommonHeader, DIGEST_BYTES, EncodedHeader, Encoder, Framing, IcReq,
-    Pdu, PduError, RECEIVED_HEADER_BYTES_MAX,
-};
+use crate::nvme::tcp::receive::{DataSink, Destination, Event, Receiver};
+use crate::nvme::tcp::{self, DIGEST_BYTES, EncodedHeader, Encoder, Framing, IcReq, Pdu};
 use crate::runtime;
-
-/// Read data at least this long goes from the socket straight into the command's buffer;
-/// shorter data comes through staging with the headers around it, one `read` for many PDUs.
-const DIRECT_READ_BYTES_MIN: u32 = 16 << 10;
 
 /// MAXH2CDATA below this is refused (NVMe/TCP 1.0 §3.6.2.3: at least 4 KiB).
 const MAXH2CDATA_MIN: u32 = 4096;
@@ -50,71 +41,42 @@ impl OutPdu {
     }
 }
 
-/// Where received C2H data goes.
+/// Where received C2H data goes: a slot's command data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Sink {
     slot: u16,
     data: DataRef,
-    /// Next byte of `data` to fill.
-    at: u32,
-    remaining: u32,
-    crc: u32,
-    digest: bool,
-    last: bool,
     success: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InputState {
-    Header,
-    Pad { remaining: usize, sink: Sink },
-    Data(Sink),
-    Digest { sink: Sink, got: usize, bytes: [u8; DIGEST_BYTES] },
+/// The command data in the owner's store, as the receiver's destination.
+struct Store<'a, S>(&'a mut S);
+
+impl<S: DataStore> Destination<Sink> for Store<'_, S> {
+    fn run_mut(&mut self, sink: &Sink, at: u32) -> &mut [u8] {
+        self.0.run_mut(sink.data, at)
+    }
 }
 
 pub(super) struct Input {
-    staging: Box<[u8]>,
-    start: usize,
-    end: usize,
-    state: InputState,
+    receiver: Receiver<Sink>,
     /// The last poll stopped at its PDU bound with input left to decode.
     more: bool,
 }
 
 impl Input {
     pub fn new() -> Input {
-        Input {
-            staging: vec![0u8; limits::NVME_INPUT_BUFFER_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            state: InputState::Header,
-            more: false,
-        }
-    }
-
-    fn staged(&self) -> &[u8] {
-        &self.staging[self.start..self.end]
-    }
-
-    fn consume(&mut self, bytes: usize) {
-        self.start += bytes;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        Input { receiver: Receiver::new(limits::NVME_INPUT_BUFFER_BYTES), more: false }
     }
 
     fn reset(&mut self) {
-        self.start = 0;
-        self.end = 0;
-        self.state = InputState::Header;
+        self.receiver.reset();
     }
 }
 
-/// What one decoding step did.
+/// What acting on a header did.
 enum Step {
     Progress,
-    NeedBytes,
     Stop,
 }
 
@@ -325,53 +287,49 @@ impl QueuePair {
         writes
     }
 
-    /// Reads what the socket has into staging. False if nothing came.
-    fn fill_staging(&mut self) -> bool {
-        let Some(stream) = self.stream.as_mut() else { return false };
-        let input = &mut self.input;
-        if input.start > 0 {
-            input.staging.copy_within(input.start..input.end, 0);
-            input.end -= input.start;
-            input.start = 0;
-        }
-        if input.end == input.staging.len() {
-            return false;
-        }
-        match stream.read(&mut input.staging[input.end..]) {
-            Ok(0) => {
-                self.fail(LinkError::Closed);
-                false
-            }
-            Ok(n) => {
-                input.end += n;
-                true
-            }
-            Err(e) if would_block(&e) => false,
-            Err(e) => {
-                self.fail(LinkError::Socket(e.to_string()));
-                false
-            }
-        }
-    }
-
     /// Decodes what the controller sent, bounded per poll. Returns units of work.
     fn process_input(&mut self, store: &mut impl DataStore, now_ns: u64) -> usize {
         let mut work = 0;
-        let mut reads = 0;
         self.input.more = false;
         while work < limits::NVME_PDUS_PER_POLL_MAX
             && matches!(self.phase, Phase::Ready | Phase::Initializing { .. })
         {
-            match self.step(store) {
-                Step::Progress => work += 1,
-                Step::Stop => break,
-                Step::NeedBytes => {
-                    reads += 1;
-                    if reads > limits::NVME_PDUS_PER_POLL_MAX || !self.fill_staging() {
-                        break;
-                    }
+            let Some(stream) = self.stream.as_mut() else { break };
+            match self.input.receiver.step(stream, &self.rules, &mut Store(store)) {
+                Event::Progress => {
                     self.last_progress_ns = now_ns;
                     work += 1;
+                }
+                Event::Header(header) => {
+                    self.input.receiver.accept(&header);
+                    match self.on_pdu(header.pdu, &header.framing) {
+                        Step::Progress => work += 1,
+                        Step::Stop => break,
+                    }
+                }
+                Event::Data { sink, digest_ok } => {
+                    if !digest_ok {
+                        self.slots[usize::from(sink.token.slot)].data_corrupt = true;
+                    }
+                    self.data_received(sink);
+                    work += 1;
+                }
+                Event::Idle => break,
+                Event::Malformed(bad) => {
+                    let error = bad.error;
+                    self.protocol_error(format!(
+                        "bad PDU (FES {:#x}, FEI {})",
+                        error.fes, error.fei
+                    ));
+                    break;
+                }
+                Event::Closed => {
+                    self.fail(LinkError::Closed);
+                    break;
+                }
+                Event::Failed(e) => {
+                    self.fail(LinkError::Socket(e.to_string()));
+                    break;
                 }
             }
         }
@@ -379,82 +337,9 @@ impl QueuePair {
         work
     }
 
-    fn step(&mut self, store: &mut impl DataStore) -> Step {
-        match self.input.state {
-            InputState::Header => self.step_header(),
-            InputState::Pad { remaining, sink } => {
-                let n = self.input.staged().len().min(remaining);
-                if n == 0 {
-                    return Step::NeedBytes;
-                }
-                self.input.consume(n);
-                self.input.state = if n == remaining {
-                    InputState::Data(sink)
-                } else {
-                    InputState::Pad { remaining: remaining - n, sink }
-                };
-                Step::Progress
-            }
-            InputState::Data(sink) => self.step_data(sink, store),
-            InputState::Digest { sink, mut got, mut bytes } => {
-                let n = self.input.staged().len().min(DIGEST_BYTES - got);
-                if n == 0 {
-                    return Step::NeedBytes;
-                }
-                bytes[got..got + n].copy_from_slice(&self.input.staged()[..n]);
-                self.input.consume(n);
-                got += n;
-                if got < DIGEST_BYTES {
-                    self.input.state = InputState::Digest { sink, got, bytes };
-                    return Step::Progress;
-                }
-                if u32::from_le_bytes(bytes) != sink.crc {
-                    self.slots[usize::from(sink.slot)].data_corrupt = true;
-                }
-                self.data_received(sink);
-                Step::Progress
-            }
-        }
-    }
-
     fn protocol_error(&mut self, what: impl Into<String>) -> Step {
         self.fail(LinkError::Protocol(what.into()));
         Step::Stop
-    }
-
-    fn step_header(&mut self) -> Step {
-        let staged = self.input.staged();
-        if staged.len() < COMMON_HEADER_BYTES {
-            return Step::NeedBytes;
-        }
-        let mut common_raw = [0u8; COMMON_HEADER_BYTES];
-        common_raw.copy_from_slice(&staged[..COMMON_HEADER_BYTES]);
-        let common = CommonHeader::decode(&common_raw);
-        let framing = match tcp::frame(&common, &self.rules) {
-            Ok(framing) => framing,
-            Err(error) => return self.pdu_error(error),
-        };
-        if staged.len() < framing.header_bytes {
-            return Step::NeedBytes;
-        }
-        let mut header = [0u8; RECEIVED_HEADER_BYTES_MAX];
-        header[..framing.header_bytes].copy_from_slice(&staged[..framing.header_bytes]);
-        let hlen = usize::from(common.hlen);
-        if framing.header_bytes > hlen
-            && let Err(error) = tcp::check_header_digest(&header[..framing.header_bytes], hlen)
-        {
-            return self.pdu_error(error);
-        }
-        let pdu = match tcp::decode(&header[..hlen], &framing) {
-            Ok(pdu) => pdu,
-            Err(error) => return self.pdu_error(error),
-        };
-        self.input.consume(framing.header_bytes);
-        self.on_pdu(pdu, &framing)
-    }
-
-    fn pdu_error(&mut self, error: PduError) -> Step {
-        self.protocol_error(format!("bad PDU (FES {:#x}, FEI {})", error.fes, error.fei))
     }
 
     /// Acts on a decoded header (already consumed from staging).
@@ -535,21 +420,8 @@ impl QueuePair {
                 if header.success && (!header.last || self.flow.enabled) {
                     return self.protocol_error("C2HData SUCCESS not allowed here");
                 }
-                let sink = Sink {
-                    slot: index,
-                    data,
-                    at: header.offset,
-                    remaining: header.length,
-                    crc: 0,
-                    digest: framing.data_digest,
-                    last: header.last,
-                    success: header.success,
-                };
-                self.input.state = if framing.pad_bytes > 0 {
-                    InputState::Pad { remaining: framing.pad_bytes, sink }
-                } else {
-                    InputState::Data(sink)
-                };
+                let sink = Sink { slot: index, data, success: header.success };
+                self.input.receiver.expect_data(sink, header.offset, header.length, framing);
                 Step::Progress
             }
             Pdu::R2t(r2t) => {
@@ -587,74 +459,11 @@ impl QueuePair {
         }
     }
 
-    fn step_data(&mut self, mut sink: Sink, store: &mut impl DataStore) -> Step {
-        if sink.remaining == 0 {
-            return self.data_done(sink);
-        }
-        let staged = self.input.end - self.input.start;
-        let n = if staged > 0 {
-            let n = staged.min(sink.remaining as usize);
-            let bytes = &self.input.staging[self.input.start..self.input.start + n];
-            if sink.digest {
-                sink.crc = tcp::digest_append(sink.crc, bytes);
-            }
-            copy_into(store, sink.data, sink.at, bytes);
-            self.input.consume(n);
-            n
-        } else if sink.remaining >= DIRECT_READ_BYTES_MIN {
-            let Some(stream) = self.stream.as_mut() else { return Step::Stop };
-            let run = store.run_mut(sink.data, sink.at);
-            let want = run.len().min(sink.remaining as usize);
-            if want == 0 {
-                return self.protocol_error("C2HData past the command's buffer");
-            }
-            match stream.read(&mut run[..want]) {
-                Ok(0) => {
-                    self.fail(LinkError::Closed);
-                    return Step::Stop;
-                }
-                Ok(n) => {
-                    if sink.digest {
-                        sink.crc = tcp::digest_append(sink.crc, &run[..n]);
-                    }
-                    n
-                }
-                Err(e) if would_block(&e) => {
-                    self.input.state = InputState::Data(sink);
-                    return Step::Stop;
-                }
-                Err(e) => {
-                    self.fail(LinkError::Socket(e.to_string()));
-                    return Step::Stop;
-                }
-            }
-        } else {
-            self.input.state = InputState::Data(sink);
-            return Step::NeedBytes;
-        };
-        sink.at += n as u32; // n ≤ remaining, a u32
-        sink.remaining -= n as u32;
-        self.data_done(sink)
-    }
-
-    /// Data of the current PDU so far is in: wait for more, its digest, or finish it.
-    fn data_done(&mut self, sink: Sink) -> Step {
-        self.input.state = if sink.remaining > 0 {
-            InputState::Data(sink)
-        } else if sink.digest {
-            InputState::Digest { sink, got: 0, bytes: [0; DIGEST_BYTES] }
-        } else {
-            self.data_received(sink);
-            return Step::Progress;
-        };
-        Step::Progress
-    }
-
     /// A C2HData PDU (and its digest) is in.
-    fn data_received(&mut self, sink: Sink) {
-        self.input.state = InputState::Header;
+    fn data_received(&mut self, received: DataSink<Sink>) {
+        let sink = received.token;
         let slot = &mut self.slots[usize::from(sink.slot)];
-        slot.received_bytes = sink.at;
+        slot.received_bytes = received.at;
         if sink.success {
             let status = if slot.received_bytes == sink.data.len {
                 Status::SUCCESS

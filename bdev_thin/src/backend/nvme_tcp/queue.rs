@@ -50,7 +50,8 @@ pub(super) trait DataStore {
     fn run_mut(&mut self, data: DataRef, at: u32) -> &mut [u8];
 }
 
-/// Copies `bytes` into `data` from `at` on.
+/// Copies `bytes` into `data` from `at` on (received data goes through the shared receiver).
+#[cfg(test)]
 pub(super) fn copy_into(store: &mut impl DataStore, data: DataRef, mut at: u32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         let run = store.run_mut(data, at);

@@ -1,95 +1,49 @@
-//! Receiving PDUs: a staging buffer for headers and small data, a state machine over
-//! header → padding → data → data digest, and the checks that decide, before any length is
-//! trusted, whether a PDU is served, waits (no free slot or arena room: the connection stops
-//! reading, which is TCP back-pressure) or ends the connection with a C2HTermReq.
-//!
-//! Large data goes straight from the socket into the command's buffer; what arrived with a
-//! header in the staging buffer is copied once. Each poll decodes a bounded number of PDUs.
-
-use std::io::Read;
+//! Receiving PDUs on a connection: the shared receiver ([`crate::nvme::tcp::receive`]) reads
+//! and frames them; this decides, for each decoded header, whether the PDU is served, waits (no
+//! free slot or arena room: the connection stops reading, which is TCP back-pressure) or ends
+//! the connection with a C2HTermReq. Each poll decodes a bounded number of PDUs.
 
 use super::qpair::{Close, Connection};
-use super::slot::SlotState;
+use super::slot::{SlotState, SlotTable};
 use crate::limits;
 use crate::nvme::command::SGL_IN_CAPSULE;
-use crate::nvme::tcp::{
-    self, COMMON_HEADER_BYTES, CommonHeader, DIGEST_BYTES, Framing, IcResp, PduError,
-    RECEIVED_HEADER_BYTES_MAX, field,
-};
+use crate::nvme::tcp::receive::{DataSink, Destination, Event, ReceivedHeader, Receiver};
+use crate::nvme::tcp::{self, IcResp, PduError, field};
 use crate::nvme::tcp::{Encoder, Pdu};
 
-/// Data at least this long is read from the socket straight into its buffer; shorter data
-/// comes through the staging buffer with the next headers, one `read` for several PDUs.
-const DIRECT_READ_BYTES_MIN: u32 = 16 << 10;
-
-/// Where received data goes.
+/// Where received data goes: a slot's buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Sink {
     slot: u16,
-    offset: u32,
-    remaining: u32,
-    /// The data digest so far (when digests are on).
-    crc: u32,
-    digest: bool,
     /// H2CData (its length counts toward the transfer) or in-capsule data.
     h2c_length: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Header,
-    Pad {
-        remaining: usize,
-        sink: Sink,
-    },
-    Data(Sink),
-    Digest {
-        sink: Sink,
-        got: usize,
-        bytes: [u8; DIGEST_BYTES],
-    },
-    /// The host ended the connection (H2CTermReq): nothing more is read.
-    Done,
+impl Destination<Sink> for SlotTable {
+    fn run_mut(&mut self, sink: &Sink, at: u32) -> &mut [u8] {
+        match self.get_mut(sink.slot).buffer.as_mut() {
+            Some(buffer) => buffer.as_mut_slice().get_mut(at as usize..).unwrap_or_default(),
+            None => &mut [],
+        }
+    }
 }
 
-/// What one decoding step did.
+/// What acting on a header did.
 enum Step {
     Progress,
-    NeedBytes,
     /// Cannot go on now: no slot or buffer (blocked), or the connection is closing.
     Wait,
 }
 
 pub(super) struct Input {
-    staging: Box<[u8]>,
-    start: usize,
-    end: usize,
-    state: State,
+    receiver: Receiver<Sink>,
     /// The last step could not proceed for lack of a slot or arena room.
     blocked: bool,
 }
 
 impl Input {
     pub fn new() -> Input {
-        Input {
-            staging: vec![0u8; limits::NVMF_INPUT_BUFFER_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            state: State::Header,
-            blocked: false,
-        }
-    }
-
-    fn staged(&self) -> &[u8] {
-        &self.staging[self.start..self.end]
-    }
-
-    fn consume(&mut self, bytes: usize) {
-        self.start += bytes;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        Input { receiver: Receiver::new(limits::NVMF_INPUT_BUFFER_BYTES), blocked: false }
     }
 
     /// Input waits for resources (the socket need not wake the reactor for it).
@@ -99,153 +53,50 @@ impl Input {
 }
 
 impl Connection {
-    /// Reads what the socket has into staging. False if nothing came (would block, or the host
-    /// is gone, which closes the connection).
-    fn fill_staging(&mut self) -> bool {
-        let input = &mut self.input;
-        if input.start > 0 {
-            input.staging.copy_within(input.start..input.end, 0);
-            input.end -= input.start;
-            input.start = 0;
-        }
-        if input.end == input.staging.len() {
-            return false;
-        }
-        match self.stream.read(&mut input.staging[input.end..]) {
-            Ok(0) => {
-                self.closing = Some(Close::Abrupt);
-                false
-            }
-            Ok(n) => {
-                input.end += n;
-                true
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                false
-            }
-            Err(_) => {
-                self.closing = Some(Close::Abrupt);
-                false
-            }
-        }
-    }
-
     /// Decodes what the host sent, bounded per poll. Returns units of work done.
     pub fn process_input(&mut self) -> usize {
         let mut work = 0;
-        let mut reads = 0;
         self.input.blocked = false;
         while work < limits::NVMF_PDUS_PER_POLL_MAX && self.closing.is_none() {
-            match self.step() {
-                Step::Progress => work += 1,
-                Step::Wait => break,
-                Step::NeedBytes => {
-                    reads += 1;
-                    if reads > limits::NVMF_PDUS_PER_POLL_MAX || !self.fill_staging() {
+            let event =
+                self.input.receiver.step(&mut self.stream, &self.link.rules, &mut self.slots);
+            match event {
+                Event::Progress => work += 1,
+                Event::Header(header) => match self.on_pdu(&header) {
+                    Ok(Step::Progress) => work += 1,
+                    Ok(Step::Wait) => break,
+                    Err(error) => {
+                        self.fatal(error, header.bytes());
                         break;
                     }
+                },
+                Event::Data { sink, digest_ok } => {
+                    if !digest_ok {
+                        self.slots.get_mut(sink.token.slot).digest_failed = true;
+                    }
+                    self.data_received(sink);
                     work += 1;
+                }
+                Event::Idle => break,
+                Event::Malformed(bad) => {
+                    self.fatal(bad.error, bad.bytes());
+                    break;
+                }
+                Event::Closed | Event::Failed(_) => {
+                    self.closing = Some(Close::Abrupt);
+                    break;
                 }
             }
         }
         work
     }
 
-    fn step(&mut self) -> Step {
-        match self.input.state {
-            State::Header => self.step_header(),
-            State::Pad { remaining, sink } => {
-                let n = self.input.staged().len().min(remaining);
-                if n == 0 {
-                    return Step::NeedBytes;
-                }
-                self.input.consume(n);
-                self.input.state = if n == remaining {
-                    State::Data(sink)
-                } else {
-                    State::Pad { remaining: remaining - n, sink }
-                };
-                Step::Progress
-            }
-            State::Data(sink) => self.step_data(sink),
-            State::Digest { sink, mut got, mut bytes } => {
-                let n = self.input.staged().len().min(DIGEST_BYTES - got);
-                if n == 0 {
-                    return Step::NeedBytes;
-                }
-                bytes[got..got + n].copy_from_slice(&self.input.staged()[..n]);
-                self.input.consume(n);
-                got += n;
-                if got < DIGEST_BYTES {
-                    self.input.state = State::Digest { sink, got, bytes };
-                    return Step::Progress;
-                }
-                if u32::from_le_bytes(bytes) != sink.crc {
-                    self.slots.get_mut(sink.slot).digest_failed = true;
-                }
-                self.data_received(sink);
-                Step::Progress
-            }
-            State::Done => Step::Wait,
-        }
-    }
-
-    fn step_header(&mut self) -> Step {
-        let staged = self.input.staged();
-        if staged.len() < COMMON_HEADER_BYTES {
-            return Step::NeedBytes;
-        }
-        let mut common_raw = [0u8; COMMON_HEADER_BYTES];
-        common_raw.copy_from_slice(&staged[..COMMON_HEADER_BYTES]);
-        let common = CommonHeader::decode(&common_raw);
-        let framing = match tcp::frame(&common, &self.link.rules) {
-            Ok(framing) => framing,
-            Err(error) => {
-                let shown = staged.len().min(usize::from(common.hlen).max(COMMON_HEADER_BYTES));
-                let mut copy = [0u8; RECEIVED_HEADER_BYTES_MAX];
-                let shown = shown.min(copy.len());
-                copy[..shown].copy_from_slice(&staged[..shown]);
-                self.fatal(error, &copy[..shown]);
-                return Step::Wait;
-            }
-        };
-        if staged.len() < framing.header_bytes {
-            return Step::NeedBytes;
-        }
-        let mut header = [0u8; RECEIVED_HEADER_BYTES_MAX];
-        header[..framing.header_bytes].copy_from_slice(&staged[..framing.header_bytes]);
-        let hlen = usize::from(common.hlen);
-        let header = &header[..framing.header_bytes];
-        if framing.header_bytes > hlen
-            && let Err(error) = tcp::check_header_digest(header, hlen)
-        {
-            self.fatal(error, &header[..hlen]);
-            return Step::Wait;
-        }
-        let pdu = match tcp::decode(&header[..hlen], &framing) {
-            Ok(pdu) => pdu,
-            Err(error) => {
-                self.fatal(error, &header[..hlen]);
-                return Step::Wait;
-            }
-        };
-        match self.on_pdu(pdu, &framing) {
-            Ok(step) => step,
-            Err(error) => {
-                self.fatal(error, &header[..hlen]);
-                Step::Wait
-            }
-        }
-    }
-
     /// Acts on a decoded header; consumes it unless the PDU must wait.
-    fn on_pdu(&mut self, pdu: Pdu, framing: &Framing) -> Result<Step, PduError> {
-        match pdu {
+    fn on_pdu(&mut self, header: &ReceivedHeader) -> Result<Step, PduError> {
+        let framing = &header.framing;
+        match header.pdu {
             Pdu::IcReq(request) => {
-                self.input.consume(framing.header_bytes);
+                self.input.receiver.accept(header);
                 self.link.rules.initialized = true;
                 self.link.rules.digests = request.digests;
                 self.link.encoder.digests = request.digests;
@@ -264,8 +115,8 @@ impl Connection {
                     "nvmf: connection from {:?}: host terminated it (FES {fes:#x}, FEI {fei})",
                     self.peer
                 );
-                self.input.consume(framing.header_bytes);
-                self.input.state = State::Done;
+                self.input.receiver.accept(header);
+                self.input.receiver.stop();
                 self.closing = Some(Close::Abrupt);
                 Ok(Step::Wait)
             }
@@ -275,7 +126,7 @@ impl Connection {
                     return Ok(Step::Wait);
                 };
                 if framing.data_bytes == 0 {
-                    self.input.consume(framing.header_bytes);
+                    self.input.receiver.accept(header);
                     self.start_command(index);
                     return Ok(Step::Progress);
                 }
@@ -298,8 +149,9 @@ impl Connection {
                     return Ok(Step::Wait);
                 }
                 self.slots.get_mut(index).state = SlotState::Receiving;
-                self.input.consume(framing.header_bytes);
-                self.expect_data(index, 0, sgl.length, framing, None);
+                self.input.receiver.accept(header);
+                let sink = Sink { slot: index, h2c_length: None };
+                self.input.receiver.expect_data(sink, 0, sgl.length, framing);
                 Ok(Step::Progress)
             }
             Pdu::H2cData(data) => {
@@ -317,8 +169,9 @@ impl Connection {
                 if data.offset != slot.received_bytes || end > u64::from(slot.transfer_bytes) {
                     return Err(PduError::out_of_range());
                 }
-                self.input.consume(framing.header_bytes);
-                self.expect_data(index, data.offset, data.length, framing, Some(data.length));
+                self.input.receiver.accept(header);
+                let sink = Sink { slot: index, h2c_length: Some(data.length) };
+                self.input.receiver.expect_data(sink, data.offset, data.length, framing);
                 Ok(Step::Progress)
             }
             // `frame` lets only host PDUs through.
@@ -326,92 +179,14 @@ impl Connection {
         }
     }
 
-    fn expect_data(
-        &mut self,
-        slot: u16,
-        offset: u32,
-        length: u32,
-        framing: &Framing,
-        h2c_length: Option<u32>,
-    ) {
-        let sink = Sink {
-            slot,
-            offset,
-            remaining: length,
-            crc: 0,
-            digest: framing.data_digest,
-            h2c_length,
-        };
-        self.input.state = if framing.pad_bytes > 0 {
-            State::Pad { remaining: framing.pad_bytes, sink }
-        } else {
-            State::Data(sink)
-        };
-    }
-
-    fn step_data(&mut self, mut sink: Sink) -> Step {
-        let input = &mut self.input;
-        let Some(buffer) = self.slots.get_mut(sink.slot).buffer.as_mut() else {
-            debug_assert!(false, "receiving into a slot without its buffer");
-            self.closing = Some(Close::Abrupt);
-            return Step::Wait;
-        };
-        let at = sink.offset as usize;
-        let Some(target) = buffer.as_mut_slice().get_mut(at..at + sink.remaining as usize) else {
-            debug_assert!(false, "received data past the slot's buffer");
-            self.closing = Some(Close::Abrupt);
-            return Step::Wait;
-        };
-        let staged = input.end - input.start;
-        let n = if staged > 0 {
-            let n = staged.min(target.len());
-            target[..n].copy_from_slice(&input.staging[input.start..input.start + n]);
-            input.consume(n);
-            n
-        } else if sink.remaining >= DIRECT_READ_BYTES_MIN {
-            match self.stream.read(target) {
-                Ok(0) => {
-                    self.closing = Some(Close::Abrupt);
-                    return Step::Wait;
-                }
-                Ok(n) => n,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::Interrupted =>
-                {
-                    return Step::Wait;
-                }
-                Err(_) => {
-                    self.closing = Some(Close::Abrupt);
-                    return Step::Wait;
-                }
-            }
-        } else {
-            return Step::NeedBytes;
-        };
-        if sink.digest {
-            sink.crc = tcp::digest_append(sink.crc, &target[..n]);
-        }
-        sink.offset += n as u32; // n ≤ remaining, a u32
-        sink.remaining -= n as u32;
-        if sink.remaining > 0 {
-            self.input.state = State::Data(sink);
-        } else if sink.digest {
-            self.input.state = State::Digest { sink, got: 0, bytes: [0; DIGEST_BYTES] };
-        } else {
-            self.data_received(sink);
-        }
-        Step::Progress
-    }
-
     /// All data of a PDU (and its digest) is in.
-    fn data_received(&mut self, sink: Sink) {
-        self.input.state = State::Header;
-        let slot = self.slots.get_mut(sink.slot);
-        match sink.h2c_length {
+    fn data_received(&mut self, sink: DataSink<Sink>) {
+        let Sink { slot: index, h2c_length } = sink.token;
+        let slot = self.slots.get_mut(index);
+        match h2c_length {
             None => {
                 slot.received_bytes = slot.transfer_bytes;
-                self.start_command(sink.slot);
+                self.start_command(index);
             }
             Some(length) => {
                 slot.received_bytes += length;
@@ -420,14 +195,14 @@ impl Connection {
                 }
                 if slot.digest_failed {
                     self.complete(
-                        sink.slot,
+                        index,
                         crate::nvme::command::Status::TRANSIENT_TRANSPORT_ERROR,
                         0,
                         0,
                         0,
                     );
                 } else {
-                    self.execute(sink.slot);
+                    self.execute(index);
                 }
             }
         }

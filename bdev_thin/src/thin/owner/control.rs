@@ -437,8 +437,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     /// The pool just turned read-only after a failed commit; `aborted`: the transaction was
-    /// rolled back to the last commit (a metadata write failed), else only the data flush
-    /// failed and the open transaction stands. The views follow, and never show a committed
+    /// rolled back to the last commit (always, but under the mutation that keeps it after a
+    /// failed data flush). The views follow, and never show a committed
     /// block as unmapped meanwhile (other cores resolve them all along): one store per view
     /// makes every entry maybe shared, so no fast-path write goes on in place; then each
     /// entry the rollback changed is overwritten in place, and only entries the last commit
@@ -471,7 +471,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 continue;
             };
             let size_vblocks = self.vblocks_of(record.size_bytes).min(view.capacity_vblocks());
-            view.set_size(size_vblocks, record.size_bytes / self.lba_bytes);
+            let size_lbas = record.size_bytes / self.lba_bytes;
+            // A size the rollback lowers (an aborted grow) takes effect before its tail is
+            // cleared; one it raises (an aborted shrink) after the committed tail is back, so
+            // no read in between finds the committed tail unmapped.
+            let lowered = size_lbas < view.size_lbas();
+            if lowered {
+                view.set_size(size_vblocks, size_lbas);
+            }
             stale.clear();
             view.for_each_published_block(&mut |vblock, data_block| {
                 let mapped = self.meta.lookup(id, vblock).map(|m| m.data_block);
@@ -486,6 +493,9 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 if self.meta.lookup(id, vblock).is_none() {
                     view.unpublish(vblock);
                 }
+            }
+            if !lowered {
+                view.set_size(size_vblocks, size_lbas);
             }
             // A block only the aborted transaction mapped is free again; a read that
             // resolved it may still be in flight, so it waits out a grace period (the pool
