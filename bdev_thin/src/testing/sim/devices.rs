@@ -42,7 +42,7 @@ impl Sim {
             }
         }
         self.release_at.clear();
-        self.race_held.clear();
+        self.races.race_held.clear();
         Ok(())
     }
 
@@ -56,7 +56,7 @@ impl Sim {
         for io in &pending {
             if !self.release_at.contains_key(&(d, io.id)) {
                 let long = matches!(io.kind, IoKind::Read | IoKind::Unmap);
-                let fast_path = d == 0 && self.fast_path_channels.contains(&io.channel);
+                let fast_path = d == 0 && self.races.fast_path_channels.contains(&io.channel);
                 let held = if fast_path && io.kind == IoKind::Write {
                     self.held_write_delay()
                 } else {
@@ -64,7 +64,7 @@ impl Sim {
                 };
                 let delay = match held {
                     Some(delay) => {
-                        self.race_held.insert(io.id);
+                        self.races.race_held.insert(io.id);
                         delay
                     }
                     None => self.delivery_delay(long),
@@ -97,7 +97,7 @@ impl Sim {
     ) -> Result<(), Failure> {
         let io = if ready.is_empty() {
             let io = &pending[self.rng.below(pending.len() as u64) as usize];
-            let race_held = d == 0 && self.race_held.contains(&io.id);
+            let race_held = d == 0 && self.races.race_held.contains(&io.id);
             if io.applied || race_held || matches!(io.kind, IoKind::Read | IoKind::Flush) {
                 return Ok(());
             }
@@ -124,7 +124,7 @@ impl Sim {
         };
         self.release_at.remove(&(d, io.id));
         if d == 0 {
-            self.race_held.remove(&io.id);
+            self.races.race_held.remove(&io.id);
         }
         if per_mille > 0 && self.rng.chance(per_mille) {
             trace(self.step, || {

@@ -7,7 +7,13 @@
 //! the device channels' depth, a separate metadata device, a nearly full metadata region,
 //! `zero_new_blocks`, and a workload of requests from one sector to 4 MiB, FUA on writes and
 //! write_zeroes, and several control operations at once (snapshots of one origin, resize and
-//! delete with IO in flight, duplicate names, crashes in the middle of any of them).
+//! delete with IO in flight, duplicate names, crashes in the middle of any of them). Some seeds
+//! keep the metadata at its reserve while a shrink or delete waits (`control`), and some race
+//! snapshots and view fills against the fast path (`races`).
+//!
+//! A request the pool took may fail only for a cause the seed made (an IO error, no space, a
+//! read-only or deleted pool or volume): an EAGAIN fails the seed, as rings, op slots and
+//! buffers must make a request wait, not fail.
 //!
 //! The oracle (`oracle`) knows, per volume and sector, every version a read may return, and
 //! the run checks (DESIGN.md "Invariants"):
@@ -42,6 +48,7 @@ use crossbeam_queue::ArrayQueue;
 
 use self::control::Control;
 use self::oracle::{Oracle, VolumeVersions};
+use self::races::RaceState;
 use self::user::UserOp;
 use super::{SimDevice, SteppingHost};
 use crate::host::NoopWaker;
@@ -342,14 +349,8 @@ struct Sim {
     view_checks_due: Vec<VolumeId>,
     /// Answered requests whose blocks I6 checks after the next owner poll.
     answered_ranges: Vec<(VolumeId, u64, u64)>,
-    /// Whole reads of new snapshots due at a step (`races`).
-    probes: Vec<(u64, VolumeId, u32)>,
-    /// Until this step the data device holds some new writes long (`races`).
-    hold_writes_until: u64,
-    /// Data-device writes held that way: they do not take effect early either.
-    race_held: std::collections::BTreeSet<u64>,
-    /// Data device channels of volume channels (not the owner's).
-    fast_path_channels: std::collections::BTreeSet<u64>,
+    /// The state of the snapshot and view-fill races.
+    races: RaceState,
     report: SimReport,
 }
 
@@ -547,10 +548,7 @@ impl Sim {
             allocations_seen: 0,
             view_checks_due: Vec::new(),
             answered_ranges: Vec::new(),
-            probes: Vec::new(),
-            hold_writes_until: 0,
-            race_held: std::collections::BTreeSet::new(),
-            fast_path_channels: std::collections::BTreeSet::new(),
+            races: RaceState::default(),
             report: SimReport::default(),
         })
     }
@@ -576,7 +574,7 @@ impl Sim {
         .map_err(|e| format!("open channel: {e}"))?;
         // The data device channel the volume channel just opened: its writes are the fast
         // path's.
-        self.fast_path_channels.insert(self.device.channels_opened() - 1);
+        self.races.fast_path_channels.insert(self.device.channels_opened() - 1);
         Ok(channel)
     }
 

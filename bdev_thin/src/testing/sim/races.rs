@@ -8,10 +8,24 @@
 
 use super::user::UserKind;
 use super::{Failure, REQUEST_SECTORS_MAX, Sim, trace};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::thin::types::VolumeId;
 use crate::thin::view::VolumeView;
+
+/// What the races keep between steps.
+#[derive(Default)]
+pub(super) struct RaceState {
+    /// Reads of new snapshots due at a step: (step, snapshot, tries so far).
+    pub probes: Vec<(u64, VolumeId, u32)>,
+    /// Until this step the data device holds some new fast-path writes long.
+    pub hold_writes_until: u64,
+    /// Data-device writes held that way: they do not take effect early either.
+    pub race_held: BTreeSet<u64>,
+    /// Data device channels of volume channels (not the owner's): the fast path's.
+    pub fast_path_channels: BTreeSet<u64>,
+}
 
 /// Blocks at the start of a volume that bursts write: few, so that bursts meet the blocks
 /// earlier bursts made exclusive.
@@ -38,13 +52,13 @@ impl Sim {
     /// end of the hold (a correct snapshot waits for them to drain).
     pub(super) fn hold_writes(&mut self) {
         let until = self.step + self.rng.range(200, 1000);
-        self.hold_writes_until = self.hold_writes_until.max(until);
+        self.races.hold_writes_until = self.races.hold_writes_until.max(until);
     }
 
     /// The delivery delay of a new fast-path write while writes are held, if this one is.
     pub(super) fn held_write_delay(&mut self) -> Option<u64> {
-        if self.step < self.hold_writes_until && self.rng.chance(400) {
-            return Some(self.hold_writes_until - self.step);
+        if self.step < self.races.hold_writes_until && self.rng.chance(400) {
+            return Some(self.races.hold_writes_until - self.step);
         }
         None
     }
@@ -56,11 +70,11 @@ impl Sim {
         if !self.snapshot_origins().is_empty() {
             // The next one is taken soon: hold the writes of the burst that follows.
             self.hold_writes();
-            return self.hold_writes_until;
+            return self.races.hold_writes_until;
         }
         let release = self.step + self.rng.range(20, 300);
-        self.hold_writes_until = self.hold_writes_until.min(self.step);
-        for id in &self.race_held {
+        self.races.hold_writes_until = self.races.hold_writes_until.min(self.step);
+        for id in &self.races.race_held {
             if let Some(at) = self.release_at.get_mut(&(0, *id)) {
                 *at = (*at).min(release);
             }
@@ -94,14 +108,14 @@ impl Sim {
         let after_held = self.release_held_writes() + self.rng.range(1, 100);
         let later = step + self.rng.range(50, 300);
         for at in [step, filling, later, after_held] {
-            self.probes.push((at, volume, 0));
+            self.races.probes.push((at, volume, 0));
         }
     }
 
     /// Now and then, while writes are held, a burst of writes to the origin of a snapshot in
     /// flight (between the snapshots of one batch, and while one is taken).
     pub(super) fn race_step(&mut self) -> Result<(), Failure> {
-        if self.step >= self.hold_writes_until || !self.rng.chance(15) {
+        if self.step >= self.races.hold_writes_until || !self.rng.chance(15) {
             return Ok(());
         }
         let origins: Vec<VolumeId> = self.snapshot_origins();
@@ -115,13 +129,13 @@ impl Sim {
     /// Submits the probes that are due: reads of a volume's first blocks, in requests of up
     /// to `PROBE_BLOCKS` blocks; a probe a full channel refuses is tried again a bit later.
     pub(super) fn run_probes(&mut self) -> Result<(), Failure> {
-        if self.probes.is_empty() {
+        let step = self.step;
+        if self.races.probes.is_empty() {
             return Ok(());
         }
-        let step = self.step;
         let (due, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.probes).into_iter().partition(|(at, _, _)| *at <= step);
-        self.probes = waiting;
+            std::mem::take(&mut self.races.probes).into_iter().partition(|(at, _, _)| *at <= step);
+        self.races.probes = waiting;
         let lpb = self.lbas_per_block;
         for (_, volume, tries) in due {
             let Some(v) = self.volumes.get(&volume).filter(|v| !v.frozen && !v.deleted) else {
@@ -133,7 +147,7 @@ impl Sim {
             let ready = view.ready_vblocks();
             if ready == 0 {
                 if tries < PROBE_TRIES {
-                    self.probes.push((step + 3, volume, tries + 1));
+                    self.races.probes.push((step + 3, volume, tries + 1));
                 }
                 continue;
             }
@@ -149,7 +163,7 @@ impl Sim {
                 let read = UserKind::Read;
                 if !self.submit_to(volume, which, read, first * lpb, count * lpb, false)? {
                     if first == 0 && tries < PROBE_TRIES {
-                        self.probes.push((step + 5, volume, tries + 1));
+                        self.races.probes.push((step + 5, volume, tries + 1));
                     }
                     break;
                 }

@@ -63,8 +63,11 @@ impl Sim {
         }
         // While writes are held across snapshots, their origins take only the race's bursts:
         // a steady stream of owner writes would keep an origin busy and the snapshots waiting.
-        let racing =
-            if self.step < self.hold_writes_until { self.snapshot_origins() } else { Vec::new() };
+        let racing = if self.step < self.races.hold_writes_until {
+            self.snapshot_origins()
+        } else {
+            Vec::new()
+        };
         let candidates: Vec<VolumeId> = self
             .volumes
             .iter()
