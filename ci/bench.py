@@ -349,11 +349,18 @@ class Bench:
 
         bench_nbd.cow_section(self)
 
+    # ---- NVMe-oF/TCP (bench_nvmf.py) ----
+
+    def nvmf(self):
+        import bench_nvmf
+
+        bench_nvmf.nvmf_section(self)
+
 
 # Sections whose rows are kept apart by device.
 SPLIT = ("sweep", "large", "fua", "cow")
 SECTIONS = ("foundation", "spdk", "sweep", "large", "thin", "provision", "passdown",
-            "fua", "cow", "nbd")
+            "fua", "cow", "nbd", "nvmf")
 
 
 def machine_meta(root, spdk_dir, tools):

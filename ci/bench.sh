@@ -15,7 +15,8 @@
 #   SWEEP_ROUNDS     runs of each side for plot-only points (default 3)
 #   SECONDS_PER_RUN  seconds of each timed run (default 2); SWEEP_SECONDS for the sweep (1)
 #   SPDK_DIR         an SPDK build (its build/examples/bdevperf is used, never built here):
-#                    adds SPDK's bdevperf on malloc and on a thin lvol beside our perf
+#                    adds SPDK's bdevperf on malloc and on a thin lvol beside our perf, and
+#                    the nvmf section (its build/bin/spdk_nvme_perf and nvmf_tgt)
 #
 # It installs what it needs beyond ci/install.sh: matplotlib into .venv (pip) and, as root,
 # Debian's python3-libnbd (the FUA/FLUSH client). The passdown section needs root (a loop
@@ -24,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sections="foundation spdk sweep large thin provision passdown fua cow nbd"
+sections="foundation spdk sweep large thin provision passdown fua cow nbd nvmf"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
     echo "Sections: $sections"

@@ -115,6 +115,29 @@ def idle_table(row):
                    cell(side(row, "--no-park"), "cpu_pct"), disturbed_cell(row)]])
 
 
+def nvmf_table(doc):
+    """spdk_nvme_perf against SPDK's nvmf_tgt, our thin_tgt (both on malloc) and our thin volume
+    behind thin_tgt: IOPS, the two ratios, p99 latency."""
+    rs = rows(doc, "nvmf")
+    if not rs:
+        return None
+
+    def p99(s):
+        return num(s["summary"]["p99_us"]["median"]) if s and "p99_us" in s["summary"] else "-"
+
+    lines = []
+    for r in rs:
+        spdk, ours, thin = (side(r, label) for label in
+                            ("SPDK nvmf_tgt", "thin_tgt", "thin_tgt thin"))
+        lines.append([r["name"], cell(spdk, "iops"), cell(ours, "iops"),
+                      ratio_cell(r, "thin_tgt", "SPDK nvmf_tgt"), cell(thin, "iops"),
+                      ratio_cell(r, "thin_tgt thin", "thin_tgt"),
+                      f"{p99(spdk)} / {p99(ours)} / {p99(thin)}", disturbed_cell(r)])
+    return table(["what", "SPDK nvmf_tgt IOPS", "thin_tgt IOPS", "thin_tgt / SPDK",
+                  "thin volume IOPS", "thin volume / malloc", "p99 µs (SPDK / ours / thin)",
+                  "disturbed"], lines)
+
+
 def caption(doc, sections):
     meta = doc["meta"]
     info = [meta["sections"].get(s) for s in sections if meta["sections"].get(s)]
@@ -189,6 +212,11 @@ def tables(doc):
                                    if side(r, "2 cores") is not None], "2 cores", "1 core")
         out["thin"] = (caption(doc, ["sweep malloc", "sweep uring", "thin"]) + block
                        + ("\n\n" + scaling if scaling else ""))
+    block = nvmf_table(doc)
+    if block:
+        meta = doc["meta"]
+        out["nvmf"] = (caption(doc, ["nvmf"]) + f"SPDK: `{meta.get('spdk', '?')}` "
+                       + f"(commit `{meta.get('spdk_commit', '?')}`)\n\n" + block)
     for name, sections, key, unit in (
         ("large", ["large malloc", "large uring"], "mibps", "MiB/s"),
         ("provision", ["provision"], "iops", ""),

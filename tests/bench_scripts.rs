@@ -38,10 +38,10 @@ fn run(command: &mut Command) -> String {
 
 #[test]
 fn the_shell_scripts_parse_and_answer_help() {
-    for script in ["bench.sh", "bench_thin.sh", "bench_nbd.sh", "demo.sh"] {
+    for script in ["bench.sh", "bench_thin.sh", "bench_nbd.sh", "bench_nvmf.sh", "demo.sh"] {
         run(Command::new("bash").arg("-n").arg(Path::new(ROOT).join("ci").join(script)));
     }
-    for script in ["bench.sh", "bench_thin.sh", "bench_nbd.sh"] {
+    for script in ["bench.sh", "bench_thin.sh", "bench_nbd.sh", "bench_nvmf.sh"] {
         let help =
             run(Command::new("bash").arg(Path::new(ROOT).join("ci").join(script)).arg("--help"));
         assert!(help.contains("ci/bench.sh"), "{script} --help:\n{help}");
@@ -97,6 +97,34 @@ out, found = bench_tables.splice(md, "thin", tables["thin"])
 assert found and "old" not in out and out.endswith("<!-- /bench:thin -->\ntail\n"), out
 assert "**1.00** (0.80–1.00)" in out, out
 assert "**1 of 10 runs** (rustc 6 %" in out, out
+
+# spdk_nvme_perf's report as its printf formats write it (app/spdk_nvme_perf/perf.c).
+import bench_nvmf
+perf = (
+    "========================================================\n"
+    "                                                                           Laten"
+    "cy(us)\n"
+    "Device Information                                     :       IOPS      MiB/s  "
+    "  Average        min        max\n"
+    "TCP  (addr:127.0.0.1 subnqn:nqn.2016-06.io.spdk:bench) NSID 1 from core  1:   63"
+    "420.00     247.73      15.75      14.05    5757.12\n"
+    "========================================================\n"
+    "Total                                                  :   63420.00     247.73  "
+    "    15.75      14.05    5757.12\n"
+    "\n"
+    "Summary latency data for TCP  (addr:127.0.0.1 subnqn:nqn.2016-06.io.spdk:bench) "
+    "NSID 1  from core 1:\n"
+    "================================================================================"
+    "=\n"
+    "  1.00000% :    14.470us\n"
+    " 50.00000% :    15.065us\n"
+    " 99.00000% :    22.154us\n"
+    " 99.90000% :    62.622us\n"
+    " 99.99000% :   500.000us\n"
+)
+figures = bench_nvmf.perf_figures(perf)
+assert figures["iops"] == 63420.0 and figures["avg_us"] == 15.75, figures
+assert (figures["p50_us"], figures["p99_us"], figures["p999_us"]) == (15.065, 22.154, 62.622)
 print("harness ok")
 "##;
 

@@ -91,7 +91,9 @@ write_files() {
 # where ext4 put the files is its own business.
 even_file_blocks() {
     : > /tmp/extents
-    for i in 2 4 6 8; do /sbin/filefrag -e -b4096 "/mnt/volume/file$i" >> /tmp/extents || return 1; done
+    for i in 2 4 6 8; do
+        /sbin/filefrag -e -b4096 "/mnt/volume/file$i" >> /tmp/extents || return 1
+    done
     mark EVEN_FILES blocks="$(sed 's/\.\./ /g; s/:/ /g' /tmp/extents | awk -v per="$1" '
         $1 ~ /^[0-9]+$/ && NF >= 6 {
             first = int(($4 + per - 1) / per); end = int(($5 + 1) / per)

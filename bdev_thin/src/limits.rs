@@ -125,6 +125,16 @@ pub const OWNER_COPY_CHUNK_BYTES_MAX: usize = 1 << 20;
 /// Copy buffers the owner keeps for breaking sharing; more concurrent copies wait.
 pub const OWNER_COPY_BUFFERS: usize = 16;
 
+/// Data blocks of one unmap or write_zeroes the owner sorts into passdown runs at a time, in a
+/// scratch allocated once per owner: a larger range is sorted a slice at a time and its runs
+/// are merged in place afterwards, with the same runs as one sort of the whole.
+pub const OWNER_RANGE_SORT_BLOCKS: usize = 4096;
+
+/// Passdown runs the run list of each owner op slot holds from the start (256 KiB of lists
+/// per pool). The lists go back to the owner with their op slot and keep their capacity, so a
+/// range of more runs grows a list once, not every request.
+pub const OWNER_RANGE_RUNS_PER_OP: usize = 16;
+
 const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
 const _: () = assert!(THIN_CHANNEL_PIECES_IN_FLIGHT_MAX <= DEVICE_CHANNEL_DEPTH_MAX);
 const _: () = assert!(THIN_CHANNEL_DEPTH_MAX <= 1 << 48, "a slot number fits a piece's token");

@@ -19,7 +19,7 @@ pub struct Target {
     examines: std::sync::Mutex<(u64, Vec<crate::rpc::methods::Reply>)>,
     /// The NBD server and its exports (`nbd_*` methods).
     pub nbd: crate::export::nbd::NbdServer,
-    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD).
+    /// Handshake and idle deadlines of the servers this target starts (RPC, NBD, NVMe-oF).
     connection_timeouts: ConnectionTimeouts,
     /// The NVMe-oF/TCP target (`nvmf_*` methods).
     pub nvmf: crate::export::nvmf_tcp::NvmfTarget,
@@ -46,7 +46,7 @@ impl Target {
             waiting_metadata: std::sync::Mutex::new(Vec::new()),
             nbd: crate::export::nbd::NbdServer::default(),
             connection_timeouts: timeouts,
-            nvmf: crate::export::nvmf_tcp::NvmfTarget::default(),
+            nvmf: crate::export::nvmf_tcp::NvmfTarget::new(timeouts),
             nvme_controllers: Default::default(),
             initialized: AtomicBool::new(false),
         })

@@ -13,12 +13,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bdev_thin::admission::ConnectionTimeouts;
 use bdev_thin::nvme::command::{Command, SglDescriptor, Status, admin_opcode, io_opcode};
 use bdev_thin::nvme::fabrics::CNTLID_DYNAMIC;
 use bdev_thin::nvme::tcp::{self, DataHeader, Digests, Encoder, IcReq, Pdu, fes};
 use nvmf_client::{
     BLOCK, BOUND, HOSTNQN, Host, NQN, TestTarget, admin_queue, assert_data, call, io_queue,
-    io_queue_sized, io_queue_with, pattern, start_target,
+    io_queue_sized, io_queue_with, pattern, start_target, start_target_with,
 };
 use serde_json::{Value, json};
 
@@ -392,15 +393,64 @@ fn closed_without_answer(stream: &mut std::net::TcpStream) -> bool {
     }
 }
 
+/// Whether the target closes `stream` (which sends nothing) before answering anything.
+fn closed_by_target(stream: &mut std::net::TcpStream) -> bool {
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(stream, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// Waits (bounded) until the target has admitted `count` connections.
+fn admitted(daemon: &Daemon, count: usize) {
+    let deadline = Instant::now() + BOUND;
+    while daemon.target.nvmf.connection_count() != count {
+        assert!(Instant::now() < deadline, "the target admits {count} connections");
+        std::thread::yield_now();
+    }
+}
+
+/// Sends ICReq on `stream` and reads the whole ICResp: the connection is past its handshake.
+fn initialize(stream: &mut std::net::TcpStream) {
+    let request = IcReq { pfv: 0, hpda: 0, digests: Digests::default(), maxr2t: 0 };
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream.write_all(Encoder::ic_req(&request).as_bytes()).expect("ICReq sent");
+    let mut response = [0u8; tcp::IC_BYTES];
+    std::io::Read::read_exact(stream, &mut response).expect("an ICResp");
+    assert_eq!(response[0], tcp::pdu_type::IC_RESP);
+}
+
 #[test]
-fn connections_past_the_cap_are_closed_and_one_that_ends_makes_room() {
-    let daemon = daemon();
-    let mut witness = Witness::new(&daemon); // two of the connections
+fn connections_past_the_cap_evict_the_oldest_without_icreq_then_are_refused() {
+    // No connection may time out while the test fills the target, however slow the machine.
+    let timeouts = ConnectionTimeouts { handshake_ms: 3_600_000, ..ConnectionTimeouts::default() };
+    let any_host = json!({"allow_any_host": true});
+    let daemon = start_target_with(json!({"trtype": "TCP"}), any_host, timeouts);
+    let mut witness = Witness::new(&daemon); // two of the connections, past ICReq
     let cap = bdev_thin::limits::NVMF_CONNECTIONS_MAX;
-    // Connections that never send a PDU fill the rest; accepted in order, so the one after
-    // them finds the target full.
-    let mut silent: Vec<std::net::TcpStream> =
-        (2..cap).map(|_| std::net::TcpStream::connect(daemon.address).expect("connect")).collect();
+    // Connections that send no ICReq fill the rest, in batches the listen backlog holds so
+    // that they are admitted in order; the one after them finds the target full and the first
+    // of them, waiting longest for its ICReq, makes room.
+    let mut silent = Vec::new();
+    while silent.len() < cap - 2 {
+        let batch = (cap - 2 - silent.len()).min(32);
+        silent.extend(
+            (0..batch).map(|_| std::net::TcpStream::connect(daemon.address).expect("connect")),
+        );
+        admitted(&daemon, 2 + silent.len());
+    }
+    let mut newcomer = std::net::TcpStream::connect(daemon.address).expect("connect");
+    assert!(closed_by_target(&mut silent[0]), "the oldest connection without ICReq is evicted");
+    initialize(&mut newcomer);
+    witness.check();
+    // Every connection past its ICReq: none may be evicted, so one more is refused.
+    silent.remove(0);
+    for stream in &mut silent {
+        initialize(stream);
+    }
     let mut refused = std::net::TcpStream::connect(daemon.address).expect("connect");
     assert!(closed_without_answer(&mut refused), "a connection past the cap is closed");
     witness.check();
@@ -522,4 +572,18 @@ mod fuzz {
             witness.check();
         }
     }
+}
+
+#[test]
+fn a_connection_without_icreq_is_closed_after_the_handshake_timeout() {
+    // Generous against a loaded machine: the witness's ICReq must arrive within it.
+    let timeouts = ConnectionTimeouts { handshake_ms: 2000, ..ConnectionTimeouts::default() };
+    let daemon =
+        start_target_with(json!({"trtype": "TCP"}), json!({"allow_any_host": true}), timeouts);
+    let mut witness = Witness::new(&daemon);
+    let mut silent = std::net::TcpStream::connect(daemon.address).expect("connect");
+    assert!(closed_by_target(&mut silent), "closed for want of an ICReq");
+    // The witness, accepted before it, outlived its own handshake deadline: past ICReq, it
+    // stays served.
+    witness.check();
 }

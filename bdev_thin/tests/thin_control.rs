@@ -361,6 +361,85 @@ fn committed_blocks_never_read_unmapped_while_a_failed_commit_is_undone() {
     }
 }
 
+/// Shrinks the volume of `pool_with_committed_mappings(mapped)` to half while the commit's
+/// data flush fails, and another thread reads the tail the shrink removed, as the fast path of
+/// other cores does. The abort brings the tail back; from the moment the view says the volume
+/// is whole again, no read of the tail may find it unmapped. Returns whether the reader saw
+/// the volume shrunk (else it was not scheduled in time: nothing was tested) and how many of
+/// its reads found a committed block of the tail unmapped.
+fn read_the_tail_while_a_failed_shrink_is_undone(mapped: u64) -> (bool, u64) {
+    let (mut rig, volume) = pool_with_committed_mappings(mapped);
+    let half = mapped / 2;
+    let view = rig.shared.view(volume).unwrap();
+    let started = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (started, stop) = (Arc::clone(&started), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let (mut shrunk_seen, mut unmapped) = (false, 0u64);
+            // Bounded: stops when told, or after this many resolutions.
+            for round in 0..1_000_000_000u64 {
+                if view.size_vblocks() <= half {
+                    shrunk_seen = true;
+                } else if shrunk_seen {
+                    let vblock = half + round.wrapping_mul(7919) % (mapped - half);
+                    if view.resolve(VirtBlock(vblock)) == Resolved::Unmapped {
+                        unmapped += 1;
+                    }
+                }
+                if round == 1000 {
+                    started.store(true, Ordering::SeqCst);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            (shrunk_seen, unmapped)
+        })
+    };
+    for _ in 0..1_000_000_000u64 {
+        if started.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    rig.device.add_fault(SimFault {
+        kind: IoKind::Flush,
+        blocks: (0, u64::MAX),
+        errno: libc::EIO,
+        remaining: 1,
+    });
+    assert!(resize(&mut rig, volume, half).is_err(), "the shrink's commit failed");
+    assert_eq!(rig.owner.mode(), PoolMode::ReadOnly);
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    let view = rig.shared.view(volume).unwrap();
+    assert_eq!(view.size_vblocks(), mapped + 16, "the failed shrink left the size");
+    for vblock in (half..mapped).step_by(997) {
+        let resolved = view.resolve(VirtBlock(vblock));
+        let expected = Resolved::Mapped { data_block: DataBlock(vblock), exclusive: false };
+        assert_eq!(resolved, expected, "block {vblock} after the failure");
+    }
+    seen
+}
+
+#[test]
+fn a_failed_shrink_brings_its_tail_back_before_its_size() {
+    let mut tested = 0;
+    // The reader must run while the shrink stands: on a loaded machine it may not be
+    // scheduled then, so a few attempts, each checked, and at least one that saw it.
+    for _ in 0..5 {
+        let (shrunk_seen, unmapped) = read_the_tail_while_a_failed_shrink_is_undone(1 << 18);
+        assert_eq!(unmapped, 0, "committed blocks of the tail read unmapped");
+        if shrunk_seen {
+            tested += 1;
+            break;
+        }
+        eprintln!("the reader did not run while the shrink stood: trying again");
+    }
+    assert!(tested > 0, "the reader never ran while the shrink stood");
+}
+
 /// A pool whose metadata region is the smallest there is (1024 blocks) over `data_blocks`
 /// data blocks, on a device just large enough.
 fn tiny_metadata(data_blocks: u64) -> (SimDevice, PoolMetadata) {

@@ -115,7 +115,8 @@ fn a_steady_loop_allocates_nothing() {
 
 /// A thin volume's steady loop allocates nothing either: mapped reads and overwrites go
 /// through the channel's fast path, unmapped reads are zero-filled, and the owner (polled in
-/// the same loop, idle) allocates nothing per poll. The last rounds split 1 MiB requests into
+/// the same loop, idle) allocates nothing per poll; nor do unmaps and write_zeroes of
+/// unmapped blocks, which the owner answers. The last rounds split 1 MiB requests into
 /// 16 pieces each at depth 128: more pieces than the channel's credits, so requests wait for
 /// credits and slide their windows, still without allocating.
 #[test]
@@ -174,6 +175,10 @@ fn a_steady_thin_loop_allocates_nothing() {
     let view = shared.view(volume).unwrap();
     let lbas = view.size_lbas();
     for (workload, provision_first, queue_depth, io_size_bytes, measured_ios) in [
+        // Unmaps and write_zeroes of blocks nothing maps go through the owner's range path
+        // (an op slot, its run list, the answer) and come back without allocating.
+        (Workload::Unmap, false, 64, 1 << 20, 20_000),
+        (Workload::WriteZeroes, false, 64, 1 << 20, 20_000),
         (Workload::RandRead, false, 64, 4096u64, 100_000),
         (Workload::RandWrite, true, 64, 4096, 100_000),
         (Workload::RandRead, true, 64, 4096, 100_000),
@@ -183,7 +188,8 @@ fn a_steady_thin_loop_allocates_nothing() {
     ] {
         let pieces = queue_depth * io_size_bytes.div_ceil(64 << 10);
         let credits = bdev_thin::limits::THIN_CHANNEL_PIECES_IN_FLIGHT_MAX as u64;
-        assert!(io_size_bytes == 4096 || pieces > credits, "more pieces than credits");
+        let ranges = matches!(workload, Workload::Unmap | Workload::WriteZeroes);
+        assert!(ranges || io_size_bytes == 4096 || pieces > credits, "more pieces than credits");
         let channel = VolumeChannel::open(
             Arc::clone(&shared),
             Arc::clone(&view),

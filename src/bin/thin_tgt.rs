@@ -30,8 +30,9 @@ struct Args {
     /// Keep reactors polling when idle.
     #[arg(long)]
     no_park: bool,
-    /// Close a connection (RPC or NBD) that has not finished its handshake (an RPC
-    /// connection's first request, NBD negotiation) this many milliseconds after accept.
+    /// Close a connection (RPC, NBD or NVMe/TCP) that has not finished its handshake (an RPC
+    /// connection's first request, NBD negotiation, NVMe/TCP ICReq) this many milliseconds
+    /// after accept.
     #[arg(long, default_value_t = bdev_thin::limits::CONNECTION_HANDSHAKE_TIMEOUT_MS)]
     handshake_timeout_ms: u64,
     /// Close an RPC connection idle (nothing running, nothing to send) this many milliseconds.

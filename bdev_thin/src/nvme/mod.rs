@@ -1,6 +1,6 @@
 //! NVMe and NVMe over Fabrics on the wire: the types and byte layouts both ends of an NVMe/TCP
-//! association share, with no IO and no state but the PDU receiver both ends run. The target (`export::nvmf_tcp`) and the
-//! initiator (`backend::nvme_tcp`) use them from either side.
+//! association share, with no IO and no state but the PDU receiver both ends run. The target
+//! (`export::nvmf_tcp`) and the initiator (`backend::nvme_tcp`) use them from either side.
 //!
 //! - [`command`]: submission and completion queue entries, opcodes, status codes.
 //! - [`fabrics`]: Connect, Property Get/Set and the controller registers they reach.

@@ -480,6 +480,11 @@ pub struct Owner<D: BlockDevice, H: Host> {
     finish_after_commit: Vec<usize>,
     unsent: VecDeque<(u32, OwnerReply)>,
     copy_buffers: Vec<IoBuffer>,
+    /// Scratch of `start_range`: the blocks it frees, sorted into runs a slice at a time.
+    range_blocks: Vec<DataBlock>,
+    /// Run lists of range ops not in use, one per free op slot: a range op takes one and
+    /// gives it back, capacity kept, when its slot is freed.
+    run_lists: Vec<Vec<PassdownRun>>,
     mode: PoolMode,
     /// A pool delete in progress, answered once the superblocks are gone.
     deleting: Option<ControlDone<()>>,
@@ -578,10 +583,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             passdown_done: VecDeque::with_capacity(settings.limits.owner_ops),
             completed: Vec::with_capacity(limits::DEVICE_CHANNEL_DEPTH_MAX),
             finish_after_commit: Vec::with_capacity(settings.limits.owner_ops),
-            backlog: VecDeque::new(),
+            backlog: VecDeque::with_capacity(settings.limits.owner_ops),
             unsent: VecDeque::new(),
             copy_buffers: (0..settings.limits.copy_buffers)
                 .map(|_| IoBuffer::new(copy_bytes))
+                .collect(),
+            range_blocks: Vec::with_capacity(limits::OWNER_RANGE_SORT_BLOCKS),
+            run_lists: (0..settings.limits.owner_ops)
+                .map(|_| Vec::with_capacity(limits::OWNER_RANGE_RUNS_PER_OP))
                 .collect(),
             mode: PoolMode::Write,
             deleting: None,
@@ -798,11 +807,24 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
     }
 
     fn free_op(&mut self, index: usize) -> Option<Op> {
-        let op = self.ops[index].take();
+        let mut op = self.ops[index].take();
+        if let Some(Op::Range(range)) = op.as_mut() {
+            let mut runs = std::mem::take(&mut range.runs);
+            runs.clear();
+            self.run_lists.push(runs);
+        }
         if op.is_some() {
             self.free_ops.push(index);
         }
         op
+    }
+
+    /// A run list for a new range op: there is one per op slot, so one is always left
+    /// while a slot is.
+    fn take_run_list(&mut self) -> Vec<PassdownRun> {
+        let runs = self.run_lists.pop();
+        debug_assert!(runs.is_some(), "a run list per op slot");
+        runs.unwrap_or_default()
     }
 
     // ------------------------------------------------------------------ requests
@@ -1425,6 +1447,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let passdown = self.settings.discard == DiscardMode::Passdown;
         let hold = !self.settings.mutations.is_on(Mutation::NoHold);
         let volume = message.volume;
+        let mut runs = self.take_run_list();
         let op = Op::Range(RangeOp {
             channel: message.channel,
             token: message.token,
@@ -1442,7 +1465,8 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
             Ok(index) => index,
             Err(_) => unreachable!("free op slots were checked above"),
         };
-        let mut held: Vec<DataBlock> = Vec::new();
+        let mut held = std::mem::take(&mut self.range_blocks);
+        held.clear();
         if !keep_allocated {
             for vblock in whole_first..whole_end {
                 match self.meta.remove(volume, VirtBlock(vblock)) {
@@ -1481,11 +1505,19 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                         break;
                     }
                 }
+                if held.len() >= limits::OWNER_RANGE_SORT_BLOCKS {
+                    discard::append_runs(&mut held, &mut runs);
+                    held.clear();
+                }
             }
         }
+        discard::append_runs(&mut held, &mut runs);
+        discard::coalesce_runs(&mut runs);
+        held.clear();
+        self.range_blocks = held;
         if let Some(Op::Range(range)) = self.ops[index].as_mut() {
             range.released_at = self.grace.epoch();
-            range.runs = discard::runs_of(&mut held);
+            range.runs = runs;
         }
         if zeroes {
             // Edges (or, with NO_UNMAP, every block) are written with zeroes, as many at once
@@ -1666,13 +1698,15 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         for &block in &freed {
             self.space.hold(block);
         }
+        let mut runs = self.take_run_list();
+        discard::append_runs(&mut freed, &mut runs);
         let op = Op::Range(RangeOp {
             channel: u32::MAX,
             token: 0,
             request: IoRequest::new(IoKind::Unmap, 0, 0, 0),
             children: 0,
             zeroing: None,
-            runs: discard::runs_of(&mut freed),
+            runs,
             deallocates_in_flight: 0,
             released_at: self.grace.epoch(),
             stage: RangeStage::WaitCommit { after },
@@ -1686,38 +1720,44 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
 
     /// Step 5: after the commit and the grace period, issue the deallocates.
     fn issue_passdown(&mut self, index: usize) {
+        let (lbas_per_block, data_offset_lbas) = (self.lbas_per_block, self.data_offset_lbas);
+        let max_unmap_lbas = self.data_max_unmap_lbas();
         let Some(Op::Range(range)) = self.ops[index].as_mut() else {
             return;
         };
         range.stage = RangeStage::Deallocating;
-        let runs = std::mem::take(&mut range.runs);
-        let mut issued = 0;
-        let max_unmap_lbas = self.data_max_unmap_lbas();
-        let mut requests = Vec::new();
+        let mut runs = std::mem::take(&mut range.runs);
+        // Counted before any is issued: a completion finds its count in place.
+        let mut pieces = 0u32;
         for run in &runs {
-            discard::split_run(*run, self.lbas_per_block, max_unmap_lbas, &mut |first, count| {
-                let lba = self.data_offset_lbas + first * self.lbas_per_block;
-                let request = IoRequest::new(
-                    IoKind::Unmap,
-                    lba,
-                    count * self.lbas_per_block,
-                    TAG_PASSDOWN | index as u64,
-                );
-                requests.push(request);
+            discard::split_run(*run, lbas_per_block, max_unmap_lbas, &mut |_, _| pieces += 1);
+        }
+        range.deallocates_in_flight = pieces;
+        let holds_dropped = self.settings.mutations.is_on(Mutation::HoldDroppedAtIssue);
+        if holds_dropped {
+            for run in &runs {
+                for block in run.first.0..run.first.0 + run.count {
+                    if self.space.is_held(DataBlock(block)) {
+                        self.space.release_hold(DataBlock(block));
+                    }
+                }
+            }
+        }
+        for run in &runs {
+            discard::split_run(*run, lbas_per_block, max_unmap_lbas, &mut |first, count| {
+                let lba = data_offset_lbas + first * lbas_per_block;
+                let tag = TAG_PASSDOWN | index as u64;
+                self.submit(IoRequest::new(IoKind::Unmap, lba, count * lbas_per_block, tag));
             });
         }
-        if let Some(Op::Range(range)) = self.ops[index].as_mut() {
-            range.runs = runs;
-            range.deallocates_in_flight = requests.len() as u32;
+        if holds_dropped {
+            runs.clear();
         }
-        if self.settings.mutations.is_on(Mutation::HoldDroppedAtIssue) {
-            self.release_range_holds(index);
+        match self.ops[index].as_mut() {
+            Some(Op::Range(range)) => range.runs = runs,
+            _ => self.run_lists.push(runs),
         }
-        for request in requests {
-            issued += 1;
-            self.submit(request);
-        }
-        if issued == 0 {
+        if pieces == 0 {
             self.answer_range(index);
         }
     }
@@ -1731,8 +1771,7 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let Some(Op::Range(range)) = self.ops[index].as_mut() else {
             return;
         };
-        let runs = std::mem::take(&mut range.runs);
-        for run in runs {
+        for run in range.runs.drain(..) {
             for block in run.first.0..run.first.0 + run.count {
                 if self.space.is_held(DataBlock(block)) {
                     self.space.release_hold(DataBlock(block));
@@ -1793,18 +1832,18 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         let advanced = self.grace.try_advance();
         let grace = &self.grace;
         let returned = self.space.end_grace(|epoch| no_grace || grace.has_passed(epoch));
-        let mut ready = Vec::new();
-        for (index, op) in self.ops.iter().enumerate() {
-            if let Some(Op::Range(range)) = op
-                && range.stage == RangeStage::WaitGrace
-                && (no_grace || self.grace.has_passed(range.released_at))
-            {
-                ready.push(index);
+        let mut issued = false;
+        // Issuing one range's deallocates changes no other range's stage or grace.
+        for index in 0..self.ops.len() {
+            let ready = matches!(
+                &self.ops[index],
+                Some(Op::Range(range)) if range.stage == RangeStage::WaitGrace
+                    && (no_grace || self.grace.has_passed(range.released_at))
+            );
+            if ready {
+                issued = true;
+                self.issue_passdown(index);
             }
-        }
-        let issued = !ready.is_empty();
-        for index in ready {
-            self.issue_passdown(index);
         }
         if returned > 0 {
             self.no_space_since_ns = None;
@@ -2074,15 +2113,15 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
                 None => {}
             }
         }
-        let mut remaining = Vec::new();
-        for (after, done_fn) in std::mem::take(&mut self.control_commits) {
-            if done > after {
+        let mut next = 0;
+        while next < self.control_commits.len() {
+            if done > self.control_commits[next].0 {
+                let (_, done_fn) = self.control_commits.remove(next);
                 done_fn(if failed { Err(PoolError::ReadOnly) } else { Ok(()) });
             } else {
-                remaining.push((after, done_fn));
+                next += 1;
             }
         }
-        self.control_commits = remaining;
     }
 
     fn abort_waiters(&mut self) {

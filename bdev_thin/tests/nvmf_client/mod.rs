@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bdev_thin::admission::ConnectionTimeouts;
 use bdev_thin::rpc::{RpcError, call_blocking};
 use bdev_thin::runtime::{CoreMask, Runtime, RuntimeOptions};
 use bdev_thin::target::Target;
@@ -48,7 +49,16 @@ pub fn call(target: &Arc<Target>, method: &str, params: Value) -> Result<Value, 
 /// Two reactors, a TCP transport made with `transport`, subsystem `NQN` made with `subsystem`
 /// (`nqn` added) with a 64 MiB malloc namespace of 512-byte blocks (`Malloc0`, NSID 1),
 /// listening on 127.0.0.1 (a free port).
-pub fn start_target(transport: Value, mut subsystem: Value) -> TestTarget {
+pub fn start_target(transport: Value, subsystem: Value) -> TestTarget {
+    start_target_with(transport, subsystem, ConnectionTimeouts::default())
+}
+
+/// As [`start_target`], closing connections on `timeouts`.
+pub fn start_target_with(
+    transport: Value,
+    mut subsystem: Value,
+    timeouts: ConnectionTimeouts,
+) -> TestTarget {
     let options = RuntimeOptions {
         mask: CoreMask(0x3),
         park: true,
@@ -57,7 +67,7 @@ pub fn start_target(transport: Value, mut subsystem: Value) -> TestTarget {
         ..Default::default()
     };
     let runtime = Runtime::start(options).expect("reactors start");
-    let target = Target::new(runtime.handle());
+    let target = Target::with_connection_timeouts(runtime.handle(), timeouts);
     let malloc = json!({"name": "Malloc0", "num_blocks": 131072, "block_size": BLOCK});
     call(&target, "bdev_malloc_create", malloc).unwrap();
     call(&target, "nvmf_create_transport", transport).unwrap();

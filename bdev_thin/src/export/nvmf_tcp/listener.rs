@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::qpair::Connection;
 use super::{ListenAddress, NvmfError, NvmfShared};
-use crate::host::{CoreId, PollStatus, Poller};
-use crate::limits;
+use crate::host::{CoreId, Host, PollStatus, Poller};
 use crate::runtime::{self, RuntimeHandle};
 
 /// Loop turns between two looks at the listening socket (accepting is rare; the socket also
@@ -106,36 +105,33 @@ impl ListenerPoller {
         }
     }
 
+    /// Admits `stream` and gives it to the next core; a refused one is dropped (the host sees
+    /// the connection close).
     fn hand_off(&mut self, stream: TcpStream) {
-        let previous = self.shared.connection_count.fetch_add(1, Ordering::SeqCst);
-        let options = self.shared.transport();
-        let refusal = if previous >= limits::NVMF_CONNECTIONS_MAX {
-            Some(format!("the target holds its maximum of {previous} connections"))
-        } else if options.is_none() {
-            Some("no TCP transport (nvmf_create_transport)".to_string())
-        } else if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
-            Some("socket options failed".to_string())
-        } else {
-            None
+        let Some(options) = self.shared.transport() else {
+            return self.log_refusal(&stream, "no TCP transport (nvmf_create_transport)");
         };
-        let Some(options) = options.filter(|_| refusal.is_none()) else {
-            self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-            self.log_refusal(&stream, refusal.as_deref().unwrap_or_default());
-            return; // dropped: the host sees the connection close
-        };
+        if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
+            return self.log_refusal(&stream, "socket options failed");
+        }
         let core = self.cores.get(self.next_core % self.cores.len().max(1)).copied();
-        self.next_core = self.next_core.wrapping_add(1);
         let core = core.unwrap_or_else(|| self.runtime.first_core());
+        // At the cap, admission closes the connection waiting longest for its ICReq, or
+        // refuses this one (and logs either).
+        let now_ns = runtime::now_ns();
+        let Some(ticket) = self.shared.admission.admit(now_ns, self.runtime.waker(core)) else {
+            return;
+        };
+        self.next_core = self.next_core.wrapping_add(1);
         let shared = Arc::clone(&self.shared);
         let listen = self.address.clone();
         let runtime = self.runtime.clone();
-        let sent = self.runtime.send(core, move |ctx| {
-            let connection = Connection::new(stream, shared, options, listen, runtime, ctx.core());
+        // Not sent (the runtime stops): the closure, its stream and its ticket are dropped.
+        let _ = self.runtime.send(core, move |ctx| {
+            let connection =
+                Connection::new(stream, ticket, shared, options, listen, runtime, ctx.core());
             ctx.add_local_poller(Box::new(connection));
         });
-        if sent.is_err() {
-            self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 }
 

@@ -11,6 +11,10 @@
 //! share across cores. A housekeeping poller (`housekeeping`) announces namespace resizes
 //! and ends controllers whose keep alive timer expired.
 //!
+//! Admission (`crate::admission`, shared with the RPC and NBD servers): at most
+//! `NVMF_CONNECTIONS_MAX` connections; one that sends no ICReq within the handshake timeout is
+//! closed, and at the cap the one waiting longest for its ICReq makes room for a newcomer.
+//!
 //! Bounds (limits.rs): a queue pair holds at most `max_queue_depth` commands, each in a slot,
 //! with its data in a piece of the connection's arena; a command that finds no room waits and
 //! the connection stops reading (back-pressure through TCP). Input never panics: malformed PDUs
@@ -34,12 +38,13 @@ mod slot;
 pub mod subsystem;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::admission::{Admission, ConnectionTimeouts};
 use crate::bdev::{Bdev, BdevError};
 use crate::nvme::DISCOVERY_NQN;
-use crate::runtime::RuntimeHandle;
+use crate::runtime::{ReactorWaker, RuntimeHandle};
 use crate::{limits, nvme};
 pub use controller::{Controller, QueueInfo};
 use listener::Listener;
@@ -152,7 +157,8 @@ pub(crate) struct NvmfShared {
     listeners: Mutex<Vec<Arc<Listener>>>,
     /// The discovery log's generation counter: bumped on every change hosts can see.
     discovery_generation: AtomicU64,
-    pub(crate) connection_count: AtomicUsize,
+    /// The cap on connections and the deadline for their ICReq.
+    pub(crate) admission: Arc<Admission<ReactorWaker>>,
     /// Set when the target stops serving (the runtime stops): connections finish and close.
     stopping: AtomicBool,
 }
@@ -184,8 +190,10 @@ pub struct NvmfTarget {
     shared: Arc<NvmfShared>,
 }
 
-impl Default for NvmfTarget {
-    fn default() -> Self {
+impl NvmfTarget {
+    /// A target whose listeners close connections that send no ICReq within
+    /// `timeouts.handshake_ms`.
+    pub fn new(timeouts: ConnectionTimeouts) -> Self {
         let discovery = Subsystem::new(
             DISCOVERY_NQN.to_string(),
             SubsystemKind::Discovery,
@@ -197,7 +205,7 @@ impl Default for NvmfTarget {
                 subsystems: Mutex::new(vec![discovery]),
                 listeners: Mutex::new(Vec::new()),
                 discovery_generation: AtomicU64::new(0),
-                connection_count: AtomicUsize::new(0),
+                admission: Admission::new("nvmf", limits::NVMF_CONNECTIONS_MAX, timeouts),
                 stopping: AtomicBool::new(false),
             }),
         }
@@ -438,6 +446,11 @@ impl NvmfTarget {
         {
             listeners.remove(index);
         }
+    }
+
+    /// Connections admitted and not yet closed, on every listener.
+    pub fn connection_count(&self) -> usize {
+        self.shared.admission.admitted_count()
     }
 
     /// The addresses a listener is bound to (port 0 resolved), for tests and logs.

@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::admin::AdminQueue;
 use super::io::IoQueue;
@@ -21,12 +20,13 @@ use super::output::{Flushed, OutPdu, Output};
 use super::receive::Input;
 use super::slot::{SlotState, SlotTable};
 use super::{ListenAddress, NvmfShared};
+use crate::admission::Ticket;
 use crate::host::{CoreId, PollStatus, Poller};
 use crate::limits;
 use crate::nvme::command::{Completion, DataDirection, SGL_TRANSPORT, Status, admin_opcode};
 use crate::nvme::fabrics::fctype;
 use crate::nvme::tcp::{self, DataHeader, Digests, Encoder, PduError, R2t, ReceiveRules, Role};
-use crate::runtime::{self, RuntimeHandle};
+use crate::runtime::{self, ReactorWaker, RuntimeHandle};
 
 /// How a connection ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub(super) struct Link {
 /// One connection's poller.
 pub(super) struct Connection {
     pub stream: TcpStream,
+    /// Its place under the target's connection cap; the handshake ends with the ICReq.
+    pub ticket: Ticket<ReactorWaker>,
     fd: i32,
     pub shared: Arc<NvmfShared>,
     pub runtime: RuntimeHandle,
@@ -105,6 +107,7 @@ pub(super) struct Connection {
 impl Connection {
     pub fn new(
         stream: TcpStream,
+        ticket: Ticket<ReactorWaker>,
         shared: Arc<NvmfShared>,
         options: TransportOptions,
         listen: ListenAddress,
@@ -124,6 +127,7 @@ impl Connection {
         };
         Connection {
             stream,
+            ticket,
             fd,
             shared,
             runtime,
@@ -323,14 +327,23 @@ impl Connection {
         }
     }
 
-    /// Closes the connection when its controller failed or was reset, its subsystem deleted, or
-    /// the target stops.
+    /// Closes the connection when admission says so (evicted at the cap, or no ICReq in
+    /// time), its controller failed or was reset, its subsystem was deleted, or the target
+    /// stops.
     fn check_association(&mut self) {
         if self.closing.is_some() {
             return;
         }
         if self.shared.is_stopping() {
             self.closing = Some(Close::Graceful);
+            return;
+        }
+        // Only a connection still waiting for its ICReq can be evicted or time out.
+        if self.ticket.is_handshaking()
+            && let Some(reason) = self.ticket.close_reason(runtime::now_ns())
+        {
+            self.ticket.log_close(reason);
+            self.closing = Some(Close::Abrupt);
             return;
         }
         let ended = match &self.queue {
@@ -456,7 +469,6 @@ impl Poller for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         runtime::unwatch_fd(self.fd);
-        self.shared.connection_count.fetch_sub(1, Ordering::SeqCst);
         match &self.queue {
             Queue::Unconnected => {}
             Queue::Admin(admin) => admin.disassociate(),

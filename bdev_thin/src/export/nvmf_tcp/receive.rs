@@ -97,6 +97,7 @@ impl Connection {
         match header.pdu {
             Pdu::IcReq(request) => {
                 self.input.receiver.accept(header);
+                self.ticket.handshake_done();
                 self.link.rules.initialized = true;
                 self.link.rules.digests = request.digests;
                 self.link.encoder.digests = request.digests;

@@ -335,7 +335,9 @@ fn bad_header(error: PduError, staged: &[u8], shown: usize) -> BadHeader {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Digests, Encoder, IcReq, Role};
+    use std::collections::VecDeque;
+
+    use super::super::{DataHeader, Digests, Encoder, IcReq, Role, digest};
     use super::*;
 
     struct Buffer(Vec<u8>);
@@ -373,6 +375,99 @@ mod tests {
             self.bytes = &self.bytes[n..];
             Ok(n)
         }
+    }
+
+    /// A reader handing out its bytes in the chunk sizes given, recording each read's size.
+    struct Chunks {
+        bytes: Vec<u8>,
+        sizes: VecDeque<usize>,
+        reads: Vec<usize>,
+    }
+
+    impl Read for Chunks {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let Some(size) = self.sizes.pop_front() else {
+                return Err(ErrorKind::WouldBlock.into());
+            };
+            let n = size.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes.drain(..n);
+            self.reads.push(n);
+            Ok(n)
+        }
+    }
+
+    /// An H2CData PDU of `data` with both digests and 8-byte data alignment (padding).
+    fn h2c_pdu(data: &[u8]) -> (Vec<u8>, ReceiveRules) {
+        let digests = Digests { header: true, data: true };
+        let encoder = Encoder { digests, data_alignment: 1 };
+        let header = DataHeader {
+            cccid: 7,
+            ttag: 1,
+            offset: 0,
+            length: data.len() as u32,
+            last: true,
+            success: false,
+        };
+        let mut pdu = encoder.h2c_data(&header).as_bytes().to_vec();
+        pdu.extend_from_slice(data);
+        pdu.extend_from_slice(&digest(data).to_le_bytes());
+        let rules =
+            ReceiveRules { initialized: true, digests, data_alignment: 1, ..target_rules() };
+        (pdu, rules)
+    }
+
+    /// Steps until the data of one H2CData PDU is in, routing it to `buffer`.
+    fn receive_h2c(
+        receiver: &mut Receiver<()>,
+        stream: &mut Chunks,
+        rules: &ReceiveRules,
+        buffer: &mut Buffer,
+    ) -> bool {
+        loop {
+            match receiver.step(stream, rules, buffer) {
+                Event::Progress => {}
+                Event::Header(header) => {
+                    let Pdu::H2cData(data) = header.pdu else { panic!("{header:?}") };
+                    receiver.accept(&header);
+                    receiver.expect_data((), data.offset, data.length, &header.framing);
+                }
+                Event::Data { sink, digest_ok } => {
+                    assert_eq!(sink.at as usize, buffer.0.len());
+                    return digest_ok;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn large_data_after_its_header_is_read_straight_into_its_buffer() {
+        let data: Vec<u8> = (0..32768u32).map(|i| (i * 7) as u8).collect();
+        let (pdu, rules) = h2c_pdu(&data);
+        let header_and_pad = pdu.len() - data.len() - DIGEST_BYTES;
+        let sizes = VecDeque::from([header_and_pad, 1 << 20, 1 << 20]);
+        let mut stream = Chunks { bytes: pdu, sizes, reads: Vec::new() };
+        let mut receiver = Receiver::new(1024);
+        let mut buffer = Buffer(vec![0; data.len()]);
+        assert!(receive_h2c(&mut receiver, &mut stream, &rules, &mut buffer));
+        assert_eq!(buffer.0, data);
+        // The data in one read of its own (staging holds 1 KiB), then the digest.
+        assert_eq!(stream.reads, [header_and_pad, data.len(), DIGEST_BYTES]);
+    }
+
+    #[test]
+    fn staged_data_is_copied_and_a_wrong_data_digest_is_reported() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+        let (mut pdu, rules) = h2c_pdu(&data);
+        let last = pdu.len() - 1;
+        pdu[last] ^= 1;
+        let mut stream = Chunks { bytes: pdu, sizes: VecDeque::from([1 << 20]), reads: Vec::new() };
+        let mut receiver = Receiver::new(8192);
+        let mut buffer = Buffer(vec![0; data.len()]);
+        assert!(!receive_h2c(&mut receiver, &mut stream, &rules, &mut buffer));
+        assert_eq!(buffer.0, data);
+        assert_eq!(stream.reads.len(), 1, "one read for header, data and digest");
     }
 
     #[test]

@@ -111,19 +111,21 @@ impl Store {
         }
     }
 
-    /// The nodes from `root` down to the leaf that may hold `key`.
-    pub fn path(&self, root: u64, key: u64) -> Vec<u64> {
-        let mut path = Vec::new();
+    /// Whether `holds` is true of every node from `root` down to the leaf that may hold
+    /// `key` (walked in place: the owner asks on every overwrite, so nothing is collected).
+    pub fn path_all(&self, root: u64, key: u64, holds: impl Fn(u64) -> bool) -> bool {
         let mut loc = root;
         while loc != 0 {
-            path.push(loc);
+            if !holds(loc) {
+                return false;
+            }
             let node = self.node(loc);
             if node.level == 0 {
                 break;
             }
             loc = child_index(&node.entries, key).map_or(0, |i| node.entries[i].a);
         }
-        path
+        true
     }
 
     /// Calls `f(key, a, b)` for every leaf entry in key order.

@@ -740,11 +740,7 @@ impl PoolMetadata {
         };
         let root = stored.root.loc;
         self.store.lookup(root, vblock).map(|(a, _)| a) == Some(data_block)
-            && self
-                .store
-                .path(root, vblock)
-                .iter()
-                .all(|n| self.store.meta.committed_count(*n) == 1)
+            && self.store.path_all(root, vblock, |n| self.store.meta.committed_count(n) == 1)
     }
 
     /// Shadows the path to `vblock` and returns the mapping and whether its data block is
