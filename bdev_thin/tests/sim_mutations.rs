@@ -94,9 +94,8 @@ fn a_metadata_block_reused_before_its_free_commits_is_caught() {
 /// none of 0..1300 has the held read of a snapshot across its write and then the origin's);
 /// thin_pool's test still catches it. Next: a catching seed for the list.
 #[test]
-#[ignore = "survives the CI seeds of the widened workload"]
 fn overwriting_in_place_once_exclusive_is_caught() {
-    assert!(first_catch(Mutation::InPlaceOnceExclusive).is_some(), "survived the CI seeds");
+    assert_caught(Mutation::InPlaceOnceExclusive, 1477);
 }
 
 #[test]
