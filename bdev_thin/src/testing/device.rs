@@ -303,6 +303,12 @@ impl SimDevice {
         self.state().auto_complete = on;
     }
 
+    /// Channels opened so far: the next channel opened gets this id
+    /// ([`PendingIo::channel`]).
+    pub fn channels_opened(&self) -> u64 {
+        self.state().next_channel
+    }
+
     /// IOs one channel takes at once (default `DEVICE_CHANNEL_DEPTH_MAX`); a full channel
     /// refuses the submission, as a full submission queue does.
     pub fn set_channel_depth(&self, depth: usize) {

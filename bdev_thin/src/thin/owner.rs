@@ -619,6 +619,14 @@ impl<D: BlockDevice, H: Host> Owner<D, H> {
         &self.space
     }
 
+    /// Takes up to `count` free metadata blocks out of use, in memory only (see
+    /// [`PoolMetadata::occupy_metadata_blocks`]): the simulator's way to bring a running
+    /// pool's metadata to its reserve. Returns how many.
+    #[cfg(feature = "testing")]
+    pub fn occupy_metadata_blocks(&mut self, count: u64) -> u64 {
+        self.meta.occupy_metadata_blocks(count)
+    }
+
     pub fn mode(&self) -> PoolMode {
         self.mode
     }

@@ -102,6 +102,24 @@ impl Sim {
         }
     }
 
+    fn start_snapshot(&mut self, origin: VolumeId) {
+        let slot: Slot<VolumeId> = Arc::default();
+        let op = ControlOp::Snapshot {
+            origin,
+            uuid: [2; 16],
+            name: self.new_name("s"),
+            done: answer_into(&slot),
+        };
+        if self.control.push(op).is_err() {
+            return;
+        }
+        let before = self.oracle.volumes.get(&origin).cloned().unwrap_or_default();
+        let asked = self.tick();
+        let control = Control::Snapshot { origin, before, asked, slot };
+        trace(self.step, || format!("control {}", describe(&control)));
+        self.controls.push(control);
+    }
+
     pub(super) fn start_control(&mut self) {
         if self.controls.len() >= self.workload.controls_max {
             return;
@@ -131,19 +149,20 @@ impl Sim {
             }
             3..=4 if room && !snapshottable.is_empty() => {
                 let origin = self.rng.pick(&snapshottable);
-                let slot: Slot<VolumeId> = Arc::default();
-                let op = ControlOp::Snapshot {
-                    origin,
-                    uuid: [2; 16],
-                    name: self.new_name("s"),
-                    done: answer_into(&slot),
-                };
-                if self.control.push(op).is_err() {
+                if !self.snapshot_races() {
+                    self.start_snapshot(origin);
                     return;
                 }
-                let before = self.oracle.volumes.get(&origin).cloned().unwrap_or_default();
-                let asked = self.tick();
-                Control::Snapshot { origin, before, asked, slot }
+                // Writes in flight to the origin, held long, then several snapshots of it in
+                // one control batch.
+                if self.write_burst(origin).is_err() {
+                    return;
+                }
+                self.hold_writes();
+                for _ in 0..self.rng.range(2, 3) {
+                    self.start_snapshot(origin);
+                }
+                return;
             }
             5 if !free.is_empty() && live.len() > 1 => {
                 let volume = self.rng.pick(&free);
@@ -213,10 +232,14 @@ impl Sim {
 
     /// Takes the answers of control operations that completed.
     pub(super) fn check_controls(&mut self) -> Result<(), Failure> {
-        let controls = std::mem::take(&mut self.controls);
-        for control in controls {
+        // One at a time, the others staying in the list (an answer looks at what else is in
+        // flight).
+        let mut index = 0;
+        while index < self.controls.len() {
+            let control = self.controls.remove(index);
             if let Some(control) = self.check_control(control)? {
-                self.controls.push(control);
+                self.controls.insert(index, control);
+                index += 1;
             }
         }
         Ok(())
@@ -261,6 +284,11 @@ impl Sim {
                         self.add_volume(id, blocks)?;
                         self.view_checks_due.push(origin);
                         self.check_names()?;
+                        if self.workload.snapshot_race_per_mille > 0 {
+                            // Into the window before the next snapshot of the batch is taken.
+                            self.schedule_probes(id);
+                            self.write_burst(origin)?;
+                        }
                     }
                     Err(_) => {
                         let control = Control::Snapshot { origin, before, asked, slot };
@@ -321,6 +349,36 @@ impl Sim {
             }
         }
         Ok(None)
+    }
+
+    /// Origins of the snapshots in flight.
+    pub(super) fn snapshot_origins(&self) -> Vec<VolumeId> {
+        self.controls
+            .iter()
+            .filter_map(|c| match c {
+                Control::Snapshot { origin, .. } => Some(*origin),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// While a resize or delete waits for the owner, takes free metadata blocks until only
+    /// one to three blocks are left past what the next mutation must leave: its first
+    /// removal may pass the space check, the ones after may not.
+    pub(super) fn squeeze_metadata(&mut self) {
+        let waiting = self
+            .controls
+            .iter()
+            .any(|c| matches!(c, Control::Resize { .. } | Control::Delete { .. }));
+        if !waiting {
+            return;
+        }
+        let past = self.owner.metadata().metadata_blocks_past_reserve();
+        let keep = self.rng.range(1, 3);
+        if past > keep {
+            let taken = self.owner.occupy_metadata_blocks(past - keep);
+            trace(self.step, || format!("metadata squeezed: {taken} blocks taken"));
+        }
     }
 
     /// Deleted volumes whose channels drained go, with their versions.

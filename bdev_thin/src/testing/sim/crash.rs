@@ -52,6 +52,7 @@ impl Sim {
         self.ops.clear();
         self.in_flight_bytes = 0;
         self.release_at.clear();
+        self.races.race_held.clear();
         self.answered_ranges.clear();
         for v in self.volumes.values_mut() {
             v.channels.clear();
@@ -67,8 +68,15 @@ impl Sim {
                 self.maybe_volumes.entry(None).or_default();
             }
             Control::Snapshot { origin, before, asked, .. } => {
+                // Several snapshots of one origin may be cut short: a volume found after the
+                // crash may be any of them.
                 let versions = self.oracle.snapshot_of(origin, &before, asked, now);
-                self.maybe_volumes.entry(Some(origin)).or_insert(versions);
+                match self.maybe_volumes.get_mut(&Some(origin)) {
+                    Some(known) => known.merge(versions),
+                    None => {
+                        self.maybe_volumes.insert(Some(origin), versions);
+                    }
+                }
             }
             Control::Delete { volume, .. } => self.maybe_deleted.push(volume),
             Control::Resize { .. } | Control::Grow { .. } | Control::Commit { .. } => {}

@@ -42,6 +42,7 @@ impl Sim {
             }
         }
         self.release_at.clear();
+        self.races.race_held.clear();
         Ok(())
     }
 
@@ -55,20 +56,49 @@ impl Sim {
         for io in &pending {
             if !self.release_at.contains_key(&(d, io.id)) {
                 let long = matches!(io.kind, IoKind::Read | IoKind::Unmap);
-                let delay = match self.rng.below(100) {
-                    0..=79 => 0,
-                    80..=94 => self.rng.range(1, 40),
-                    _ if long => self.rng.range(100, 1500),
-                    _ => self.rng.range(40, 200),
+                let fast_path = d == 0 && self.races.fast_path_channels.contains(&io.channel);
+                let held = if fast_path && io.kind == IoKind::Write {
+                    self.held_write_delay()
+                } else {
+                    None
+                };
+                let delay = match held {
+                    Some(delay) => {
+                        self.races.race_held.insert(io.id);
+                        delay
+                    }
+                    None => self.delivery_delay(long),
                 };
                 self.release_at.insert((d, io.id), self.step + delay);
             }
         }
         let ready: Vec<&PendingIo> =
             pending.iter().filter(|io| self.release_at[&(d, io.id)] <= self.step).collect();
+        self.deliver_one(d, &pending, &ready)
+    }
+
+    /// How long the seed holds a new device IO (reads and deallocates sometimes very long).
+    fn delivery_delay(&mut self, long: bool) -> u64 {
+        match self.rng.below(100) {
+            0..=79 => 0,
+            80..=94 => self.rng.range(1, 40),
+            _ if long => self.rng.range(100, 1500),
+            _ => self.rng.range(40, 200),
+        }
+    }
+
+    /// Delivers one IO of device `d` that is due (applied, completed or failed), or applies
+    /// a held one early.
+    fn deliver_one(
+        &mut self,
+        d: usize,
+        pending: &[PendingIo],
+        ready: &[&PendingIo],
+    ) -> Result<(), Failure> {
         let io = if ready.is_empty() {
             let io = &pending[self.rng.below(pending.len() as u64) as usize];
-            if io.applied || matches!(io.kind, IoKind::Read | IoKind::Flush) {
+            let race_held = d == 0 && self.races.race_held.contains(&io.id);
+            if io.applied || race_held || matches!(io.kind, IoKind::Read | IoKind::Flush) {
                 return Ok(());
             }
             // Held IOs may still take effect early.
@@ -93,6 +123,9 @@ impl Sim {
             self.data_fail_per_mille
         };
         self.release_at.remove(&(d, io.id));
+        if d == 0 {
+            self.races.race_held.remove(&io.id);
+        }
         if per_mille > 0 && self.rng.chance(per_mille) {
             trace(self.step, || {
                 format!(

@@ -7,7 +7,13 @@
 //! the device channels' depth, a separate metadata device, a nearly full metadata region,
 //! `zero_new_blocks`, and a workload of requests from one sector to 4 MiB, FUA on writes and
 //! write_zeroes, and several control operations at once (snapshots of one origin, resize and
-//! delete with IO in flight, duplicate names, crashes in the middle of any of them).
+//! delete with IO in flight, duplicate names, crashes in the middle of any of them). Some seeds
+//! keep the metadata at its reserve while a shrink or delete waits (`control`), and some race
+//! snapshots and view fills against the fast path (`races`).
+//!
+//! A request the pool took may fail only for a cause the seed made (an IO error, no space, a
+//! read-only or deleted pool or volume): an EAGAIN fails the seed, as rings, op slots and
+//! buffers must make a request wait, not fail.
 //!
 //! The oracle (`oracle`) knows, per volume and sector, every version a read may return, and
 //! the run checks (DESIGN.md "Invariants"):
@@ -31,6 +37,7 @@ mod control;
 mod crash;
 mod devices;
 mod oracle;
+mod races;
 mod user;
 
 use std::cell::RefCell;
@@ -41,6 +48,7 @@ use crossbeam_queue::ArrayQueue;
 
 use self::control::Control;
 use self::oracle::{Oracle, VolumeVersions};
+use self::races::RaceState;
 use self::user::UserOp;
 use super::{SimDevice, SteppingHost};
 use crate::host::NoopWaker;
@@ -277,6 +285,10 @@ struct Workload {
     /// Chance that a new volume reuses an existing name.
     duplicate_name_per_mille: u64,
     fua_per_mille: u64,
+    /// Chance that a snapshot races its origin's writes (`races`).
+    snapshot_race_per_mille: u64,
+    /// Chance per step that a filling view's ready mark is set back (`races`).
+    ready_setback_per_mille: u64,
 }
 
 /// One volume as the simulated frontends see it.
@@ -302,8 +314,11 @@ struct Sim {
     device: SimDevice,
     /// The metadata device, when the pool keeps its metadata apart.
     meta_device: Option<SimDevice>,
-    /// Free metadata blocks above the reserve the seed leaves (None: the whole region).
+    /// Free metadata blocks the seed leaves above the reserve (None: the whole region).
     meta_headroom: Option<u64>,
+    /// The metadata is kept at its reserve: before a shrink or delete is handled, free
+    /// metadata blocks are taken until one or two mutations' worth is left.
+    at_reserve: bool,
     host: SteppingHost,
     shared: Arc<PoolShared<NoopWaker>>,
     control: Arc<ArrayQueue<ControlOp>>,
@@ -334,6 +349,8 @@ struct Sim {
     view_checks_due: Vec<VolumeId>,
     /// Answered requests whose blocks I6 checks after the next owner poll.
     answered_ranges: Vec<(VolumeId, u64, u64)>,
+    /// The state of the snapshot and view-fill races.
+    races: RaceState,
     report: SimReport,
 }
 
@@ -372,6 +389,8 @@ fn draw_workload(rng: &mut Rng, profile: Profile) -> Workload {
             volumes_max: 6,
             duplicate_name_per_mille: rng.pick(&[0, 100]),
             fua_per_mille: rng.pick(&[20, 60, 300]),
+            snapshot_race_per_mille: rng.pick(&[0, 300, 1000]),
+            ready_setback_per_mille: rng.pick(&[0, 0, 20, 200]),
         },
         Profile::Large => Workload {
             volume_blocks: (1 << 20, 1 << 21),
@@ -384,6 +403,8 @@ fn draw_workload(rng: &mut Rng, profile: Profile) -> Workload {
             volumes_max: 4,
             duplicate_name_per_mille: 50,
             fua_per_mille: rng.pick(&[20, 200]),
+            snapshot_race_per_mille: rng.pick(&[0, 500]),
+            ready_setback_per_mille: rng.pick(&[0, 50]),
         },
     }
 }
@@ -451,7 +472,18 @@ impl Sim {
             mutations: config.mutations,
             limits,
         };
-        let meta_headroom = if large || rng.chance(200) { Some(rng.range(8, 160)) } else { None };
+        // Nearly full: room for a few mutations past the reserve. At the reserve: a few blocks
+        // past what the next mutation and commit may take, so a transaction's shadows reach
+        // the reserve in the middle of a shrink or a delete.
+        let at_reserve = rng.chance(if large { 500 } else { 120 });
+        let meta_headroom = if at_reserve {
+            let next_commit = limits::METADATA_BTREE_DEPTH_MAX as u64 + 1;
+            Some(limits::METADATA_MUTATION_BLOCKS_MAX + next_commit + rng.range(2, 48))
+        } else if large || rng.chance(200) {
+            Some(2 * limits::METADATA_MUTATION_BLOCKS_MAX + 64 + rng.range(8, 160))
+        } else {
+            None
+        };
         let workload = draw_workload(&mut rng, config.profile);
         let record = settings.to_record([7; 16], "simpool");
         let mut meta = PoolMetadata::format(layout, record).map_err(|e| format!("format: {e}"))?;
@@ -494,6 +526,7 @@ impl Sim {
             device,
             meta_device,
             meta_headroom,
+            at_reserve,
             host,
             shared,
             control,
@@ -517,6 +550,7 @@ impl Sim {
             allocations_seen: 0,
             view_checks_due: Vec::new(),
             answered_ranges: Vec::new(),
+            races: RaceState::default(),
             report: SimReport::default(),
         })
     }
@@ -526,12 +560,12 @@ impl Sim {
         self.now
     }
 
-    fn open_channel(&self, volume: VolumeId) -> Result<Channel, Failure> {
+    fn open_channel(&mut self, volume: VolumeId) -> Result<Channel, Failure> {
         let Some(view) = self.shared.view(volume) else {
             return fail(format!("no view for {volume}"));
         };
         let limits = self.settings.limits;
-        VolumeChannel::open(
+        let channel = VolumeChannel::open(
             Arc::clone(&self.shared),
             view,
             &self.device,
@@ -539,7 +573,11 @@ impl Sim {
             limits,
             NoopWaker,
         )
-        .map_err(|e| format!("open channel: {e}"))
+        .map_err(|e| format!("open channel: {e}"))?;
+        // The data device channel the volume channel just opened: its writes are the fast
+        // path's.
+        self.races.fast_path_channels.insert(self.device.channels_opened() - 1);
+        Ok(channel)
     }
 
     fn add_volume(&mut self, volume: VolumeId, blocks: u64) -> Result<(), Failure> {
@@ -585,6 +623,8 @@ impl Sim {
                 self.crash_soon = false;
                 self.crash()?;
             }
+            self.race_step()?;
+            self.run_probes()?;
             self.check_controls()?;
             self.retire_deleted();
             if self.step.is_multiple_of(16) {
@@ -603,6 +643,9 @@ impl Sim {
     /// the transaction: for the oracle that is a crash (DESIGN.md I3).
     fn poll_owner(&mut self) -> Result<(), Failure> {
         self.host.set_current_core(0);
+        if self.at_reserve && self.rng.chance(500) {
+            self.squeeze_metadata();
+        }
         let status = self.owner.poll();
         if !self.read_only_seen && self.owner.mode() == PoolMode::ReadOnly {
             self.read_only_seen = true;
@@ -676,14 +719,11 @@ impl Sim {
     }
 }
 
-/// Leaves `headroom` free metadata blocks above what a mutation needs (None: the whole
-/// region), so that the region behaves as a nearly full one.
+/// Leaves `headroom` free metadata blocks above the reserve (None: the whole region), so
+/// that the region behaves as a nearly full one.
 fn occupy_metadata(meta: &mut PoolMetadata, headroom: Option<u64>) {
     if let Some(headroom) = headroom {
-        let keep = meta.metadata_reserve_blocks()
-            + 2 * limits::METADATA_MUTATION_BLOCKS_MAX
-            + 64
-            + headroom;
+        let keep = meta.metadata_reserve_blocks() + headroom;
         meta.occupy_metadata_blocks(meta.metadata_free_blocks().saturating_sub(keep));
     }
 }

@@ -56,6 +56,21 @@ impl VolumeVersions {
         self.sectors.get(&sector).map_or(&[BASE_ZERO], Vec::as_slice)
     }
 
+    /// Adds `other`'s versions to these: the volume holds either's (a snapshot that may be
+    /// one of two).
+    pub fn merge(&mut self, other: VolumeVersions) {
+        let mut keys: Vec<u64> = self.sectors.keys().chain(other.sectors.keys()).copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for sector in keys {
+            let mut entries = self.entries(sector).to_vec();
+            entries.extend_from_slice(other.entries(sector));
+            self.sectors.insert(sector, entries);
+        }
+        self.size_sectors = self.size_sectors.max(other.size_sectors);
+        self.shrinks.extend(other.shrinks);
+    }
+
     /// The smallest size the volume had since `issue` (sectors past it are not checked for a
     /// read issued then).
     pub fn size_since(&self, issue: u64) -> u64 {

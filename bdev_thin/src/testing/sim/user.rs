@@ -1,7 +1,9 @@
 //! The simulated frontends: requests from one sector to 4 MiB on every channel, up to each
 //! channel's depth, and the check of every read against the oracle (I3, snapshot stability).
 
-use crate::host::{DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, SgList};
+use crate::host::{
+    DeviceChannel, IoBuffer, IoCompletion, IoFlags, IoKind, IoRequest, IoStatus, SgList,
+};
 use crate::thin::types::{DiscardMode, VolumeId};
 
 use super::oracle::{Content, Entry, Oracle, Verdict, decode, pattern};
@@ -59,13 +61,23 @@ impl Sim {
         {
             return Ok(());
         }
-        let candidates: Vec<VolumeId> =
-            self.volumes.iter().filter(|(_, v)| !v.frozen).map(|(id, _)| *id).collect();
+        // While writes are held across snapshots, their origins take only the race's bursts:
+        // a steady stream of owner writes would keep an origin busy and the snapshots waiting.
+        let racing = if self.step < self.races.hold_writes_until {
+            self.snapshot_origins()
+        } else {
+            Vec::new()
+        };
+        let candidates: Vec<VolumeId> = self
+            .volumes
+            .iter()
+            .filter(|(id, v)| !v.frozen && !racing.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
         if candidates.is_empty() {
             return Ok(());
         }
         let volume = self.rng.pick(&candidates);
-        let lpb = self.lbas_per_block;
         let (blocks, channel_count) = {
             let v = &self.volumes[&volume];
             (v.blocks, v.channels.len())
@@ -79,6 +91,26 @@ impl Sim {
             _ => UserKind::Flush,
         };
         let (lba, count) = if kind == UserKind::Flush { (0, 0) } else { self.draw_range(blocks) };
+        let no_unmap = matches!(kind, UserKind::WriteZeroes { .. }) && self.rng.chance(200);
+        let which = self.rng.below(channel_count as u64) as usize;
+        self.submit_to(volume, which, kind, lba, count, no_unmap)?;
+        Ok(())
+    }
+
+    /// Submits one request to channel `which` of `volume`; false when the channel refused it
+    /// (at its depth: the frontend waits).
+    pub(super) fn submit_to(
+        &mut self,
+        volume: VolumeId,
+        which: usize,
+        kind: UserKind,
+        lba: u64,
+        count: u64,
+        no_unmap: bool,
+    ) -> Result<bool, Failure> {
+        let lpb = self.lbas_per_block;
+        let fua =
+            matches!(kind, UserKind::Write { fua: true } | UserKind::WriteZeroes { fua: true });
         let id = self.next_id;
         self.next_id += 1;
         let issue = self.tick();
@@ -92,7 +124,7 @@ impl Sim {
                 .with_flags(flags),
             UserKind::Unmap => IoRequest::new(IoKind::Unmap, lba, count, id),
             UserKind::WriteZeroes { .. } => {
-                if self.rng.chance(200) {
+                if no_unmap {
                     flags = flags.with(IoFlags::NO_UNMAP);
                 }
                 IoRequest::new(IoKind::WriteZeroes, lba, count, id).with_flags(flags)
@@ -108,13 +140,13 @@ impl Sim {
             }
             _ => (0, 0),
         };
-        let which = self.rng.below(channel_count as u64) as usize;
-        let Some(channel) = self.volumes.get_mut(&volume).map(|v| &mut v.channels[which]) else {
-            return Ok(());
+        let Some(channel) = self.volumes.get_mut(&volume).and_then(|v| v.channels.get_mut(which))
+        else {
+            return Ok(false);
         };
         if channel.submit(request).is_err() {
             // The channel is at its depth: the frontend waits (back-pressure).
-            return Ok(());
+            return Ok(false);
         }
         if versioned.1 > 0 {
             let zero = !matches!(kind, UserKind::Write { .. });
@@ -136,7 +168,7 @@ impl Sim {
         self.ops
             .insert(id, UserOp { kind, volume, lba, count, issue, versioned, bytes: buffer_bytes });
         self.report.ios += 1;
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn poll_channel(&mut self, volume: VolumeId, which: usize) -> Result<(), Failure> {
@@ -161,8 +193,16 @@ impl Sim {
             return Ok(());
         }
         let (volume, which) = self.rng.pick(&all);
+        let set_back = self.workload.ready_setback_per_mille > 0
+            && self.rng.chance(self.workload.ready_setback_per_mille);
+        // For this poll only: the pieces the channel goes on with meet a lowered mark.
+        let restore = if set_back { self.set_back_ready(volume) } else { None };
         self.host.set_current_core(which as u32 + 1);
-        self.poll_channel(volume, which)
+        let polled = self.poll_channel(volume, which);
+        if let Some((view, ready)) = restore {
+            view.set_ready(ready);
+        }
+        polled
     }
 
     fn user_done(&mut self, completion: IoCompletion) -> Result<(), Failure> {
@@ -174,6 +214,15 @@ impl Sim {
         let now = self.tick();
         let id = request.tag;
         trace(self.step, || format!("done #{id} {:?} {}: {status:?}", op.kind, op.volume));
+        if status == IoStatus::Failed(libc::EAGAIN) {
+            // Only the frontend's own doing may refuse a request, at submission (the channel
+            // full); once taken, a request waits for rings, op slots and buffers, never fails
+            // for want of them.
+            return fail(format!(
+                "EAGAIN the frontend did not cause: #{id} {:?} {} lba {}+{}",
+                op.kind, op.volume, op.lba, op.count
+            ));
+        }
         if op.count > 0 {
             let lpb = self.lbas_per_block;
             let end = (op.lba + op.count).div_ceil(lpb);

@@ -512,6 +512,16 @@ impl PoolMetadata {
         self.store.meta.occupy(count)
     }
 
+    /// Free metadata blocks past what the next mutation that allocates must leave (0: it is
+    /// refused): how far the region is from its reserve, for the simulator.
+    #[cfg(feature = "testing")]
+    pub fn metadata_blocks_past_reserve(&self) -> u64 {
+        let needed = self.metadata_reserve_blocks()
+            + self.commit_blocks_pending()
+            + crate::limits::METADATA_MUTATION_BLOCKS_MAX;
+        self.store.meta.free_blocks().saturating_sub(needed)
+    }
+
     /// Whether a mutation that allocates may proceed now.
     pub fn metadata_space_ok(&self) -> bool {
         self.check_space().is_ok()
