@@ -99,7 +99,7 @@ def section_table(doc, section, key="iops", unit="", ratio=None):
     if not rs:
         return None
     labels = [s["label"] for s in rs[0]["sides"]]
-    ratios = ratio or [tuple(r["of"]) for r in rs[0]["ratios"]]
+    ratios = ratio if ratio is not None else [tuple(r["of"]) for r in rs[0]["ratios"]]
     header = ["what", *labels, *[f"{a} / {b}" for a, b in ratios], "disturbed"]
     lines = [[r["name"], *[cell(side(r, label), key, unit) for label in labels],
               *[ratio_cell(r, a, b) for a, b in ratios], disturbed_cell(r)] for r in rs]
@@ -232,9 +232,10 @@ def tables(doc):
             if t:
                 blocks.append((f"**{section}**\n\n" if len(sections) > 1 else "") + t)
         if name == "initiator":
-            # The figures are IOPS and p99 latency.
+            # IOPS and p99 latency; the recorded ratios are of IOPS, so the latency tables have
+            # none.
             for section in sections:
-                t = section_table(doc, section, "p99_us", " µs")
+                t = section_table(doc, section, "p99_us", " µs", ratio=[])
                 if t:
                     blocks.append(f"**{section}, p99 latency**\n\n" + t)
         if blocks:
