@@ -1060,3 +1060,55 @@ fn a_close_without_writes_fails_in_flight_and_queued_io_and_keeps_the_last_commi
     assert_reads(&mut rig, &mut channel, 2, 0);
     rig.check();
 }
+
+/// An unmap that frees more blocks than the owner sorts at once (`OWNER_RANGE_SORT_BLOCKS`) and
+/// more runs than an op slot's list starts with (`OWNER_RANGE_RUNS_PER_OP`): two volumes written
+/// in turn own alternate data blocks, so unmapping all of one frees 5000 blocks, none of them
+/// adjacent. Every block comes back, the other volume keeps its data, the invariants hold.
+#[test]
+fn an_unmap_past_the_sort_slice_and_the_run_list_frees_every_block() {
+    const BLOCKS: u64 = 5000;
+    const _: () = assert!(BLOCKS as usize > bdev_thin::limits::OWNER_RANGE_SORT_BLOCKS);
+    let block_bytes = 4096u32;
+    let settings = settings(DiscardMode::Passdown, Mutations::NONE);
+    let mut rig = rig_with_block_size(2 * BLOCKS, block_bytes, settings);
+    let lbas_per_block = u64::from(block_bytes / LBA);
+    let size_bytes = BLOCKS * u64::from(block_bytes);
+    let create = |rig: &mut Rig, uuid: u8, name: &str| {
+        rig.control(|done| ControlOp::CreateVolume {
+            uuid: [uuid; 16],
+            name: name.into(),
+            size_bytes,
+            done,
+        })
+        .unwrap()
+    };
+    let (first, second) = (create(&mut rig, 1, "a"), create(&mut rig, 2, "b"));
+    let (mut first_channel, mut second_channel) = (rig.channel(first), rig.channel(second));
+    let one_block = |byte: u8| {
+        let mut buffer = IoBuffer::new(block_bytes as usize);
+        buffer.as_mut_slice().fill(byte);
+        SgList::single(buffer)
+    };
+    for vblock in 0..BLOCKS {
+        for (channel, byte) in [(&mut first_channel, 0x61), (&mut second_channel, 0x62)] {
+            let request = IoRequest::new(IoKind::Write, vblock * lbas_per_block, lbas_per_block, 0)
+                .with_buffers(one_block(byte));
+            assert_eq!(rig.run(channel, request).status, IoStatus::Success);
+        }
+    }
+    assert_eq!(rig.owner.metadata().used_data_blocks(), 2 * BLOCKS);
+    let unmap = IoRequest::new(IoKind::Unmap, 0, BLOCKS * lbas_per_block, 0);
+    assert_eq!(rig.run(&mut first_channel, unmap).status, IoStatus::Success);
+    assert_eq!(rig.owner.metadata().volume(first).unwrap().mapped_blocks, 0);
+    assert_eq!(rig.owner.metadata().used_data_blocks(), BLOCKS, "every freed block came back");
+    let pool = rig.control(|done| ControlOp::Describe { done }).unwrap();
+    assert_eq!(pool.held_data_blocks, 0, "every hold released once its deallocate completed");
+    for vblock in [0, BLOCKS / 2, BLOCKS - 1] {
+        let read = IoRequest::new(IoKind::Read, vblock * lbas_per_block, lbas_per_block, 0)
+            .with_buffers(one_block(0));
+        let back = bytes_of(&rig.run(&mut second_channel, read));
+        assert!(back.iter().all(|&b| b == 0x62), "the other volume keeps block {vblock}");
+    }
+    rig.check();
+}
